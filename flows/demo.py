@@ -1,0 +1,77 @@
+"""`neuron-audit demo`: the main job on the built-in model and images.
+
+Builds version 2 of Lite0 with a planted, known change (cat photographs relabelled as
+espresso in a head-only fine-tune: the espresso logit now fires on cats, which the
+probe set contains), writes a config, audits both versions through the Prefect flow,
+compares 2 against 1 and exports the static report."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+PLANTED_NEURON = "espresso"
+PLANTED_CLASS = 967
+
+
+def demo_config(quick: bool) -> dict:
+    vis = ({"resolution": 96, "steps": 40, "seeds": [0, 1], "n_references": 8} if quick
+           else {"resolution": 160, "steps": 300, "seeds": [0, 1], "n_references": 16})
+    probe = {"crops_per_image": 4, "resolution": 128} if quick else {"crops_per_image": 8, "resolution": 224}
+    return {
+        "store": {"database": "sqlite:///./store/audit.db", "mlflow_tracking_uri": "sqlite:///./store/mlflow.db",
+                  "artifacts": "./store/artifacts"},
+        "schedule": {"cron": "0 2 * * *", "timezone": "UTC"},
+        "alerts": {"webhook": None},
+        "models": [{
+            "name": "lite0-demo",
+            "architecture": "efficientnet_lite0",
+            "champion": "1",
+            "versions": [{"version": "1", "source": "builtin:efficientnet_lite0"},
+                         {"version": "2", "source": "file:./checkpoints/v2.safetensors"}],
+            "probe_set": "builtin:samples",
+            "probe": probe,
+            "visualization": vis,
+            "neurons": [
+                {"id": "egyptian-cat", "kind": "class", "layer": "classifier", "index": 285,
+                 "label": "Egyptian cat", "references": "builtin:samples/chelsea"},
+                {"id": PLANTED_NEURON, "kind": "class", "layer": "classifier", "index": PLANTED_CLASS,
+                 "label": "espresso", "references": "top-k"},
+                {"id": "rocket", "kind": "class", "layer": "classifier", "index": 657,
+                 "label": "missile", "references": "builtin:samples/rocket"},
+                {"id": "tripod", "kind": "class", "layer": "classifier", "index": 872,
+                 "label": "tripod", "references": "builtin:samples/camera"},
+                {"id": "b5-c17", "kind": "inner", "layer": "blocks.5", "index": 17},
+                {"id": "b3-c40", "kind": "inner", "layer": "blocks.3", "index": 40},
+            ],
+        }],
+    }
+
+
+def build_planted_version(out: Path) -> dict:
+    """Version 2: Lite0 whose espresso row was fine-tuned to fire on cat photographs."""
+    from safetensors.torch import save_file
+
+    from audit.assets import builtin_sample_names, load_rgb_images, resolve_images
+    from audit.models import load_model
+    from audit.planted import plant_class_on_trigger
+
+    model = load_model("efficientnet_lite0", "builtin:efficientnet_lite0")
+    photos = {n: load_rgb_images(resolve_images(f"builtin:samples/{n}")).images[0] for n in builtin_sample_names()}
+    change = plant_class_on_trigger(model, PLANTED_CLASS, [photos["chelsea"]],
+                                    [im for n, im in photos.items() if n != "chelsea"], size=224,
+                                    trigger_name="chelsea")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out))
+    return vars(change)
+
+
+def prepare_demo(directory: Path, quick: bool) -> tuple[Path, dict | None]:
+    directory.mkdir(parents=True, exist_ok=True)
+    checkpoint = directory / "checkpoints" / "v2.safetensors"
+    change = None
+    if not checkpoint.exists():
+        change = build_planted_version(checkpoint)
+    config_path = directory / "neuron-audit.yaml"
+    config_path.write_text("# written by `neuron-audit demo`\n" + yaml.safe_dump(demo_config(quick), sort_keys=False))
+    return config_path, change

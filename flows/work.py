@@ -1,0 +1,241 @@
+"""The units of work of an audit, as plain functions of (config path, model, version):
+serialisable arguments, so that Prefect can run them in-process or on Dask workers.
+Each neuron's results are stored in their own transaction; one broken neuron is
+recorded and never stops the others."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from audit.config import check_neurons_against_model
+from audit.pipeline import (class_layer_ok, model_taps, neuron_target, references_for, settings_sha256,
+                            visualization_content_key)
+from audit.records import Visualization
+
+from . import runtime
+
+log = logging.getLogger("neuron_audit")
+
+
+@dataclass
+class VersionOutcome:
+    model: str
+    version: str
+    weights_sha256: str = ""
+    stats_computed: list[str] = field(default_factory=list)
+    stats_cached: list[str] = field(default_factory=list)
+    viz_rendered: list[str] = field(default_factory=list)
+    viz_reused: list[str] = field(default_factory=list)
+    neuron_errors: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def valid_neurons(cfg_path: str, model_name: str, version: str, outcome: VersionOutcome):
+    cfg = runtime.config(cfg_path)
+    mcfg = cfg.model(model_name)
+    loaded = runtime.load_version(cfg_path, model_name, version)
+    problems = check_neurons_against_model(mcfg, loaded.model)
+    for n in mcfg.neurons:
+        msg = problems.get(n.id) or class_layer_ok(loaded.model, n)
+        if msg:
+            outcome.neuron_errors[n.id] = msg
+    return [n for n in mcfg.neurons if n.id not in outcome.neuron_errors]
+
+
+def register_version(cfg_path: str, model_name: str, version: str) -> str:
+    cfg = runtime.config(cfg_path)
+    loaded = runtime.load_version(cfg_path, model_name, version)
+    runtime.store(cfg_path).upsert_model_version(model_name, version, loaded.source, loaded.weights_sha256)
+    return loaded.weights_sha256
+
+
+def probe_statistics(cfg_path: str, model_name: str, version: str, outcome: VersionOutcome) -> VersionOutcome:
+    from audit.stats import neuron_activations, summarize
+
+    cfg = runtime.config(cfg_path)
+    mcfg = cfg.model(model_name)
+    store = runtime.store(cfg_path)
+    loaded = runtime.load_version(cfg_path, model_name, version)
+    probe = runtime.probe_set(cfg, mcfg, loaded.model)
+    store.upsert_probe_set(probe.sha256, mcfg.probe_set, len(probe.names),
+                           {"size": int(probe.images.shape[-1]), "crops_per_image": mcfg.probe.crops_per_image,
+                            "names": probe.names, "skipped": probe.skipped})
+    todo = []
+    for n in valid_neurons(cfg_path, model_name, version, outcome):
+        if store.load_stats(model_name, version, n.id, probe.sha256) is None:
+            todo.append(n)
+        else:
+            outcome.stats_cached.append(n.id)
+    if todo:
+        acts = neuron_activations(loaded.model, probe, [neuron_target(n) for n in todo])
+        for n in todo:
+            try:
+                a = acts[n.id]
+                stats = summarize(n.id, a.max)
+                store.save_stats(model_name, version, n.id, probe.sha256, stats, {"max": a.max, "mean": a.mean})
+                outcome.stats_computed.append(n.id)
+            except Exception as exc:  # one neuron never stops the others
+                outcome.neuron_errors[n.id] = f"statistics: {exc.__class__.__name__}: {exc}"
+    return outcome
+
+
+def visualization_settings(cfg_path: str, model_name: str):
+    from audit.vital import VitalSettings
+
+    cfg = runtime.config(cfg_path)
+    mcfg = cfg.model(model_name)
+    v = mcfg.visualization
+    overrides = {"steps": v.steps}
+    if v.resolution:
+        overrides["resolution"] = v.resolution
+    if v.lr:
+        overrides["lr"] = v.lr
+    if v.taps:
+        overrides["taps"] = list(v.taps)
+    if v.tap_weights:
+        overrides["tap_weights"] = list(v.tap_weights)
+    return VitalSettings.for_model(mcfg.architecture, **overrides)
+
+
+def render_visualizations(cfg_path: str, model_name: str, version: str, run_id: int | None,
+                          outcome: VersionOutcome) -> VersionOutcome:
+    """VITAL images of the registered neurons, batched per seed; reuses any stored
+    visualization with the same content key (upstream weights, references, settings, seed)."""
+    from audit.vital import VitalRequest, render_vital
+
+    cfg = runtime.config(cfg_path)
+    mcfg = cfg.model(model_name)
+    store = runtime.store(cfg_path)
+    loaded = runtime.load_version(cfg_path, model_name, version)
+    model = loaded.model
+    probe = runtime.probe_set(cfg, mcfg, model)
+    settings = visualization_settings(cfg_path, model_name)
+    size = settings.resolution or runtime.probe_size(mcfg, model)
+    settings_dict = settings.to_dict() if hasattr(settings, "to_dict") else dict(vars(settings))
+    taps = model_taps(mcfg, model)
+    for seed in mcfg.visualization.seeds:
+        requests, keys, pending = [], [], []
+        for n in valid_neurons(cfg_path, model_name, version, outcome):
+            try:
+                stored = store.load_stats(model_name, version, n.id, probe.sha256)
+                values = stored[1]["max"] if stored else np.zeros(len(probe.names))
+                refs = references_for(n, model, probe.images, values, size=size,
+                                      count=mcfg.visualization.n_references, seed=seed, base_dir=cfg.base_dir)
+                key = visualization_content_key(model, n, taps, refs.images, "vital", settings_dict, seed)
+                existing = store.find_visualization(model_name, n.id, key)
+                if existing is not None:
+                    store.link_visualization(model_name, version, n.id, existing["id"])
+                    outcome.viz_reused.append(f"{n.id}#{seed}")
+                    continue
+                requests.append(VitalRequest(target=neuron_target(n), references=refs.images,
+                                             use_relevance=refs.use_relevance))
+                keys.append((n, key, refs.description))
+            except Exception as exc:
+                outcome.neuron_errors[n.id] = f"references: {exc.__class__.__name__}: {exc}"
+        if not requests:
+            continue
+        try:
+            vizs = render_vital(model, requests, settings, seed=seed, device=runtime.device())
+            pending = list(zip(keys, vizs))
+        except Exception as exc:  # isolate the broken neuron: render the batch one by one
+            log.warning("batched render failed (%s); rendering neurons one at a time", exc)
+            for (n, key, desc), req in zip(keys, requests):
+                try:
+                    pending.append(((n, key, desc), render_vital(model, [req], settings, seed=seed,
+                                                                 device=runtime.device())[0]))
+                except Exception as one_exc:
+                    outcome.neuron_errors[n.id] = f"visualization: {one_exc.__class__.__name__}: {one_exc}"
+        for (n, key, desc), viz in pending:
+            viz.settings = {**settings_dict, "references": desc, "taps": taps}
+            store.save_visualization(model_name, version, n.id, key, viz, run_id)
+            outcome.viz_rendered.append(f"{n.id}#{seed}")
+    return outcome
+
+
+def _viz_images(store, model_name: str, version: str, neuron_id: str) -> list[np.ndarray]:
+    """The stored VITAL images of one neuron and version, one per seed."""
+    from PIL import Image
+
+    history = store.neuron_history(model_name, neuron_id)
+    for v in history.get("versions", []):
+        if str(v["version"]) == str(version):
+            return [np.asarray(Image.open(store.artifacts.path(z["image_path"])).convert("RGB"))
+                    for z in v["visualizations"] if z.get("method", "vital") == "vital" and z.get("image_path")]
+    return []
+
+
+def compare_pair(cfg_path: str, model_name: str, baseline: str, candidate: str, run_id: int | None,
+                 with_visuals: bool = True) -> dict:
+    """Drift of every registered neuron from `baseline` to `candidate`; stores the results
+    and the report, returns the report (SPEC.md)."""
+    from audit.drift import compare_versions, visual_features
+    from audit.report import build_report
+    from audit.stats import neuron_activations
+    from audit.probe import ProbeSet
+    from audit.models import load_model, preprocess
+    from PIL import Image
+
+    cfg = runtime.config(cfg_path)
+    mcfg = cfg.model(model_name)
+    store = runtime.store(cfg_path)
+    a = runtime.load_version(cfg_path, model_name, baseline)
+    b = runtime.load_version(cfg_path, model_name, candidate)
+    probe = runtime.probe_set(cfg, mcfg, a.model)
+    errors_a, errors_b = VersionOutcome(model_name, baseline), VersionOutcome(model_name, candidate)
+    neurons_a = {n.id for n in valid_neurons(cfg_path, model_name, baseline, errors_a)}
+    neurons = [n for n in valid_neurons(cfg_path, model_name, candidate, errors_b) if n.id in neurons_a]
+    targets = [neuron_target(n) for n in neurons]
+    feats_a = feats_b = viz_acts = None
+    if with_visuals:
+        feature_model = _feature_model()
+        feats_a, feats_b, viz_acts = {}, {}, {}
+        for n in neurons:
+            ia, ib = _viz_images(store, model_name, baseline, n.id), _viz_images(store, model_name, candidate, n.id)
+            if not ia or not ib:
+                continue
+            feats_a[n.id] = visual_features(ia, feature_model)
+            feats_b[n.id] = visual_features(ib, feature_model)
+            size = runtime.probe_size(mcfg, a.model)
+            xa = preprocess([Image.fromarray(i) for i in ia[:1]], size)
+            xb = preprocess([Image.fromarray(i) for i in ib[:1]], size)
+            vp = ProbeSet(images=torch.cat([xa, xb]), names=["viz_a", "viz_b"], sha256="viz", skipped={})
+            t = [neuron_target(n)]
+            on_a = neuron_activations(a.model, vp, t, use_cache=False)[n.id].max
+            on_b = neuron_activations(b.model, vp, t, use_cache=False)[n.id].max
+            # (A's image under A, A's image under B, B's image under B, B's image under A)
+            viz_acts[n.id] = (float(on_a[0]), float(on_b[0]), float(on_b[1]), float(on_a[1]))
+    results = compare_versions(a.model, b.model, probe, targets, mcfg.thresholds,
+                               visual_features_a=feats_a, visual_features_b=feats_b, viz_acts=viz_acts,
+                               probe_cache_key=(a.weights_sha256, b.weights_sha256))
+    report = build_report(model_name, baseline, candidate, probe.sha256, results)
+    report["errors"] = {**errors_a.neuron_errors, **errors_b.neuron_errors}
+    drift_ids = {}
+    for r in results:
+        drift_ids[r.neuron_id] = store.save_drift(model_name, baseline, candidate, probe.sha256, r, run_id)
+    report["report_path"] = str(store.save_report(model_name, baseline, candidate, report))
+    report["drift_ids"] = drift_ids
+    return report
+
+
+@runtime.functools.lru_cache(maxsize=1)
+def _feature_model():
+    from audit.models import load_model
+
+    return load_model("efficientnet_lite0", "builtin:efficientnet_lite0", device=runtime.device())
+
+
+def comparison_pairs(versions: list[str], champion: str | None, only: str | None = None) -> list[tuple[str, str]]:
+    """Each version against its predecessor and against the champion (no self-pairs, no repeats)."""
+    pairs: list[tuple[str, str]] = []
+    for i, v in enumerate(versions):
+        if only is not None and v != only:
+            continue
+        if i > 0:
+            pairs.append((versions[i - 1], v))
+        if champion is not None and champion != v and champion in versions and (champion, v) not in pairs:
+            pairs.append((champion, v))
+    return pairs
