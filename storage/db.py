@@ -78,7 +78,10 @@ def make_engine(url: str, *, retries: int = 4, backoff_s: float = 0.25, echo: bo
     if backend == "sqlite":
         db = parsed.database
         if db and db != ":memory:" and not db.startswith("file:"):
-            Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreUnavailableError(mask_url(url), f"cannot create the directory of the SQLite file: {exc}") from exc
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
     else:
         kwargs["pool_pre_ping"] = True

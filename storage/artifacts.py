@@ -1,0 +1,159 @@
+"""Content-addressed file artifacts under one root: PNG images and masks, npz arrays, JSON.
+
+Every `put_*` returns a path relative to the root (POSIX form, e.g. `images/ab/ab12....png`);
+the same content always maps to the same path, so re-saving is free and two writers never clash
+(files are written to a temp name and renamed atomically).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+from PIL import Image
+
+
+class ArtifactStore:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).expanduser().resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    # -- paths ---------------------------------------------------------------------------
+    def path(self, rel: str | os.PathLike) -> Path:
+        """Absolute path of a relative artifact path; refuses absolute paths and paths escaping the root."""
+        rel_s = str(rel)
+        if not rel_s or Path(rel_s).is_absolute() or rel_s.startswith(("/", "\\")):
+            raise ValueError(f"artifact path {rel_s!r} must be relative to the artifact root {self.root}")
+        p = (self.root / rel_s).resolve()
+        if p != self.root and self.root not in p.parents:
+            raise ValueError(f"artifact path {rel_s!r} escapes the artifact root {self.root}")
+        return p
+
+    def exists(self, rel: str) -> bool:
+        return self.path(rel).is_file()
+
+    def _write(self, kind: str, digest: str, suffix: str, data: bytes) -> str:
+        rel = f"{kind}/{digest[:2]}/{digest}{suffix}"
+        dest = self.path(rel)
+        if dest.is_file():
+            return rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-", suffix=suffix)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return rel
+
+    def put_bytes(self, data: bytes, suffix: str = ".bin", kind: str = "files") -> str:
+        return self._write(kind, hashlib.sha256(data).hexdigest(), suffix, data)
+
+    # -- images --------------------------------------------------------------------------
+    def put_image(self, image: np.ndarray | Image.Image) -> str:
+        """An RGB image (uint8 [H,W,3], or a PIL image) as PNG."""
+        if isinstance(image, Image.Image):
+            pil = image.convert("RGB")
+        else:
+            arr = np.asarray(image)
+            if arr.ndim == 2:
+                arr = np.repeat(arr[..., None], 3, axis=2)
+            if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+                raise ValueError(f"image must be [H,W,3] uint8, got shape {arr.shape}")
+            if arr.dtype != np.uint8:
+                arr = np.clip(np.asarray(arr, dtype=np.float64) * (255.0 if arr.max(initial=0) <= 1.0 else 1.0), 0, 255).round().astype(np.uint8)
+            pil = Image.fromarray(np.ascontiguousarray(arr[..., :3]), mode="RGB")
+        return self.put_bytes(_png_bytes(pil), ".png", "images")
+
+    def put_mask(self, mask: np.ndarray) -> str:
+        """A mask (float in [0,1], or uint8) as an 8-bit greyscale (L) PNG."""
+        arr = np.asarray(mask)
+        arr = np.squeeze(arr)
+        if arr.ndim != 2:
+            raise ValueError(f"mask must be [H,W], got shape {np.asarray(mask).shape}")
+        if arr.dtype != np.uint8:
+            arr = (np.clip(np.nan_to_num(arr.astype(np.float64)), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        return self.put_bytes(_png_bytes(Image.fromarray(arr, mode="L")), ".png", "masks")
+
+    def get_image(self, rel: str) -> np.ndarray:
+        with Image.open(self.path(rel)) as im:
+            return np.asarray(im.convert("RGB")).copy()
+
+    def get_mask(self, rel: str) -> np.ndarray:
+        """The mask as float32 [H,W] in [0,1]."""
+        with Image.open(self.path(rel)) as im:
+            return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+
+    # -- arrays --------------------------------------------------------------------------
+    def put_arrays(self, arrays: Mapping[str, np.ndarray]) -> str:
+        """A dict of arrays as .npz, addressed by the arrays' names, dtypes, shapes and bytes."""
+        h = hashlib.sha256()
+        clean = {}
+        for k in sorted(arrays):
+            a = np.ascontiguousarray(np.asarray(arrays[k]))
+            if a.dtype == object:
+                raise ValueError(f"array {k!r} has dtype object; only numeric arrays are stored")
+            clean[k] = a
+            h.update(k.encode() + b"\0" + a.dtype.str.encode() + str(a.shape).encode() + a.tobytes())
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **clean)
+        return self._write("arrays", h.hexdigest(), ".npz", buf.getvalue())
+
+    def get_arrays(self, rel: str) -> dict[str, np.ndarray]:
+        with np.load(self.path(rel), allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+
+    # -- JSON ----------------------------------------------------------------------------
+    def put_json(self, obj: Any, kind: str = "json") -> str:
+        data = json.dumps(jsonable(obj), sort_keys=True, indent=1, allow_nan=False).encode()
+        return self.put_bytes(data, ".json", kind)
+
+    def get_json(self, rel: str) -> Any:
+        return json.loads(self.path(rel).read_text())
+
+    def write_named(self, rel: str, data: bytes) -> Path:
+        """Write `data` at a chosen relative path (not content-addressed), atomically."""
+        dest = self.path(rel)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return dest
+
+
+def _png_bytes(pil: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG", optimize=False, compress_level=6)
+    return buf.getvalue()
+
+
+def jsonable(obj: Any) -> Any:
+    """numpy scalars/arrays -> Python; non-finite floats -> None (PostgreSQL JSONB rejects NaN)."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, (np.bool_, bool)):
+        return bool(obj)
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        return f if np.isfinite(f) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj

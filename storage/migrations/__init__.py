@@ -1,0 +1,1 @@
+"""Alembic migrations of the neuron-audit store (shipped as package data; see storage/migrate.py)."""
