@@ -147,6 +147,7 @@ class StatSpec:
     hi: float | None = None
     log: bool = False
     help: str = ""
+    short: str = ""
 
 
 def stat_specs(thresholds) -> list[StatSpec]:
@@ -155,17 +156,17 @@ def stat_specs(thresholds) -> list[StatSpec]:
     g = lambda name, default=None: getattr(t, name, default) if t is not None else default  # noqa: E731
     return [
         StatSpec("spearman", "Spearman ρ (probe ranking)", "low_bad", g("spearman_warn", 0.95), g("spearman_fail", 0.80),
-                 None, 1.0, help="rank correlation of the neuron's probe-set activations, baseline vs candidate"),
+                 None, 1.0, help="rank correlation of the neuron's probe-set activations, baseline vs candidate", short="Spearman ρ"),
         StatSpec("topk_jaccard", "top-k Jaccard", "low_bad", g("topk_jaccard_warn", 0.60), g("topk_jaccard_fail", 0.30),
-                 0.0, 1.0, help="overlap of the top-activating probe images"),
+                 0.0, 1.0, help="overlap of the top-activating probe images", short="top-k Jaccard"),
         StatSpec("topk_p_value", "top-k overlap p-value", None, None, None, None, 1.0, log=True,
-                 help=f"hypergeometric p-value of the top-k overlap (α = {g('alpha', 0.05)})"),
+                 help=f"hypergeometric p-value of the top-k overlap (α = {g('alpha', 0.05)})", short="top-k p"),
         StatSpec("wasserstein_norm", "Wasserstein (normalised)", "high_bad", g("wasserstein_warn", 0.35),
-                 g("wasserstein_fail", 1.0), 0.0, None, help="distance between activation distributions / baseline std"),
+                 g("wasserstein_fail", 1.0), 0.0, None, help="distance between activation distributions / baseline std", short="Wasserstein"),
         StatSpec("cross_activation", "cross-activation", None, None, None, None, None,
-                 help="candidate's response to the baseline's visualization, relative"),
+                 help="candidate's response to the baseline's visualization, relative", short="cross-act."),
         StatSpec("visual_distance", "visual distance", "high_bad", g("visual_distance_warn", 2.0), None, 0.0, None,
-                 help="distance between visualizations in units of the seed-to-seed spread"),
+                 help="distance between visualizations in units of the seed-to-seed spread", short="visual dist."),
     ]
 
 
@@ -227,6 +228,16 @@ def stat_over_versions(spec: StatSpec, points: Sequence[dict], width: int = 360,
     if not cand:
         cand = [0.0, 1.0]
     lo, hi = min(cand), max(cand)
+    # show a little of each band beyond its threshold, so the FAIL region is always visible
+    if spec.direction == "low_bad" and spec.fail is not None and not spec.log:
+        gap = (spec.warn - spec.fail) if spec.warn is not None else abs(spec.fail) * 0.2 or 0.1
+        floor = spec.fail - 0.5 * gap
+        lo = min(lo, floor if spec.lo is None else max(spec.lo, floor))
+    if spec.direction == "high_bad" and not spec.log:
+        top = max(t for t in (spec.warn, spec.fail) if t is not None) if (spec.warn or spec.fail) else None
+        if top is not None:
+            gap = (spec.fail - spec.warn) if (spec.fail is not None and spec.warn is not None) else abs(top) * 0.25 or 0.1
+            hi = max(hi, top + 0.4 * gap)
     if spec.log:
         lo = math.floor(lo)
         hi = max(math.ceil(hi), lo + 1)
@@ -265,7 +276,11 @@ def stat_over_versions(spec: StatSpec, points: Sequence[dict], width: int = 360,
             top = Y(tf(spec.fail)) if spec.fail is not None else Y(hi)
             parts.append(_band(ml, pw, top, Y(tf(spec.warn)), "band-warn", f"WARN above {spec.warn:g}"))
     # grid + ticks
-    ticks = list(range(int(lo), int(hi) + 1)) if spec.log else nice_ticks(lo, hi, 4)
+    if spec.log:
+        step = max(1, math.ceil((hi - lo) / 5))
+        ticks = list(range(int(hi), int(lo) - 1, -step))
+    else:
+        ticks = nice_ticks(lo, hi, 4)
     for t in ticks:
         if t < lo - 1e-9 or t > hi + 1e-9:
             continue

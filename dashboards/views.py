@@ -280,7 +280,7 @@ def badge(verdict: Any) -> Markup:
 def status_badge(status: Any) -> Markup:
     s = str(status or "unknown")
     low = s.lower()
-    cls = ("ok" if low in ("completed", "success", "succeeded", "ok", "finished", "done")
+    cls = ("ok" if low in ("completed", "success", "succeeded", "ok", "finished", "done", "sent", "delivered")
            else "bad" if low in ("failed", "crashed", "error", "errored", "cancelled", "canceled")
            else "run" if low in ("running", "pending", "scheduled", "started")
            else "none")
@@ -381,7 +381,7 @@ class Views:
         out = []
         for spec in self.specs:
             v = st.get(spec.key)
-            out.append({"key": spec.key, "label": spec.label, "value": v, "text": fmt_num(v),
+            out.append({"key": spec.key, "label": spec.label, "short": spec.short or spec.label, "value": v, "text": fmt_num(v),
                         "band": svg.band_of(spec, v) or "", "help": spec.help})
         return out
 
@@ -467,7 +467,17 @@ class Views:
         m = self._require_model(model)
         sort = sort if sort in SORTS else "severity"
         ctx = self._common(links)
-        verdicts = self.store.latest_verdicts(model) or []
+        verdicts = list(self.store.latest_verdicts(model) or [])
+        # Registered neurons without any comparison yet (when the store can list them).
+        lister = getattr(self.store, "list_neurons", None)
+        if callable(lister):
+            have = {str(r.get("neuron_id")) for r in verdicts}
+            try:
+                for n in lister(model) or []:
+                    if str(n.get("neuron_id")) not in have and n.get("active", True):
+                        verdicts.append({**n, "verdict": None, "baseline": None, "candidate": None, "statistics": {}})
+            except Exception:
+                pass
         alerts = {(str(a.get("neuron_id")), str(a.get("baseline")), str(a.get("candidate")))
                   for a in self.store.open_alerts() if str(a.get("model")) == model}
         rows = []
@@ -532,10 +542,16 @@ class Views:
                         v["stats_rows"].append((k, fmt_num(st[k])))
                 for k, val in sorted((st.get("quantiles") or {}).items(), key=lambda kv: _qkey(kv[0])):
                     v["stats_rows"].append((f"q{k}" if not str(k).startswith(("q", "p")) else str(k), fmt_num(val)))
+        stat_keys: list[str] = []
+        for v in versions:
+            v["stats_map"] = dict(v["stats_rows"])
+            for k, _ in v["stats_rows"]:
+                if k not in stat_keys:
+                    stat_keys.append(k)
         hist = svg.histogram_overlay([{"label": v["version"], "edges": (v.get("hist") or {}).get("edges"),
                                        "counts": (v.get("hist") or {}).get("counts")} for v in versions])
-        drift = sorted(h.get("drift") or [], key=lambda d: _as_dt(d.get("created_at"))
-                       or _dt.datetime.min.replace(tzinfo=_dt.timezone.utc))
+        drift = sorted(h.get("drift") or [], key=lambda d: (_as_dt(d.get("created_at"))
+                       or _dt.datetime.min.replace(tzinfo=_dt.timezone.utc), _float_or(d.get("id"), 0)))
         alerts = [a for a in self.store.open_alerts()
                   if str(a.get("model")) == model and str(a.get("neuron_id")) == str(neuron_id)]
         alert_keys = {(str(a.get("baseline")), str(a.get("candidate"))) for a in alerts}
@@ -552,7 +568,7 @@ class Views:
         latest = drift[-1] if drift else None
         ctx.update(page_title=f"{neuron.get('neuron_id', neuron_id)} · {model}", model=m, model_name=model,
                    neuron=neuron, versions=versions, viz_rows=viz_rows, any_mask=any_mask, hist_svg=hist,
-                   charts=charts, drift=drift_rows, latest=latest, alerts=alerts,
+                   charts=charts, drift=drift_rows, stat_keys=stat_keys, latest=latest, alerts=alerts,
                    has_topk=any(v["topk_rows"] for v in versions))
         return "neuron.html", ctx
 
@@ -570,8 +586,12 @@ class Views:
         any_mask = False
         for r in sort_neurons(list(rows), "severity"):
             nid = str(r.get("neuron_id"))
-            vizs = self._viz_by_version(self._history(model, nid), links)
+            hist = self._history(model, nid)
+            vizs = self._viz_by_version(hist, links)
             a, b = vizs.get(str(baseline), []), vizs.get(str(candidate), [])
+            topk = {str(v.get("version")): [{**t, "image": links.artifact(t.get("image_path") or t.get("path"))}
+                                            for t in (v.get("topk") or [])[:6]]
+                    for v in ((hist or {}).get("versions") or [])}
             methods = []
             for it in a + b:
                 if it["method"] not in methods:
@@ -579,7 +599,8 @@ class Views:
             pairs = [{"method": meth, "a": [it for it in a if it["method"] == meth][:1],
                       "b": [it for it in b if it["method"] == meth][:1]} for meth in methods]
             any_mask = any_mask or any(it["mask"] for it in a + b)
-            out.append({**r, "neuron_id": nid, "pairs": pairs, "cells": self.stat_cells(r.get("statistics")),
+            out.append({**r, "neuron_id": nid, "pairs": pairs, "topk_a": topk.get(str(baseline), []),
+                        "topk_b": topk.get(str(candidate), []), "cells": self.stat_cells(r.get("statistics")),
                         "alert": (nid, str(baseline), str(candidate)) in alerts})
         counts = {k: sum(1 for r in out if str(r.get("verdict") or "").upper() == k) for k in VERDICTS}
         others = [c for c in comps if not (str(c.get("baseline")) == baseline and str(c.get("candidate")) == candidate)]
@@ -599,7 +620,14 @@ class Views:
         for name in self._model_names():
             yield "model", (name,)
             seen = set()
-            for r in self.store.latest_verdicts(name) or []:
+            lister = getattr(self.store, "list_neurons", None)
+            extra = []
+            if callable(lister):
+                try:
+                    extra = [n for n in (lister(name) or []) if n.get("active", True)]
+                except Exception:
+                    extra = []
+            for r in list(self.store.latest_verdicts(name) or []) + extra:
                 nid = str(r.get("neuron_id"))
                 if nid not in seen:
                     seen.add(nid)

@@ -1,0 +1,46 @@
+"""The static export: same views, relative links, copied images, openable from disk."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from urllib.parse import unquote
+
+from dash_fake_store import FakeStore
+
+
+def _local_refs(html: str) -> list[str]:
+    refs = re.findall(r'(?:href|src)="([^"]+)"', html)
+    return [r for r in refs if not re.match(r"^[a-z]+:", r) and not r.startswith("#")]
+
+
+def test_export_static(tmp_path, art_root, fake_store):
+    from dashboards.export import export_static
+
+    index = export_static(fake_store, art_root, tmp_path / "site")
+    assert index == tmp_path / "site" / "index.html" and index.is_file()
+    pages = sorted((tmp_path / "site").rglob("*.html"))
+    names = {p.relative_to(tmp_path / "site").as_posix() for p in pages}
+    assert {"index.html", "models/lite0-demo/index.html", "models/lite0-demo/neurons/espresso.html",
+            "models/lite0-demo/compare/1_vs_2.html", "models/lite1-prod/compare/1_vs_3.html"} <= names
+    n_images = 0
+    for page in pages:
+        html = page.read_text()
+        assert "s3cr3t-pw" not in html
+        for ref in _local_refs(html):
+            assert not ref.startswith("/"), (page, ref)
+            target = (page.parent / unquote(ref.split("?")[0])).resolve()
+            assert target.is_file(), (page, ref)
+            assert target.is_relative_to((tmp_path / "site").resolve())
+            n_images += ref.endswith(".png")
+    assert n_images > 20
+    model = (tmp_path / "site/models/lite0-demo/index.html").read_text()
+    assert model.index("espresso") < model.index("egyptian-cat")
+    assert 'badge-fail">FAIL' in (tmp_path / "site/models/lite0-demo/neurons/espresso.html").read_text()
+
+
+def test_export_empty_store(tmp_path):
+    from dashboards.export import export_static
+
+    index = export_static(FakeStore(tmp_path / "a", empty=True), tmp_path / "a", tmp_path / "out")
+    assert "No audits yet" in index.read_text()
+    assert (tmp_path / "out/static/style.css").is_file()
