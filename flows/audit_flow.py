@@ -87,7 +87,10 @@ def send_alerts_task(cfg_path: str, report: dict, flow_run_url: str | None) -> l
         store.mark_alert(alert_id, ok, err)
         sent.append({"alert_id": alert_id, "neuron": n["id"], "delivered": ok, "error": err})
     if cfg.alerts.webhook:
+        attempted = {s["alert_id"] for s in sent}
         for alert in store.undelivered_alerts():
+            if alert["id"] in attempted:
+                continue
             ok, err = post_json(cfg.alerts.webhook, alert["payload"])
             store.mark_alert(alert["id"], ok, err)
     return sent

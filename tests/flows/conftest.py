@@ -1,0 +1,84 @@
+"""Fixtures for the flow tests: a small real config (planted version 2 included),
+Prefect under prefect_test_harness, and a loopback webhook receiver."""
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+TINY_VISUALIZATION = {"resolution": 64, "steps": 6, "seeds": [0, 1], "n_references": 4}
+TINY_PROBE = {"crops_per_image": 3, "resolution": 112}
+
+
+@pytest.fixture(scope="session")
+def planted_checkpoint(tmp_path_factory) -> Path:
+    """Lite0 with the demo's planted change (espresso fires on cats), as safetensors."""
+    from flows.demo import build_planted_version
+
+    path = tmp_path_factory.mktemp("ckpt") / "v2.safetensors"
+    build_planted_version(path)
+    return path
+
+
+def write_config(directory: Path, checkpoint: Path, webhook: str | None = None, executor: dict | None = None,
+                 seeds: list[int] | None = None) -> Path:
+    from flows.demo import demo_config
+
+    cfg = demo_config(quick=True)
+    model = cfg["models"][0]
+    model["visualization"] = {**TINY_VISUALIZATION, **({"seeds": seeds} if seeds else {})}
+    model["probe"] = dict(TINY_PROBE)
+    model["versions"][1]["source"] = f"file:{checkpoint}"
+    cfg["alerts"]["webhook"] = webhook
+    if executor:
+        cfg["executor"] = executor
+    path = directory / "neuron-audit.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def tiny_config(tmp_path, planted_checkpoint) -> Path:
+    return write_config(tmp_path, planted_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        srv = self.server
+        srv.calls += 1
+        if srv.calls <= srv.fail_first:
+            self.send_response(503)
+            self.end_headers()
+            return
+        srv.received.append(body)
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def webhook():
+    """A real HTTP server on 127.0.0.1 that records the JSON it receives; `fail_first`
+    makes its first N answers 503."""
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    srv.received, srv.calls, srv.fail_first = [], 0, 0
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    srv.url = f"http://127.0.0.1:{srv.server_address[1]}/hook"
+    yield srv
+    srv.shutdown()

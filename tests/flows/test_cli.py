@@ -1,0 +1,66 @@
+"""The command line's contract: exit codes and messages that name the bad key."""
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "audit", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_help_everywhere():
+    for cmd in ([], ["demo"], ["run"], ["serve"], ["visualize"], ["compare"], ["dashboard"], ["report"], ["db", "upgrade"]):
+        r = cli(*cmd, "--help")
+        assert r.returncode == 0, (cmd, r.stderr)
+        assert "Usage" in r.stdout
+
+
+def test_missing_config_is_exit_2():
+    r = cli("run", "-c", "/nonexistent/neuron-audit.yaml")
+    assert r.returncode == 2
+    assert "does not exist" in r.stderr
+
+
+@pytest.mark.parametrize("mutate,expected", [
+    (lambda c: c["models"][0]["neurons"][0].update(kind="klass"), "models[0].neurons[0].kind"),
+    (lambda c: c["models"][0]["versions"][0].update(source="s3://x"), "models[0].versions[0].source"),
+    (lambda c: c["schedule"].update(cron="every night"), "schedule.cron"),
+    (lambda c: c["models"][0].update(champion="7"), "champion '7' is not one of the versions"),
+    (lambda c: c["store"].update(databse="x"), "store.databse: unknown key"),
+])
+def test_bad_config_values_name_the_key(tmp_path, tiny_config, mutate, expected):
+    cfg = yaml.safe_load(tiny_config.read_text())
+    mutate(cfg)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    r = cli("compare", "-c", str(bad), "--model", "lite0-demo", "--baseline", "1", "--candidate", "2")
+    assert r.returncode == 2
+    assert expected in r.stderr
+
+
+def test_unknown_layer_and_channel_out_of_range(tmp_path, tiny_config):
+    cfg = yaml.safe_load(tiny_config.read_text())
+    cfg["models"][0]["neurons"][4].update(layer="blocks.99")
+    cfg["models"][0]["neurons"][5].update(index=4000)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    r = cli("visualize", "-c", str(bad), "--model", "lite0-demo", "--version", "1", "--neuron", "b5-c17",
+            "--steps", "2", "--out", str(tmp_path / "x.png"))
+    assert r.returncode == 2
+    assert "unknown layer 'blocks.99'" in r.stderr and "blocks.5" in r.stderr
+    r = cli("visualize", "-c", str(bad), "--model", "lite0-demo", "--version", "1", "--neuron", "b3-c40",
+            "--steps", "2", "--out", str(tmp_path / "x.png"))
+    assert r.returncode == 2
+    assert "4000 is out of range" in r.stderr and "has 80 channels" in r.stderr
+
+
+def test_visualize_writes_png(tmp_path, tiny_config):
+    out = tmp_path / "egyptian-cat.png"
+    r = cli("visualize", "-c", str(tiny_config), "--model", "lite0-demo", "--version", "1",
+            "--neuron", "egyptian-cat", "--steps", "4", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    from PIL import Image
+
+    assert Image.open(out).size == (64, 64)
