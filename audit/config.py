@@ -133,6 +133,11 @@ class ThresholdsConfig(_Strict):
     top_k: int = Field(default=20, ge=2)
     alpha: float = Field(default=0.05, gt=0, lt=1)
     bootstrap: int = Field(default=500, ge=50, le=100000)
+    # Added for audit/drift.py (see its module docstring for how each is used).
+    cross_activation_warn: float = Field(default=0.5, ge=0, le=1)   # percentile of a version's visualization in the other's probe distribution
+    identity_match_spearman: float = Field(default=0.90, ge=0, le=1)  # a moved channel counts as "the same" above this
+    bootstrap_seed: int = 0
+    cluster_bootstrap: bool = True        # resample source photographs (all their crops), not single crops
 
 
 class ModelConfig(_Strict):
@@ -241,7 +246,18 @@ def parse_config(data: Any, base_dir: Path = Path("."), origin: str = "config") 
             lines.append(f"{origin}: {_key_path(err['loc'])}: {msg}")
         raise AuditInputError("\n".join(lines)) from None
     cfg.base_dir = base_dir
+    cfg.store.database = resolve_sqlite_url(cfg.store.database, base_dir)
+    cfg.store.mlflow_tracking_uri = resolve_sqlite_url(cfg.store.mlflow_tracking_uri, base_dir)
     return cfg
+
+
+def resolve_sqlite_url(url: str, base_dir: Path) -> str:
+    """`sqlite:///./x.db` (relative) is read against the config file's folder, like every
+    other relative path of the file; other URLs are returned unchanged."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or url.startswith(prefix + "/") or url == prefix + ":memory:":
+        return url
+    return prefix + str((base_dir / url[len(prefix):]).resolve())
 
 
 def load_config(path: str | Path) -> AuditConfig:

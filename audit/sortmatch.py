@@ -33,9 +33,10 @@ random subset each step. See `audit.vital` for the numbers that chose the defaul
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-__all__ = ["sorted_reference", "sort_matching_loss", "resample_sorted", "sort_matching_loss_gather"]
+__all__ = ["sorted_reference", "sort_matching_loss", "resample_sorted", "sort_matching_loss_gather", "argsort_rows"]
 
 
 def sorted_reference(acts: torch.Tensor) -> torch.Tensor:
@@ -43,7 +44,10 @@ def sorted_reference(acts: torch.Tensor) -> torch.Tensor:
     if acts.dim() != 3:
         raise ValueError(f"expected activations [B, C, N], got {tuple(acts.shape)}")
     with torch.no_grad():
-        return torch.sort(acts.detach().float(), dim=-1).values.mean(0)
+        a = acts.detach().float()
+        if a.device.type == "cpu":
+            return torch.from_numpy(np.sort(a.contiguous().numpy(), axis=-1)).mean(0)
+        return torch.sort(a, dim=-1).values.mean(0)
 
 
 def resample_sorted(ref_sorted: torch.Tensor, n: int) -> torch.Tensor:
@@ -61,6 +65,31 @@ def resample_sorted(ref_sorted: torch.Tensor, n: int) -> torch.Tensor:
     hi = (lo + 1).clamp(max=src - 1)
     frac = (pos - lo.to(torch.float64)).to(ref_sorted.dtype)
     return ref_sorted[..., lo] * (1 - frac) + ref_sorted[..., hi] * frac
+
+
+_ARANGE_CACHE: dict[int, torch.Tensor] = {}
+
+
+def argsort_rows(x: torch.Tensor) -> torch.Tensor:
+    """Stable argsort along the last dim (no autograd).
+
+    On CPU (float32, < 2**31 columns) this sorts 64-bit keys ``(order-preserving int32 image
+    of the float) << 32 | position`` with NumPy's vectorized (AVX-512/AVX2) sort and keeps the
+    low 32 bits: the same permutation as ``torch.sort(x, stable=True)``, measured 2.5-4x faster
+    than ``torch.sort`` on the development CPU for rows of 3k-12k values. Elsewhere: torch.sort.
+    """
+    n = x.shape[-1]
+    if x.device.type != "cpu" or x.dtype != torch.float32 or n >= 2 ** 31:
+        return torch.sort(x, dim=-1, stable=True).indices
+    bits = (x + 0.0).contiguous().view(torch.int32)       # + 0.0 turns -0.0 into +0.0 (ties as torch)
+    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)          # int32 whose order is the float order
+    pos = _ARANGE_CACHE.get(n)
+    if pos is None:
+        pos = _ARANGE_CACHE.setdefault(n, torch.arange(n, dtype=torch.int64))
+    keys = (ordered.to(torch.int64) << 32) | pos
+    keys_np = keys.numpy()
+    keys_np.sort(axis=-1)
+    return torch.from_numpy(keys_np & 0xFFFFFFFF)
 
 
 def sort_matching_loss(syn: torch.Tensor, ref_sorted: torch.Tensor, channel_weight: torch.Tensor | None = None,
@@ -90,7 +119,7 @@ def sort_matching_loss(syn: torch.Tensor, ref_sorted: torch.Tensor, channel_weig
         n = n_samples
     ref = resample_sorted(ref_sorted.to(device=syn.device, dtype=syn.dtype), n)
     with torch.no_grad():
-        order = torch.sort(syn.detach(), dim=-1).indices
+        order = argsort_rows(syn.detach())
         matched = torch.empty_like(syn).scatter_(-1, order, ref.expand(b, c, n))
     sq = (syn - matched).square()
     per_channel = sq.mean(-1)                                  # [B, C]

@@ -1,0 +1,155 @@
+"""Reference images for VITAL: what the synthetic image's feature distributions are matched to.
+
+* class neurons, paper form: random resized crops of photographs of the class
+  (`class_references`);
+* data-driven form (class or inner): the neuron's top-activating probe images
+  (`topk_image_references`);
+* inner neurons: the top-activating probe images cropped to the receptive field around
+  the channel's spatial argmax (`inner_patch_references`), the receptive field measured
+  from gradients (`receptive_field`).
+
+All outputs are ImageNet-normalized tensors [n, 3, size, size].
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from .models import normalize
+from .taps import capture, channels_first, get_layer
+
+__all__ = ["class_references", "topk_image_references", "inner_patch_references", "receptive_field",
+           "channel_maps"]
+
+
+def _pil_to_tensor(img: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+
+def class_references(images: Sequence[Image.Image], size: int, n: int, seed: int = 0,
+                     scale: tuple[float, float] = (0.25, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                     flip: bool = True) -> torch.Tensor:
+    """n random resized crops (area fraction in `scale`, aspect in `ratio`, optional horizontal
+    flip) of the class photographs, cycled over the images; deterministic per seed."""
+    if not images:
+        raise ValueError("class_references needs at least one image")
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        img = images[i % len(images)].convert("RGB")
+        w, h = img.size
+        area = w * h
+        for _ in range(10):
+            target = area * rng.uniform(*scale)
+            aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+            cw, ch = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+            if 0 < cw <= w and 0 < ch <= h:
+                break
+        else:
+            cw = ch = min(w, h)
+        left = int(rng.integers(0, w - cw + 1))
+        top = int(rng.integers(0, h - ch + 1))
+        crop = img.crop((left, top, left + cw, top + ch)).resize((size, size), Image.BICUBIC)
+        if flip and rng.random() < 0.5:
+            crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+        out.append(normalize(_pil_to_tensor(crop)))
+    return torch.stack(out)
+
+
+def topk_image_references(probe_images: torch.Tensor, values: np.ndarray | Sequence[float], k: int) -> torch.Tensor:
+    """The k probe images with the largest values (ties: lower index first)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.shape[0] != probe_images.shape[0]:
+        raise ValueError(f"{values.shape[0]} values for {probe_images.shape[0]} probe images")
+    order = np.argsort(-values, kind="stable")[: max(1, min(k, len(values)))]
+    return probe_images[torch.as_tensor(order.copy())]
+
+
+def _device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def channel_maps(model: nn.Module, layer: str, index: int, images: torch.Tensor, batch: int = 32) -> torch.Tensor:
+    """Activation of channel `index` at `layer`: [N, H, W] for conv maps, [N, T] for tokens."""
+    get_layer(model, layer)
+    dev = _device(model)
+    maps = []
+    for i in range(0, images.shape[0], batch):
+        with capture(model, [layer], detach=True) as acts:
+            model(images[i:i + batch].to(dev))
+        a = acts[layer]
+        maps.append((a[:, index] if a.dim() == 4 else channels_first(a)[:, index]).float().cpu())
+    return torch.cat(maps)
+
+
+def receptive_field(model: nn.Module, layer: str, input_size: int = 224, n_trials: int = 4, seed: int = 0,
+                    threshold: float = 0.01) -> int:
+    """Empirical receptive field (pixels, side of a square) of a centre unit of `layer`.
+
+    Gradient of the centre position (summed over channels) w.r.t. random inputs; the support is
+    where the mean |gradient| exceeds `threshold` x its maximum; its larger extent is returned.
+    Token layouts (every token sees the whole image) give `input_size`.
+    """
+    get_layer(model, layer)
+    dev = _device(model)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n_trials, 3, input_size, input_size, generator=g).to(dev).requires_grad_(True)
+    flags = [p.requires_grad for p in model.parameters()]
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        with torch.enable_grad(), capture(model, [layer]) as acts:
+            model(x)
+            a = acts[layer]
+            if a.dim() != 4:
+                return int(input_size)
+            h, w = a.shape[-2:]
+            a[:, :, h // 2, w // 2].sum().backward()
+    finally:
+        for p, f in zip(model.parameters(), flags):
+            p.requires_grad_(f)
+    sal = x.grad.abs().sum((0, 1))
+    mask = sal > threshold * sal.max().clamp_min(1e-30)
+    rows = torch.nonzero(mask.any(1)).flatten()
+    cols = torch.nonzero(mask.any(0)).flatten()
+    if rows.numel() == 0:
+        return int(input_size)
+    return int(max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1))
+
+
+def inner_patch_references(model: nn.Module, layer: str, index: int, probe_images: torch.Tensor, k: int, size: int,
+                           rf: int | None = None) -> torch.Tensor:
+    """Top-k receptive-field patches for an inner neuron: [k, 3, size, size] (normalized).
+
+    The k probe images with the largest spatial max of the channel are cropped to a square of
+    the empirical receptive field (`receptive_field`, at the probe resolution) centred on the
+    spatial argmax (shifted to stay inside the image) and resized to `size`. For token layouts
+    the whole image is the patch.
+    """
+    n, _, s_h, s_w = probe_images.shape
+    maps = channel_maps(model, layer, index, probe_images)
+    peak = maps.flatten(1).max(1).values
+    order = np.argsort(-peak.numpy(), kind="stable")[: max(1, min(k, n))]
+    if maps.dim() != 3:
+        sel = probe_images[torch.as_tensor(order.copy())]
+        return F.interpolate(sel, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    side = int(min(rf if rf is not None else receptive_field(model, layer, s_h), s_h, s_w))
+    h, w = maps.shape[-2:]
+    out = []
+    for i in order:
+        flat = int(torch.argmax(maps[i]))
+        r, c = divmod(flat, w)
+        cy, cx = (r + 0.5) * s_h / h, (c + 0.5) * s_w / w
+        top = int(round(min(max(cy - side / 2, 0), s_h - side)))
+        left = int(round(min(max(cx - side / 2, 0), s_w - side)))
+        patch = probe_images[i:i + 1, :, top:top + side, left:left + side]
+        out.append(F.interpolate(patch, size=(size, size), mode="bilinear", antialias=True, align_corners=False))
+    return torch.cat(out)

@@ -1,0 +1,78 @@
+"""The compare report of SPEC.md (`neuron-audit compare --json`) and its table."""
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+
+from .records import DriftResult
+
+REQUIRED_STATISTICS = ("spearman", "topk_jaccard", "topk_p_value", "wasserstein_norm", "cross_activation",
+                       "visual_distance")
+VERDICTS = ("PASS", "WARN", "FAIL")
+
+
+def _json_number(v):
+    """JSON has no NaN/inf: those become null."""
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return v
+    return f if math.isfinite(f) else None
+
+
+def build_report(model_name: str, baseline: str, candidate: str, probe_sha256: str,
+                 results: list[DriftResult]) -> dict:
+    neurons = []
+    for r in results:
+        st = {k: _json_number(r.statistics.get(k)) for k in REQUIRED_STATISTICS}
+        st.update({k: _json_number(v) for k, v in r.statistics.items() if k not in st})
+        neurons.append({"id": r.neuron_id, "layer": r.layer, "index": int(r.index), "kind": r.kind,
+                        "verdict": r.verdict, "statistics": st,
+                        "matched_index": None if r.matched_index is None else int(r.matched_index),
+                        "reason": r.reason,
+                        "ci": {k: [_json_number(x) for x in v] for k, v in (r.ci or {}).items()}})
+    summary = {v: sum(1 for r in results if r.verdict == v) for v in VERDICTS}
+    return {"model": model_name, "baseline": str(baseline), "candidate": str(candidate),
+            "probe_set_sha256": probe_sha256, "created_at": datetime.now(timezone.utc).isoformat(),
+            "neurons": neurons, "summary": summary}
+
+
+def exit_code(report: dict) -> int:
+    """1 if any neuron FAILs, else 0 (SPEC.md exit codes)."""
+    return 1 if any(n.get("verdict") == "FAIL" for n in report.get("neurons", [])) else 0
+
+
+def _fmt(v, digits: int = 2) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float) and (abs(v) < 10 ** -digits and v != 0):
+        return f"{v:.1e}"
+    return f"{v:.{digits}f}" if isinstance(v, (int, float)) else str(v)
+
+
+def verdict_table(report: dict):
+    """A rich Table: one row per neuron, verdict coloured, the reason in full."""
+    from rich.table import Table
+
+    s = report.get("summary", {})
+    title = (f"{report.get('model')}: {report.get('baseline')} -> {report.get('candidate')}  "
+             f"(PASS {s.get('PASS', 0)}, WARN {s.get('WARN', 0)}, FAIL {s.get('FAIL', 0)})")
+    table = Table(title=title, show_lines=False)
+    for col, kw in (("neuron", {}), ("layer[index]", {}), ("verdict", {}), ("spearman", {"justify": "right"}),
+                    ("top-k J", {"justify": "right"}), ("W/sigma", {"justify": "right"}),
+                    ("cross", {"justify": "right"}), ("visual", {"justify": "right"}),
+                    ("reason", {"overflow": "fold"})):
+        table.add_column(col, **kw)
+    style = {"PASS": "green", "WARN": "yellow", "FAIL": "bold red"}
+    for n in report.get("neurons", []):
+        st = n.get("statistics", {})
+        where = f"{n.get('layer')}[{n.get('index')}]"
+        if n.get("matched_index") is not None:
+            where += f" -> [{n['matched_index']}]"
+        v = n.get("verdict", "?")
+        table.add_row(str(n.get("id")), where, f"[{style.get(v, '')}]{v}[/]" if v in style else v,
+                      _fmt(st.get("spearman")), _fmt(st.get("topk_jaccard")), _fmt(st.get("wasserstein_norm")),
+                      _fmt(st.get("cross_activation")), _fmt(st.get("visual_distance")), n.get("reason", ""))
+    return table
