@@ -52,7 +52,8 @@ from audit.config import ThresholdsConfig  # noqa: E402
 from audit.drift import compare_versions  # noqa: E402
 from audit.models import load_model  # noqa: E402
 from audit.probe import build_probe_set  # noqa: E402
-from audit.records import NeuronTarget  # noqa: E402
+from audit.records import NeuronTarget
+from audit.surgery import permute_stage_output, swap_class_rows  # noqa: E402
 from audit.stats import activation_cache  # noqa: E402
 
 CLASSES = {"egyptian-cat": 285, "tabby": 281, "tiger-cat": 282, "espresso": 967, "coffee-mug": 504,
@@ -152,22 +153,6 @@ def bn_reestimated(model, images: torch.Tensor, batch: int = 64, momentum: float
     return m.eval()
 
 
-def permute_stage(model, stage: int, perm: np.ndarray):
-    m = copy.deepcopy(model)
-    p = torch.as_tensor(perm, dtype=torch.long)
-    with torch.no_grad():
-        for j, blk in enumerate(m.blocks[stage]):
-            blk.conv_pwl.weight.copy_(blk.conv_pwl.weight[p])
-            for name in ("weight", "bias", "running_mean", "running_var"):
-                t = getattr(blk.bn3, name)
-                t.copy_(t[p])
-            if j > 0:
-                blk.conv_pw.weight.copy_(blk.conv_pw.weight[:, p])
-        nxt = m.blocks[stage + 1][0].conv_pw if stage + 1 < len(m.blocks) else m.conv_head
-        nxt.weight.copy_(nxt.weight[:, p])
-    return m
-
-
 def reinit_channels(model, chans: list[tuple[int, int]], seed: int = 2):
     m = copy.deepcopy(model)
     g = torch.Generator().manual_seed(seed)
@@ -177,14 +162,6 @@ def reinit_channels(model, chans: list[tuple[int, int]], seed: int = 2):
                 row = blk.conv_pwl.weight[c]
                 new = torch.randn(row.shape, generator=g)
                 row.copy_(new * row.norm() / new.norm())
-    return m
-
-
-def swap_rows(model, i: int, j: int):
-    m = copy.deepcopy(model)
-    with torch.no_grad():
-        for t in (m.classifier.weight, m.classifier.bias):
-            t[[i, j]] = t[[j, i]].clone()
     return m
 
 
@@ -264,9 +241,9 @@ def main(argv=None) -> int:
         ("noise", "benign", lambda: weight_noise(base, args.noise)),
         ("bn-recal", "benign", lambda: bn_reestimated(base, probe.images, momentum=0.1)),
         ("bn-full", "info", lambda: bn_reestimated(base, probe.images, momentum=None)),
-        ("permuted", "benign", lambda: permute_stage(base, 5, perm)),
+        ("permuted", "benign", lambda: permute_stage_output(base, 5, perm)),
         ("reinit", "functional", lambda: reinit_channels(base, [(4, 60), (6, 200)])),
-        ("swap", "functional", lambda: swap_rows(base, 285, 967)),
+        ("swap", "functional", lambda: swap_class_rows(base, 285, 967)),
         ("shortcut", "functional", lambda: shortcut(base, clean, patched, args.size)[0]),
         ("prune", "functional", lambda: prune_stage(base, 4, args.prune)),
     ]

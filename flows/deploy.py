@@ -34,7 +34,10 @@ def ensure_prefect_server(host: str = "127.0.0.1", port: int = 4200, home: Path 
     if home is not None:
         env["PREFECT_HOME"] = str(home)
     env.pop("PREFECT_API_URL", None)
-    log = open((home or Path(".")) / "prefect-server.log", "ab") if home else subprocess.DEVNULL
+    log = subprocess.DEVNULL
+    if home is not None:
+        home.mkdir(parents=True, exist_ok=True)
+        log = open(home / "prefect-server.log", "ab")
     proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)],
                             env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + wait_s

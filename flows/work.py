@@ -34,6 +34,22 @@ class VersionOutcome:
     seconds: float = 0.0
 
 
+def probe_thumbnails(store, probe, size: int = 96) -> list[str]:
+    """Small PNGs of the probe images (content-addressed, so written once), for the
+    dashboard's top-activating examples."""
+    from PIL import Image
+
+    from audit.models import to_uint8_image
+
+    out = []
+    for x in probe.images:
+        img = Image.fromarray(to_uint8_image(x))
+        if img.width > size:
+            img = img.resize((size, size), Image.BICUBIC)
+        out.append(store.artifacts.put_image(np.asarray(img)))
+    return out
+
+
 def valid_neurons(cfg_path: str, model_name: str, version: str, outcome: VersionOutcome):
     cfg = runtime.config(cfg_path)
     mcfg = cfg.model(model_name)
@@ -63,7 +79,8 @@ def probe_statistics(cfg_path: str, model_name: str, version: str, outcome: Vers
     probe = runtime.probe_set(cfg, mcfg, loaded.model)
     store.upsert_probe_set(probe.sha256, mcfg.probe_set, len(probe.names),
                            {"size": int(probe.images.shape[-1]), "crops_per_image": mcfg.probe.crops_per_image,
-                            "names": probe.names, "skipped": probe.skipped})
+                            "names": probe.names, "skipped": probe.skipped,
+                            "thumbnails": probe_thumbnails(store, probe)})
     todo = []
     for n in valid_neurons(cfg_path, model_name, version, outcome):
         if store.load_stats(model_name, version, n.id, probe.sha256) is None:
@@ -75,7 +92,7 @@ def probe_statistics(cfg_path: str, model_name: str, version: str, outcome: Vers
         for n in todo:
             try:
                 a = acts[n.id]
-                stats = summarize(n.id, a.max)
+                stats = summarize(n.id, a)
                 store.save_stats(model_name, version, n.id, probe.sha256, stats, {"max": a.max, "mean": a.mean})
                 outcome.stats_computed.append(n.id)
             except Exception as exc:  # one neuron never stops the others
@@ -236,6 +253,7 @@ def comparison_pairs(versions: list[str], champion: str | None, only: str | None
             continue
         if i > 0:
             pairs.append((versions[i - 1], v))
-        if champion is not None and champion != v and champion in versions and (champion, v) not in pairs:
+        # versions listed after the champion are also compared with it
+        if champion in versions and versions.index(champion) < i and (champion, v) not in pairs:
             pairs.append((champion, v))
     return pairs

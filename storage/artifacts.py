@@ -40,17 +40,8 @@ class ArtifactStore:
     def _write(self, kind: str, digest: str, suffix: str, data: bytes) -> str:
         rel = f"{kind}/{digest[:2]}/{digest}{suffix}"
         dest = self.path(rel)
-        if dest.is_file():
-            return rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-", suffix=suffix)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        if not dest.is_file():
+            _atomic_write(dest, data, suffix)
         return rel
 
     def put_bytes(self, data: bytes, suffix: str = ".bin", kind: str = "files") -> str:
@@ -121,15 +112,7 @@ class ArtifactStore:
     def write_named(self, rel: str, data: bytes) -> Path:
         """Write `data` at a chosen relative path (not content-addressed), atomically."""
         dest = self.path(rel)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        _atomic_write(dest, data)
         return dest
 
 
@@ -157,3 +140,16 @@ def jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+def _atomic_write(dest: Path, data: bytes, suffix: str = "") -> None:
+    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-", suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -775,7 +775,9 @@ class AuditStore:
                 d.update(probe_set_sha256=ps.sha256, values_path=st.values_path, created_at=_iso(st.created_at))
                 entry["stats"] = d
                 names = (ps.meta or {}).get("names") or []
-                entry["topk"] = [{"index": int(i), "name": names[int(i)] if 0 <= int(i) < len(names) else str(i), "value": val}
+                thumbs = (ps.meta or {}).get("thumbnails") or []
+                entry["topk"] = [{"index": int(i), "name": names[int(i)] if 0 <= int(i) < len(names) else str(i), "value": val,
+                                  "image_path": thumbs[int(i)] if 0 <= int(i) < len(thumbs) else None}
                                  for i, val in zip(d.get("topk_indices") or [], d.get("topk_values") or [])]
                 entry["hist"] = {"edges": d.get("hist_edges") or [], "counts": d.get("hist_counts") or []}
             out_versions.append(entry)

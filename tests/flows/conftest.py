@@ -36,6 +36,7 @@ def write_config(directory: Path, checkpoint: Path, webhook: str | None = None, 
     cfg["alerts"]["webhook"] = webhook
     if executor:
         cfg["executor"] = executor
+    directory.mkdir(parents=True, exist_ok=True)
     path = directory / "neuron-audit.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path

@@ -66,7 +66,7 @@ def test_alert_posted_once_per_new_fail_with_retry(tmp_path, planted_checkpoint,
     con = sqlite3.connect(tmp_path / "store" / "audit.db")
     rows = con.execute("select delivery_status from alerts").fetchall()
     con.close()
-    assert rows == [("delivered",)]
+    assert rows == [("sent",)]
     run_audit(str(cfg), with_visuals=False)
     assert len(webhook.received) == 1, "a repeated run must not repeat the alert"
 
@@ -137,25 +137,32 @@ def test_serve_creates_scheduled_deployment(tmp_path, tiny_config):
     proc = subprocess.Popen([sys.executable, "-m", "audit", "serve", "-c", str(tiny_config), "--port", str(port)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     api = f"http://127.0.0.1:{port}/api"
-    found = None
+
+    def query(path: str, body: dict) -> list:
+        req = urllib.request.Request(f"{api}/{path}", data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return json.loads(r.read())
+
+    found, scheduled = None, []
     try:
         deadline = time.monotonic() + 150
-        while time.monotonic() < deadline and proc.poll() is None and not found:
+        while time.monotonic() < deadline and proc.poll() is None and not scheduled:
             try:
-                req = urllib.request.Request(f"{api}/deployments/filter", data=b"{}", method="POST",
-                                             headers={"Content-Type": "application/json"})
-                with urllib.request.urlopen(req, timeout=5) as r:
-                    found = [d for d in json.loads(r.read()) if d["name"] == "nightly"]
+                found = found or [d for d in query("deployments/filter", {}) if d["name"] == "nightly"]
+                scheduled = query("flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}})
             except OSError:
                 pass
             time.sleep(1)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert found, "neuron-audit serve did not register the nightly deployment"
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert found, f"neuron-audit serve did not register the nightly deployment (exit code {proc.returncode})"
     schedules = found[0]["schedules"]
     assert schedules[0]["schedule"]["cron"] == "0 2 * * *"
     assert schedules[0]["schedule"]["timezone"] == "UTC"
+    assert scheduled and all(r["expected_start_time"].endswith("T02:00:00Z") for r in scheduled)

@@ -1,0 +1,74 @@
+"""VITAL speed on this machine, measured in one run.
+
+1. Seconds per VITAL step (paper form, one image) against a bare forward+backward of
+   the same model at the same resolution, with the exact sort and with the default
+   sub-sampled quantile matching (`sort_samples`).
+2. Neurons per minute as the batch of neurons grows (1, 2, 4, 8): real `render_vital`
+   calls of a few steps, extrapolated to a full run of `--full-steps` steps.
+
+    .venv/bin/python benchmarks/fv_speed.py [--resolution 224] [--steps 12] [--full-steps 600]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from audit.assets import load_rgb_images, resolve_images  # noqa: E402
+from audit.models import load_model  # noqa: E402
+from audit.records import NeuronTarget  # noqa: E402
+from audit.references import class_references  # noqa: E402
+from audit.vital import VitalRequest, VitalSettings, benchmark_step, render_vital  # noqa: E402
+
+CLASSES = {"chelsea": 285, "coffee": 967, "rocket": 657, "camera": 872}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="efficientnet_lite0")
+    ap.add_argument("--resolution", type=int, default=224)
+    ap.add_argument("--steps", type=int, default=12, help="steps per timed render_vital call")
+    ap.add_argument("--full-steps", type=int, default=600, help="steps of a full-quality run, for neurons/minute")
+    ap.add_argument("--batches", default="1,2,4,8")
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_model(args.model, f"builtin:{args.model}", device=device)
+    print(f"# VITAL speed: {args.model} at {args.resolution} px on {device} ({torch.get_num_threads()} threads)\n")
+
+    print("| variant | bare fwd+bwd (ms) | VITAL step (ms) | ratio |")
+    print("|---|---|---|---|")
+    for label, samples in (("exact sort (all positions)", None), ("sort_samples=4096 (default)", 4096)):
+        r = benchmark_step(model, resolution=args.resolution, sort_samples=samples, repeats=args.repeats)
+        print(f"| {label} | {r['bare'] * 1e3:.1f} | {r['vital'] * 1e3:.1f} | {r['ratio']:.2f}x |")
+
+    photos = {n: load_rgb_images(resolve_images(f"builtin:samples/{n}")).images for n in CLASSES}
+    names = list(CLASSES)
+    settings = VitalSettings.for_model(args.model, resolution=args.resolution, steps=args.steps)
+    print(f"\n| batch (neurons) | s/step | s/neuron/step | neurons per minute at {args.full_steps} steps |")
+    print("|---|---|---|---|")
+    for b in [int(x) for x in args.batches.split(",")]:
+        reqs = []
+        for i in range(b):
+            name = names[i % len(names)]
+            refs = class_references(photos[name], size=args.resolution, n=16, seed=i)
+            reqs.append(VitalRequest(NeuronTarget(f"{name}-{i}", "class", "classifier", CLASSES[name]), refs, False))
+        render_vital(model, reqs, settings.model_copy(update={"steps": 2}), seed=0, device=device)  # warm-up
+        t0 = time.perf_counter()
+        render_vital(model, reqs, settings, seed=0, device=device)
+        per_step = (time.perf_counter() - t0) / args.steps
+        print(f"| {b} | {per_step:.3f} | {per_step / b:.3f} | {60 * b / (per_step * args.full_steps):.2f} |")
+
+
+if __name__ == "__main__":
+    main()
