@@ -137,7 +137,11 @@ class ThresholdsConfig(_Strict):
     cross_activation_warn: float = Field(default=0.5, ge=0, le=1)   # percentile of a version's visualization in the other's probe distribution
     identity_match_spearman: float = Field(default=0.90, ge=0, le=1)  # a moved channel counts as "the same" above this
     bootstrap_seed: int = 0
-    cluster_bootstrap: bool = True        # resample source photographs (all their crops), not single crops
+    # The bootstrap unit. False (default): single probe images. The audit asks whether the neuron's function on
+    # this fixed probe set changed, and a change confined to one source photograph must still be able to FAIL;
+    # resampling whole photographs can never make a one-photograph effect significant (~37% of resamples omit it).
+    # True: whole source photographs (all their crops), for claims about images beyond the probe set.
+    cluster_bootstrap: bool = False
 
 
 class ModelConfig(_Strict):

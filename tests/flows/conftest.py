@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 TINY_VISUALIZATION = {"resolution": 64, "steps": 6, "seeds": [0, 1], "n_references": 4}
-TINY_PROBE = {"crops_per_image": 3, "resolution": 112}
+TINY_PROBE = {"crops_per_image": 16, "resolution": 96}
 
 
 @pytest.fixture(scope="session")
