@@ -102,7 +102,9 @@ def references_for(n: NeuronConfig, model: nn.Module, probe_images: torch.Tensor
     from . import references as refs
 
     if n.kind == "inner":
-        imgs = refs.inner_patch_references(model, n.layer, n.index, probe_images, k=count, size=size)
+        have_values = probe_values is not None and np.any(probe_values)
+        imgs = refs.inner_patch_references(model, n.layer, n.index, probe_images, k=count, size=size,
+                                           peak_values=probe_values if have_values else None)
         return NeuronReferences(imgs, f"top-{count} probe patches of {n.layer}[{n.index}]", True)
     if (n.references or TOPK_REFERENCES) == TOPK_REFERENCES:
         imgs = refs.topk_image_references(probe_images, probe_values, k=count)

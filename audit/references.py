@@ -126,18 +126,26 @@ def receptive_field(model: nn.Module, layer: str, input_size: int = 224, n_trial
 
 
 def inner_patch_references(model: nn.Module, layer: str, index: int, probe_images: torch.Tensor, k: int, size: int,
-                           rf: int | None = None) -> torch.Tensor:
+                           rf: int | None = None, peak_values: np.ndarray | None = None) -> torch.Tensor:
     """Top-k receptive-field patches for an inner neuron: [k, 3, size, size] (normalized).
 
     The k probe images with the largest spatial max of the channel are cropped to a square of
     the empirical receptive field (`receptive_field`, at the probe resolution) centred on the
     spatial argmax (shifted to stay inside the image) and resized to `size`. For token layouts
-    the whole image is the patch.
+    the whole image is the patch. `peak_values` (the channel's spatial max per probe image,
+    as the probe statistics store it) saves the pass over the whole probe set: only the k
+    chosen images are run to locate their argmax.
     """
     n, _, s_h, s_w = probe_images.shape
-    maps = channel_maps(model, layer, index, probe_images)
-    peak = maps.flatten(1).max(1).values
-    order = np.argsort(-peak.numpy(), kind="stable")[: max(1, min(k, n))]
+    if peak_values is not None and len(peak_values) == n:
+        order = np.argsort(-np.asarray(peak_values, dtype=np.float64), kind="stable")[: max(1, min(k, n))]
+        probe_images = probe_images[torch.as_tensor(order.copy())]
+        maps = channel_maps(model, layer, index, probe_images)
+        order = np.arange(len(order))
+    else:
+        maps = channel_maps(model, layer, index, probe_images)
+        peak = maps.flatten(1).max(1).values
+        order = np.argsort(-peak.numpy(), kind="stable")[: max(1, min(k, n))]
     if maps.dim() != 3:
         sel = probe_images[torch.as_tensor(order.copy())]
         return F.interpolate(sel, size=(size, size), mode="bilinear", antialias=True, align_corners=False)

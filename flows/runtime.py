@@ -31,9 +31,14 @@ def config(path: str) -> AuditConfig:
 def store(path: str):
     from storage.repository import AuditStore
 
+    from audit.stats import set_cache_dir
+
     cfg = config(path)
     s = AuditStore(cfg.store.database, str(cfg.resolve_path(cfg.store.artifacts)))
     s.upgrade()
+    # Probe activations keyed by (weights, probe set, layer): a re-run or a compare of
+    # stored versions reads them instead of running the models again.
+    set_cache_dir(cfg.resolve_path(cfg.store.artifacts) / "cache" / "activations")
     return s
 
 
