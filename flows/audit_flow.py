@@ -68,6 +68,21 @@ def log_report_task(cfg_path: str, model: str, run_id: int, report: dict) -> Non
     log_compare_report(cfg_path, model, run_id, report)
 
 
+@task(name="static-report", **IO_RETRIES)
+def static_report_task(cfg_path: str, run_id: int, versions: list[tuple[str, str]]) -> str:
+    """The dashboard's views as static HTML under the artifact store, logged to the MLflow
+    run of each audited version."""
+    from dashboards.export import export_static
+    from storage.tracking import log_static_report
+
+    cfg = runtime.config(cfg_path)
+    out_dir = cfg.resolve_path(cfg.store.artifacts) / "static-report"
+    index = export_static(runtime.store(cfg_path), str(cfg.resolve_path(cfg.store.artifacts)), out_dir)
+    for model, version in versions:
+        log_static_report(cfg_path, model, run_id, version, out_dir)
+    return str(index)
+
+
 @task(name="send-alerts", **IO_RETRIES)
 def send_alerts_task(cfg_path: str, report: dict, flow_run_url: str | None) -> list[dict]:
     """One POST per FAIL that is new for this neuron and version pair; failed deliveries
@@ -174,6 +189,11 @@ def nightly_audit(config_path: str, model: str | None = None, version: str | Non
                     log_report_task(cfg_path, mcfg.name, run_id, report)
                 except Exception as exc:
                     summary["errors"].append(f"MLflow report logging: {exc}")
+        try:
+            summary["static_report"] = static_report_task(
+                cfg_path, run_id, [(v["model"], v["version"]) for v in summary["versions"]])
+        except Exception as exc:
+            summary["errors"].append(f"static report: {exc}")
         status = "completed" if not summary["errors"] else "completed_with_errors"
         store.finish_run(run_id, status, "; ".join(summary["errors"]) or None)
     except BaseException as exc:

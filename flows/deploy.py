@@ -51,6 +51,23 @@ def ensure_prefect_server(host: str = "127.0.0.1", port: int = 4200, home: Path 
     raise RuntimeError(f"Prefect server on {host}:{port} did not become healthy within {wait_s:.0f} s")
 
 
+HEAVY_TAG = "neuron-audit-heavy"
+
+
+def ensure_heavy_concurrency_limit(config_path: str) -> int:
+    """Tasks tagged neuron-audit-heavy (statistics, rendering, compares) run at most one per
+    worker: 1 in-process, the Dask worker count when scaled out."""
+    from prefect.client.orchestration import get_client
+
+    from audit.config import load_config
+
+    cfg = load_config(config_path)
+    limit = cfg.executor.dask.n_workers if cfg.executor.dask else 1
+    with get_client(sync_client=True) as client:
+        client.create_concurrency_limit(tag=HEAVY_TAG, concurrency_limit=limit)
+    return limit
+
+
 def build_deployment(config_path: str):
     from prefect.schedules import Cron
 
@@ -75,6 +92,7 @@ def serve_nightly(config_path: str, host: str = "127.0.0.1", port: int = 4200, h
 
     try:
         with temporary_settings({PREFECT_API_URL: api}):
+            ensure_heavy_concurrency_limit(config_path)
             serve(build_deployment(config_path))
     finally:
         if proc is not None:

@@ -36,6 +36,7 @@ def store(path: str):
     cfg = config(path)
     s = AuditStore(cfg.store.database, str(cfg.resolve_path(cfg.store.artifacts)))
     s.upgrade()
+    s.sync_registry(cfg)
     # Probe activations keyed by (weights, probe set, layer): a re-run or a compare of
     # stored versions reads them instead of running the models again.
     set_cache_dir(cfg.resolve_path(cfg.store.artifacts) / "cache" / "activations")

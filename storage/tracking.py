@@ -248,6 +248,10 @@ class MlflowTracker:
         """Add the compare report (JSON) to an MLflow run."""
         self._retry("log report", lambda: self.client.log_dict(mlflow_run_id, report, artifact_file))
 
+    def log_directory(self, mlflow_run_id: str, directory: str | Path, artifact_path: str) -> None:
+        """Add a folder (e.g. the static HTML report) to an MLflow run."""
+        self._retry("log directory", lambda: self.client.log_artifacts(mlflow_run_id, str(directory), artifact_path))
+
     def log_version(self, store, audit_run_id: int, model: str, version: str, params: Mapping[str, Any] | None = None,
                     report: dict | None = None, images: Mapping[str, np.ndarray | str] | None = None) -> str:
         """Log what the store holds for (audit run, version) and record the MLflow run id in the store.
@@ -331,3 +335,13 @@ def log_compare_report(cfg_path: str, model: str, run_id: int, report: dict) -> 
         tracker.log_report(row["mlflow_run_id"], clean, f"compare_{baseline}_vs_{candidate}.json")
         return row["mlflow_run_id"]
     return tracker.log_version(store, run_id, model, candidate, report=clean)
+
+
+def log_static_report(cfg_path: str, model: str, run_id: int, version: str, directory: str | Path) -> str | None:
+    """Attach the static HTML report to the MLflow run of (audit run, version); None when that run was not logged."""
+    cfg, store, tracker = _for_config(str(cfg_path))
+    row = store.mlflow_run(run_id, model, version)
+    if not row or row["status"] != "logged" or not row["mlflow_run_id"]:
+        return None
+    tracker.log_directory(row["mlflow_run_id"], directory, "static-report")
+    return row["mlflow_run_id"]

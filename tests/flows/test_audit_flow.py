@@ -45,6 +45,17 @@ def test_flow_flags_planted_change_and_rerun_is_all_cache_hits(tiny_config):
     assert sorted({k.split("#")[0] for k in v2["viz_rendered"]}) == ["espresso"]
     db = tiny_config.parent / "store" / "audit.db"
     before = row_counts(db)
+    # The static report is written under the artifact store and logged to each version's MLflow run.
+    from mlflow.tracking import MlflowClient
+
+    from flows import runtime
+
+    assert summary["static_report"].endswith("index.html")
+    cfg = runtime.config(str(tiny_config))
+    row = runtime.store(str(tiny_config)).mlflow_run(summary["run_id"], "lite0-demo", "2")
+    client = MlflowClient(cfg.store.mlflow_tracking_uri)
+    logged = [a.path for a in client.list_artifacts(row["mlflow_run_id"], "static-report")]
+    assert "static-report/index.html" in logged
 
     again = run_audit(str(tiny_config))
     for out in again["versions"]:
@@ -144,13 +155,14 @@ def test_serve_creates_scheduled_deployment(tmp_path, tiny_config):
         with urllib.request.urlopen(req, timeout=5) as r:
             return json.loads(r.read())
 
-    found, scheduled = None, []
+    found, scheduled, limits = None, [], []
     try:
         deadline = time.monotonic() + 150
         while time.monotonic() < deadline and proc.poll() is None and not scheduled:
             try:
                 found = found or [d for d in query("deployments/filter", {}) if d["name"] == "nightly"]
                 scheduled = query("flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}})
+                limits = [c for c in query("concurrency_limits/filter", {}) if c["tag"] == "neuron-audit-heavy"]
             except OSError:
                 pass
             time.sleep(1)
@@ -166,3 +178,4 @@ def test_serve_creates_scheduled_deployment(tmp_path, tiny_config):
     assert schedules[0]["schedule"]["cron"] == "0 2 * * *"
     assert schedules[0]["schedule"]["timezone"] == "UTC"
     assert scheduled and all(r["expected_start_time"].endswith("T02:00:00Z") for r in scheduled)
+    assert limits and limits[0]["concurrency_limit"] == 1

@@ -64,3 +64,22 @@ def test_visualize_writes_png(tmp_path, tiny_config):
     from PIL import Image
 
     assert Image.open(out).size == (64, 64)
+
+
+def test_compare_writes_spec_report_and_exits_1_on_fail(tmp_path, tiny_config):
+    import json
+
+    out = tmp_path / "report.json"
+    r = cli("compare", "-c", str(tiny_config), "--model", "lite0-demo", "--baseline", "1", "--candidate", "2",
+            "--no-visuals", "--json", str(out))
+    assert r.returncode == 1, r.stderr
+    report = json.loads(out.read_text())
+    for key in ("model", "baseline", "candidate", "probe_set_sha256", "created_at", "neurons", "summary"):
+        assert key in report
+    espresso = next(n for n in report["neurons"] if n["id"] == "espresso")
+    assert espresso["verdict"] == "FAIL" and espresso["reason"]
+    for key in ("id", "layer", "index", "kind", "verdict", "statistics", "matched_index", "reason"):
+        assert key in espresso
+    for key in ("spearman", "topk_jaccard", "topk_p_value", "wasserstein_norm", "cross_activation", "visual_distance"):
+        assert key in espresso["statistics"]
+    assert report["summary"]["FAIL"] >= 1 and sum(report["summary"].values()) == 6
