@@ -62,16 +62,20 @@ def _device_of(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-@torch.no_grad()
-def predict_logits(model: nn.Module, images: ImagesLike, size: int, batch: int = 16) -> torch.Tensor:
-    """Logits [N, classes] of the model (eval mode for the call) on the images at `size`."""
-    x = images_to_tensor(images, size)
+def _run_batched(model: nn.Module, x: torch.Tensor, fn, batch: int) -> list[torch.Tensor]:
+    """fn over batches of x on the model's device, in eval mode for the call; results on the CPU."""
     dev, was_training = _device_of(model), model.training
     model.eval()
     try:
-        out = [model(x[i:i + batch].to(dev)).float().cpu() for i in range(0, x.shape[0], batch)]
+        return [fn(x[i:i + batch].to(dev)).cpu() for i in range(0, x.shape[0], batch)]
     finally:
         model.train(was_training)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: ImagesLike, size: int, batch: int = 16) -> torch.Tensor:
+    """Logits [N, classes] of the model (eval mode for the call) on the images at `size`."""
+    out = _run_batched(model, images_to_tensor(images, size), lambda xb: model(xb).float(), batch)
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
@@ -104,20 +108,11 @@ def self_top1(model: nn.Module, images: ImagesLike, class_indices: int | Iterabl
 @torch.no_grad()
 def penultimate_features(model: nn.Module, images: ImagesLike, size: int, batch: int = 16) -> np.ndarray:
     """Pre-logit features [N, D] (timm: forward_head(forward_features(x), pre_logits=True)), float64."""
-    x = images_to_tensor(images, size)
-    dev, was_training = _device_of(model), model.training
-    model.eval()
-    try:
-        out = []
-        for i in range(0, x.shape[0], batch):
-            xb = x[i:i + batch].to(dev)
-            if hasattr(model, "forward_features") and hasattr(model, "forward_head"):
-                f = model.forward_head(model.forward_features(xb), pre_logits=True)
-            else:
-                raise ValueError("penultimate_features needs a timm model (forward_features/forward_head)")
-            out.append(f.flatten(1).double().cpu())
-    finally:
-        model.train(was_training)
+    if not (hasattr(model, "forward_features") and hasattr(model, "forward_head")):
+        raise ValueError("penultimate_features needs a timm model (forward_features/forward_head)")
+    out = _run_batched(model, images_to_tensor(images, size),
+                       lambda xb: model.forward_head(model.forward_features(xb), pre_logits=True).flatten(1).double(),
+                       batch)
     return torch.cat(out).numpy() if out else np.zeros((0, 0))
 
 
