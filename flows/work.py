@@ -77,10 +77,12 @@ def probe_statistics(cfg_path: str, model_name: str, version: str, outcome: Vers
     store = runtime.store(cfg_path)
     loaded = runtime.load_version(cfg_path, model_name, version)
     probe = runtime.probe_set(cfg, mcfg, loaded.model)
-    store.upsert_probe_set(probe.sha256, mcfg.probe_set, len(probe.names),
-                           {"size": int(probe.images.shape[-1]), "crops_per_image": mcfg.probe.crops_per_image,
-                            "names": probe.names, "skipped": probe.skipped,
-                            "thumbnails": probe_thumbnails(store, probe)})
+    stored = store.probe_set_meta(probe.sha256)
+    if not (stored and len(stored.get("thumbnails") or []) == len(probe.names)):
+        store.upsert_probe_set(probe.sha256, mcfg.probe_set, len(probe.names),
+                               {"size": int(probe.images.shape[-1]), "crops_per_image": mcfg.probe.crops_per_image,
+                                "names": probe.names, "skipped": probe.skipped,
+                                "thumbnails": probe_thumbnails(store, probe)})
     todo = []
     for n in valid_neurons(cfg_path, model_name, version, outcome):
         if store.load_stats(model_name, version, n.id, probe.sha256) is None:

@@ -251,6 +251,12 @@ class AuditStore:
                                       "meta": jsonable(dict(meta or {})), "created_at": _now()},
             ["sha256"], ["spec", "n_images", "meta"]))
 
+    def probe_set_meta(self, sha256: str) -> dict | None:
+        """The stored meta of a probe set, or None when the probe set is not stored yet."""
+        with self._read() as s:
+            meta = s.execute(select(S.ProbeSet.meta).where(S.ProbeSet.sha256 == sha256)).first()
+        return None if meta is None else dict(meta[0] or {})
+
     def _save_stats(self, s: Session, model: str, version: str, neuron_id: str, probe_sha256: str,
                     stats: ActivationStats, values_path: str | None, run_id: int | None) -> int:
         return self._upsert(s, S.ActivationStatsRow.__table__,
