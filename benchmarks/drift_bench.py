@@ -4,14 +4,19 @@ Benign pairs (every neuron must PASS):
   resaved     the same weights written to a file and loaded again
   fp16        weights rounded to float16 and back
   noise       Gaussian noise of `--noise` x each weight tensor's std on conv/linear weights
-  bn-recal    batch-norm running statistics recalibrated on the probe images as train-mode
-              BN does (momentum 0.1 per batch of 64, one pass)
-Not scored (shown for information):
-  bn-full     batch-norm statistics estimated from scratch on the probe images only: the
-              15 photographs' statistics replace ImageNet's; this changes the function
-              (logit Spearman 0.3-0.5 at 128 px), so the audit flags it
+  bn-recal    batch-norm statistics re-estimated on `--bn-images` (1024) images of the training
+              distribution. ImageNet is not on this machine, so the re-estimate is simulated
+              with its real source of error, the sample: `--bn-images` probe images are drawn
+              with replacement, BN layers are re-estimated one after the other on that sample
+              (as a real re-estimate runs), and each layer's stored statistics move by the
+              sample's deviation from the original network's moments on the probe set.
   permuted    stage blocks.5's output channels permuted together with every consumer's
               inputs (same function; registered blocks.5 channels must report their new index)
+Not scored (shown for information; real changes of function, which the audit should flag):
+  bn-probe    batch-norm running statistics recalibrated on the 15 probe photographs as
+              train-mode BN does (momentum 0.1 per batch of 64, one pass): more than half of
+              the ImageNet statistics are replaced by those of 15 unrelated photographs
+  bn-full     batch-norm statistics estimated from scratch on the probe images only
 Functional changes (labelled neurons must FAIL):
   reinit      the filters of two registered channels (blocks.4[60], blocks.6[200]) redrawn at
               the same norm. changed: those two; unchanged: neurons upstream of blocks.4;
@@ -153,6 +158,62 @@ def bn_reestimated(model, images: torch.Tensor, batch: int = 64, momentum: float
     return m.eval()
 
 
+def _bn_moments(model, images: torch.Tensor, batch: int | None, on_input=None) -> dict:
+    """Per-image first and second moments [images, C] at the input of every BN layer; `on_input(bn,
+    m1, m2)` may update that layer's statistics before it normalizes (sequential re-estimation)."""
+    bns = [mod for mod in model.modules() if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm)]
+    out = {bn: ([], []) for bn in bns}
+
+    def hook(bn, inputs):
+        x = inputs[0]
+        m1, m2 = x.mean((2, 3)).double(), (x * x).mean((2, 3)).double()
+        out[bn][0].append(m1)
+        out[bn][1].append(m2)
+        if on_input is not None:
+            on_input(bn, m1, m2)
+
+    handles = [bn.register_forward_pre_hook(hook) for bn in bns]
+    try:
+        with torch.no_grad():
+            step = batch or len(images)
+            for i in range(0, len(images), step):
+                model(images[i:i + step])
+    finally:
+        for h in handles:
+            h.remove()
+    return {bn: (torch.cat(a), torch.cat(b)) for bn, (a, b) in out.items()}
+
+
+def bn_resampled(model, images: torch.Tensor, n_images: int = 1024, seed: int = 3):
+    """Batch-norm statistics as a re-estimate on `n_images` training images would give them.
+
+    The sample is `n_images` draws with replacement from `images` (which stand in for the
+    training distribution's image-to-image variation). The re-estimate runs layer by layer, as a
+    real one does: each BN layer measures its input on the partly re-estimated network over the
+    whole sample, and its stored statistics move by the sample's deviation from what the
+    original network shows on `images` (mean: shift; variance: ratio). With every image drawn
+    equally often the model is unchanged; what remains is the sampling error."""
+    m = copy.deepcopy(model).eval()
+    orig = _bn_moments(model.eval(), images, batch=64)
+    reference = {}
+    for bn_new, (m1, m2) in zip([b for b in m.modules() if isinstance(b, torch.nn.modules.batchnorm._BatchNorm)],
+                                orig.values()):
+        mean = m1.mean(0)
+        reference[bn_new] = (mean, m2.mean(0) - mean ** 2)
+    counts = np.bincount(np.random.default_rng(seed).integers(0, len(images), n_images), minlength=len(images))
+    w = torch.from_numpy(counts / counts.sum()).double()
+
+    def reestimate(bn, m1, m2):
+        mean_ref, var_ref = reference[bn]
+        mean = w @ m1
+        var = w @ m2 - mean ** 2
+        bn.running_mean.add_((mean - mean_ref).to(bn.running_mean.dtype))
+        bn.running_var.mul_((var / var_ref.clamp_min(1e-12)).to(bn.running_var.dtype))
+
+    _bn_moments(m, images, batch=None, on_input=reestimate)     # whole sample in one batch: layer by layer
+    return m
+
+
 def reinit_channels(model, chans: list[tuple[int, int]], seed: int = 2):
     m = copy.deepcopy(model)
     g = torch.Generator().manual_seed(seed)
@@ -194,7 +255,7 @@ def labels_for(pair: str, tg: list[NeuronTarget]) -> dict[str, str]:
         d = DEPTH[t.layer]
         if pair in ("resaved", "fp16", "noise", "bn-recal", "permuted"):
             lab = "unchanged"
-        elif pair == "bn-full":
+        elif pair in ("bn-probe", "bn-full"):
             lab = "unknown"       # statistics of 15 photographs replace ImageNet's: a real change, not scored
         elif pair == "reinit":
             lab = "changed" if (t.layer, t.index) in (("blocks.4", 60), ("blocks.6", 200)) else \
@@ -217,6 +278,8 @@ def main(argv=None) -> int:
     ap.add_argument("--crops", type=int, default=34, help="crops per photograph (15 photographs; 34 -> 510 images)")
     ap.add_argument("--noise", type=float, default=0.01, help="benign weight noise, relative to each tensor's std")
     ap.add_argument("--prune", type=float, default=0.9, help="fraction of stage blocks.4's conv weights zeroed")
+    ap.add_argument("--bn-images", type=int, default=1024,
+                    help="size of the simulated training sample the bn-recal pair re-estimates BN on")
     ap.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples (default: ThresholdsConfig)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None, help="write the per-neuron results here")
@@ -239,7 +302,8 @@ def main(argv=None) -> int:
         ("resaved", "benign", lambda: resaved(base, tmp)),
         ("fp16", "benign", lambda: fp16(base)),
         ("noise", "benign", lambda: weight_noise(base, args.noise)),
-        ("bn-recal", "benign", lambda: bn_reestimated(base, probe.images, momentum=0.1)),
+        ("bn-recal", "benign", lambda: bn_resampled(base, probe.images, n_images=args.bn_images)),
+        ("bn-probe", "info", lambda: bn_reestimated(base, probe.images, momentum=0.1)),
         ("bn-full", "info", lambda: bn_reestimated(base, probe.images, momentum=None)),
         ("permuted", "benign", lambda: permute_stage_output(base, 5, perm)),
         ("reinit", "functional", lambda: reinit_channels(base, [(4, 60), (6, 200)])),
@@ -285,7 +349,9 @@ def main(argv=None) -> int:
         n_changed = sum(v == "changed" for v in labels.values())
         n_unknown = sum(v == "unknown" for v in labels.values())
         det = sum(1 for r in results if labels[r.neuron_id] == "changed" and r.verdict == "FAIL")
-        rows.append((name, group, counts, f"{det}/{n_changed}" if n_changed else "-", n_unknown, dt))
+        rho = [r.statistics.get("spearman") for r in results]
+        med = float(np.median([v for v in rho if v is not None])) if any(v is not None for v in rho) else float("nan")
+        rows.append((name, group, counts, f"{det}/{n_changed}" if n_changed else "-", n_unknown, med, dt))
         all_results[name] = [{"id": r.neuron_id, "verdict": r.verdict, "label": labels[r.neuron_id],
                               "matched_index": r.matched_index, "reason": r.reason,
                               "statistics": {k: v for k, v in r.statistics.items()
@@ -305,9 +371,10 @@ def main(argv=None) -> int:
     cold = time.perf_counter() - t2
 
     print()
-    print(f"{'pair':10s} {'kind':11s} {'PASS':>5s} {'WARN':>5s} {'FAIL':>5s} {'detected':>9s} {'unscored':>9s} {'s/compare':>10s}")
-    for name, group, c, det, unk, dt in rows:
-        print(f"{name:10s} {group:11s} {c['PASS']:5d} {c['WARN']:5d} {c['FAIL']:5d} {det:>9s} {unk:9d} {dt:10.1f}")
+    print(f"{'pair':10s} {'kind':11s} {'PASS':>5s} {'WARN':>5s} {'FAIL':>5s} {'detected':>9s} {'unscored':>9s} {'median rho':>11s} {'s/compare':>10s}")
+    for name, group, c, det, unk, med, dt in rows:
+        print(f"{name:10s} {group:11s} {c['PASS']:5d} {c['WARN']:5d} {c['FAIL']:5d} {det:>9s} {unk:9d} {med:11.3f} "
+              f"{dt:10.1f}")
     recall = tp / max(1, tp + fn)
     print()
     print(f"recall on functional changes:        {tp}/{tp + fn} = {recall:.3f}   (target >= 0.95)")
