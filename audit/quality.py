@@ -3,6 +3,7 @@
 * `self_top1`: fraction of visualizations the visualized model classifies top-1 as their class;
 * `transfer_topk`: the same, top-k, on another model (VITAL's class visualizations should
   transfer to other networks; activation maximization images usually do not);
+* `class_probability`: the mean softmax probability of the class, the graded form of transfer;
 * `penultimate_features` + `frechet_distance`: Fréchet distance between visualizations and
   real images of the class in a network's penultimate (pre-logits) features, a small-sample
   FID (Heusel et al. 2017) as VITAL's paper reports per class;
@@ -30,7 +31,7 @@ from torch import nn
 
 from .models import BUILTIN_MODELS, load_model, model_input_size, preprocess
 
-__all__ = ["images_to_tensor", "predict_logits", "self_top1", "transfer_topk", "penultimate_features",
+__all__ = ["images_to_tensor", "predict_logits", "self_top1", "transfer_topk", "class_probability", "penultimate_features",
            "shrunk_covariance", "frechet_distance", "evaluate_class_visualizations", "builtin_model"]
 
 ImagesLike = Sequence[np.ndarray] | torch.Tensor
@@ -98,6 +99,16 @@ def transfer_topk(model: nn.Module, images: ImagesLike, class_indices: int | Ite
     cls = _classes(class_indices, n)
     order = logits.topk(max(k), dim=1).indices
     return {f"top{kk}": float((order[:, :kk] == cls[:, None]).any(1).float().mean()) for kk in k}
+
+
+def class_probability(model: nn.Module, images: ImagesLike, class_indices: int | Iterable[int], size: int) -> float:
+    """Mean softmax probability the model gives each image's class: a graded transfer measure
+    that still separates methods when top-k saturates."""
+    logits = predict_logits(model, images, size)
+    if logits.shape[0] == 0:
+        return float("nan")
+    cls = _classes(class_indices, logits.shape[0])
+    return float(logits.softmax(1).gather(1, cls[:, None]).mean())
 
 
 def self_top1(model: nn.Module, images: ImagesLike, class_indices: int | Iterable[int], size: int) -> float:

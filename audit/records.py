@@ -27,7 +27,8 @@ class Visualization:
     mask: np.ndarray | None = None         # float32 [H, W] in [0, 1]
     loss_history: list[float] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
-    seconds: float = 0.0
+    seconds: float = 0.0                   # wall time of the whole render
+    loop_seconds: float = 0.0              # of which the optimization loop (the rest: reference preparation)
 
 
 @dataclass

@@ -26,13 +26,13 @@ Several neurons are optimized together as one batch: each batch element has its 
 references, target, augmentation draws and loss (the priors and the sort-matching loss are
 per element, the model is in eval mode), so batching changes nothing but speed.
 
-Cost, measured on the 2-core development CPU (shared, so +-20 %), Lite0 at 224 px, taps
-bn1 + blocks 0,1,2,4,6, batch 1: bare forward+backward ~60 ms; one VITAL step with full
-sorts ~1.35-1.5x of it (the 112x112 taps dominate the sort); with the default
-``sort_samples=4096`` (random position subset per tap and step, quantile-matched, see
-`audit.sortmatch`) ~1.1-1.2x. The forward also stops at the deepest tap (the head is not
-computed in the paper form). The relevance form adds one LRP forward+backward per step
-(~2x a bare step). `benchmark_step` reproduces the measurement.
+Cost (`benchmarks/fv_speed.py`, 2-core development CPU, Lite0 at 224 px, taps bn1 + blocks
+0,1,2,4,6 + bn2, batch 1): bare forward+backward ~40 ms; one whole `render_vital` step (jitter, flip,
+priors, sort matching with the default ``sort_samples=4096``, mask, Adam, clipping) ~1.25-1.3x
+of it, since the forward stops at the deepest tap (the classifier is not run in the paper form);
+the references are forwarded and sorted once per run (~0.5 s per neuron, reported apart as
+``seconds - loop_seconds``). The relevance form adds one LRP forward+backward per step.
+`benchmark_step` measures the loss step alone.
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ from .priors import l2_prior, total_variation_l1, total_variation_l2
 from .records import NeuronTarget, Visualization
 from .relevance import tap_relevance
 from .sortmatch import resample_sorted, sort_matching_loss, sorted_reference
-from .taps import capture, channels_first, default_taps, get_layer, output_layer_name
+from .taps import capture, channels_first, default_taps, final_feature_layer, get_layer, output_layer_name
 from .transforms import Compose, Jitter, RandomFlip
 
 __all__ = ["VitalSettings", "VitalRequest", "render_vital", "register_family_defaults", "family_defaults",
@@ -134,11 +134,31 @@ class VitalRequest:
 
 
 def vital_default_taps(model: nn.Module) -> list[str]:
-    """The stem (first of bn1, conv_stem, stem, patch_embed, conv1 that exists) plus default_taps."""
+    """The stem (first of bn1, conv_stem, stem, patch_embed, conv1 that exists), default_taps (the
+    feature_info stages), and the feature map the classifier pools when the model computes new
+    channels after its last stage (EfficientNet's conv_head: 320 -> 1280 at bn2). The authors'
+    taps end at that map (ResNet's layer4); without it class evidence that only forms in the head
+    is unconstrained, and Lite0's cat images drift to tabby/tiger cat (self top-1 0.83 -> 1.00
+    over 4 classes x 3 seeds, benchmarks/fv_quality.py)."""
     modules = dict(model.named_modules())
     stem = next((c for c in _STEM_CANDIDATES if c in modules), None)
-    taps = default_taps(model)
-    return ([stem] if stem and stem not in taps else []) + taps
+    taps = ([stem] if stem else []) + [t for t in default_taps(model) if t != stem]
+    final = final_feature_layer(model)
+    if final and final not in taps and not any(t.startswith(final + ".") for t in taps) \
+            and _head_adds_channels(model):
+        taps.append(final)
+    return taps
+
+
+def _head_adds_channels(model: nn.Module) -> bool:
+    """timm: the pooled feature map has other channels (`num_features`) than the last stage."""
+    info = getattr(model, "feature_info", None)
+    try:
+        last_stage = int(info[-1]["num_chs"])
+    except (TypeError, KeyError, IndexError, ValueError):
+        return False
+    num_features = getattr(model, "num_features", None)
+    return isinstance(num_features, int) and num_features != last_stage
 
 
 class _StopForward(Exception):
@@ -371,7 +391,7 @@ def _render(model: nn.Module, requests: list[VitalRequest], settings: VitalSetti
         m = (m.clamp(max=float(hi)) / max(float(hi), 1e-30)).numpy().astype(np.float32)
         out.append(Visualization(
             neuron_id=req.target.neuron_id, method="vital", seed=seed, image=to_uint8_image(x[i]),
-            mask=m, loss_history=losses,
+            mask=m, loss_history=losses, loop_seconds=sum(h.seconds for h in histories),
             settings={**resolved, "use_relevance": rel[i], "target_layer": layers[i], "index": req.target.index,
                       "n_references": int(req.references.shape[0])},
             seconds=seconds))

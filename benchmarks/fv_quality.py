@@ -5,7 +5,11 @@ For each method, the built-in sample classes (chelsea 285, coffee 967, rocket 65
 (one batch per method and seed) for each seed, then scored:
 
 * self top-1: Lite0 (the visualized model) at its native 224 px;
-* transfer top-1 / top-5: Lite1 at 240 px and Lite2 at 260 px (the images are resized);
+* transfer top-1 / top-5: Lite1 at 240 px and Lite2 at 260 px (the images are resized), and
+  the mean softmax probability of the class there (graded: it separates methods that tie on
+  top-5 with 4 classes);
+* a "real crops" row: the same scores for 32 crops of each class photograph (the Fréchet
+  reference crops), the ceiling a visualization can be expected to reach;
 * Fréchet distance: per class, the class's visualizations (one per seed) against 32 random
   crops of its photo, in Lite0's penultimate (pre-logit, 1280-D) features at 224 px, with
   Ledoit-Wolf-shrunk covariances (`audit.quality.frechet_distance`; few samples, so only
@@ -20,7 +24,7 @@ For each method, the built-in sample classes (chelsea 285, coffee 967, rocket 65
   `torch.cuda.max_memory_allocated()` minus the memory allocated before the renders.
 
 Defaults are the full quality settings (224 px; VITAL 600 steps, lr 0.25, jitter 30 px,
-taps bn1 + blocks 0,1,2,4,6, 32 references; Fourier 512 steps; MACO 256 steps). Cheaper:
+taps bn1 + blocks 0,1,2,4,6 + bn2, 32 references; Fourier 512 steps; MACO 256 steps). Cheaper:
 
     python benchmarks/fv_quality.py --resolution 96 --steps-scale 0.05 --seeds 1 --classes coffee,chelsea
 
@@ -47,7 +51,7 @@ if str(ROOT) not in sys.path:
 CLASSES = {"chelsea": 285, "coffee": 967, "rocket": 657, "camera": 872}
 METHODS = ("vital", "fourier", "maco")
 FULL_STEPS = {"vital": 600, "fourier": 512, "maco": 256}
-VITAL_TAPS = ["bn1", "blocks.0", "blocks.1", "blocks.2", "blocks.4", "blocks.6"]
+VITAL_TAPS = None        # audit.vital.vital_default_taps: bn1, blocks 0, 1, 2, 4, 6 and bn2 on Lite0
 N_REFERENCES = 32
 EVAL_REFERENCE_SEED = 10_000        # the Fréchet reference crops differ from VITAL's own references
 
@@ -65,7 +69,7 @@ def _references(name: str, size: int, seed: int):
 
 
 def run_method(method: str, classes: list[str], seeds: list[int], resolution: int, steps: int, threads: int,
-               device: str | None) -> dict:
+               device: str | None, vital_taps: list[str] | None = None) -> dict:
     """Render every class for every seed with one method (in the calling process); returns the images,
     seconds per neuron and the peak memory growth in bytes."""
     import torch
@@ -93,7 +97,7 @@ def run_method(method: str, classes: list[str], seeds: list[int], resolution: in
             from audit.vital import VitalRequest, VitalSettings, render_vital
 
             settings = VitalSettings.for_model(model, resolution=resolution, steps=steps, lr=0.25,
-                                               jitter=round(30 * resolution / 224), taps=VITAL_TAPS)
+                                               jitter=round(30 * resolution / 224), taps=vital_taps or VITAL_TAPS)
             out = render_vital(model, [VitalRequest(t, r, use_relevance=False) for t, r in zip(targets, refs[s])],
                                settings, seed=s, device=dev)
         elif method == "fourier":
@@ -121,52 +125,78 @@ def run_method(method: str, classes: list[str], seeds: list[int], resolution: in
             "device": str(dev)}
 
 
-def evaluate(results: dict[str, dict], classes: list[str], seeds: list[int]) -> dict[str, dict]:
+def _scores(images, labels, lite0, others) -> dict:
     from audit.models import model_input_size
-    from audit.quality import builtin_model, frechet_distance, penultimate_features, transfer_topk
+    from audit.quality import class_probability, transfer_topk
+
+    row = {"self_top1": transfer_topk(lite0, images, labels, model_input_size(lite0), k=(1,))["top1"]}
+    for name, net in others.items():
+        tk = transfer_topk(net, images, labels, model_input_size(net), k=(1, 5))
+        row[f"{name}_top1"], row[f"{name}_top5"] = tk["top1"], tk["top5"]
+        row[f"{name}_p"] = class_probability(net, images, labels, model_input_size(net))
+    return row
+
+
+def evaluate(results: dict[str, dict], classes: list[str], seeds: list[int]) -> dict[str, dict]:
+    import torch
+
+    from audit.quality import builtin_model, frechet_distance, penultimate_features
 
     lite0 = builtin_model("efficientnet_lite0")
     others = {n: builtin_model(f"efficientnet_{n}") for n in ("lite1", "lite2")}
-    ref_feats = {c: penultimate_features(lite0, _references(c, 224, EVAL_REFERENCE_SEED), 224) for c in classes}
+    ref_crops = {c: _references(c, 224, EVAL_REFERENCE_SEED) for c in classes}
+    ref_feats = {c: penultimate_features(lite0, ref_crops[c], 224) for c in classes}
     table: dict[str, dict] = {}
     for method, res in results.items():
         imgs = [res["images"][(c, s)] for c in classes for s in seeds]
         labels = [CLASSES[c] for c in classes for s in seeds]
-        row = {"self_top1": transfer_topk(lite0, imgs, labels, model_input_size(lite0), k=(1,))["top1"]}
-        for name, net in others.items():
-            tk = transfer_topk(net, imgs, labels, model_input_size(net), k=(1, 5))
-            row[f"{name}_top1"], row[f"{name}_top5"] = tk["top1"], tk["top5"]
+        row = _scores(imgs, labels, lite0, others)
         per_class = {}
         for c in classes:
             ci = [res["images"][(c, s)] for s in seeds]
-            per_class[c] = {
-                "self_top1": transfer_topk(lite0, ci, CLASSES[c], model_input_size(lite0), k=(1,))["top1"],
-                "frechet": frechet_distance(penultimate_features(lite0, ci, 224), ref_feats[c])}
+            per_class[c] = {**_scores(ci, CLASSES[c], lite0, others),
+                            "frechet": frechet_distance(penultimate_features(lite0, ci, 224), ref_feats[c])}
         row["frechet"] = float(np.mean([v["frechet"] for v in per_class.values()]))
         row["per_class"] = per_class
         row["seconds_per_neuron"] = res["seconds_per_neuron"]
         row["peak_mib"] = res["peak_bytes"] / 2 ** 20
         row["device"] = res["device"]
         table[method] = row
+    crops = torch.cat([ref_crops[c] for c in classes])
+    labels = [CLASSES[c] for c in classes for _ in range(ref_crops[c].shape[0])]
+    real = _scores(crops, labels, lite0, others)
+    real["per_class"] = {c: _scores(ref_crops[c], CLASSES[c], lite0, others) for c in classes}
+    table["real crops"] = {**real, "frechet": None, "seconds_per_neuron": None, "peak_mib": None,
+                           "device": next(iter(results.values()))["device"] if results else "?"}
     return table
 
 
+def _num(v, fmt: str) -> str:
+    return "–" if v is None else format(v, fmt)
+
+
 def markdown(table: dict[str, dict], classes: list[str], args, steps: dict[str, int]) -> str:
+    methods = [m for m in table if m in steps]
     lines = [f"Lite0, {args.resolution} px, classes {', '.join(f'{c} ({CLASSES[c]})' for c in classes)}, "
-             f"{len(args.seed_list)} seed(s); steps: " + ", ".join(f"{m} {steps[m]}" for m in table) +
+             f"{len(args.seed_list)} seed(s); steps: " + ", ".join(f"{m} {steps[m]}" for m in methods) +
              f"; device {next(iter(table.values()))['device'] if table else '?'}",
              "",
-             "| method | self top-1 (Lite0) | Lite1 top-1 | Lite1 top-5 | Lite2 top-1 | Lite2 top-5 | Fréchet (Lite0 feats) | s / neuron | peak mem (MiB) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| method | self top-1 (Lite0) | Lite1 top-1 | Lite1 top-5 | Lite1 p(class) | Lite2 top-1 | Lite2 top-5 | "
+             "Lite2 p(class) | Fréchet (Lite0 feats) | s / neuron | peak mem (MiB) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for m, r in table.items():
         lines.append(f"| {m} | {r['self_top1']:.2f} | {r['lite1_top1']:.2f} | {r['lite1_top5']:.2f} | "
-                     f"{r['lite2_top1']:.2f} | {r['lite2_top5']:.2f} | {r['frechet']:.1f} | "
-                     f"{r['seconds_per_neuron']:.1f} | {r['peak_mib']:.0f} |")
-    lines += ["", "| method | " + " | ".join(f"{c} self top-1 / Fréchet" for c in classes) + " |",
-              "|---|" + "---|" * len(classes)]
+                     f"{r['lite1_p']:.3f} | {r['lite2_top1']:.2f} | {r['lite2_top5']:.2f} | {r['lite2_p']:.3f} | "
+                     f"{_num(r['frechet'], '.1f')} | {_num(r['seconds_per_neuron'], '.1f')} | {_num(r['peak_mib'], '.0f')} |")
+    lines += ["", "Per class: self top-1 / Lite1 top-5 / Lite2 top-5 / Fréchet", "",
+              "| method | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
     for m, r in table.items():
-        lines.append(f"| {m} | " + " | ".join(f"{r['per_class'][c]['self_top1']:.2f} / {r['per_class'][c]['frechet']:.1f}"
-                                              for c in classes) + " |")
+        cells = []
+        for c in classes:
+            pc = r["per_class"][c]
+            cells.append(f"{pc['self_top1']:.2f} / {pc['lite1_top5']:.2f} / {pc['lite2_top5']:.2f} / "
+                         f"{_num(pc.get('frechet'), '.1f')}")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -189,6 +219,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", default="3", help="a count N (seeds 0..N-1) or a comma list of seeds (default 3)")
     p.add_argument("--classes", default=",".join(CLASSES), help=f"comma list of {', '.join(CLASSES)}")
     p.add_argument("--methods", default=",".join(METHODS), help="comma list of vital, fourier, maco")
+    p.add_argument("--vital-taps", type=lambda v: [t.strip() for t in v.split(",") if t.strip()], default=None,
+                   help="comma list of VITAL's taps (default: vital_default_taps, on Lite0 bn1,blocks.0,blocks.1,"
+                        "blocks.2,blocks.4,blocks.6,bn2)")
     p.add_argument("--save-images", type=Path, default=None, metavar="DIR", help="save every image (and MACO masks) here")
     p.add_argument("--threads", type=int, default=max(1, min(2, os.cpu_count() or 1)), help="torch threads")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -212,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict[str, dict] = {}
     t_all = time.perf_counter()
     for m in args.method_list:
-        call = (m, args.class_list, args.seed_list, args.resolution, steps[m], args.threads, args.device)
+        call = (m, args.class_list, args.seed_list, args.resolution, steps[m], args.threads, args.device, args.vital_taps)
         print(f"[fv_quality] {m}: {len(args.class_list)} classes x {len(args.seed_list)} seeds, {steps[m]} steps ...",
               file=sys.stderr, flush=True)
         if args.in_process:

@@ -6,7 +6,9 @@ import pytest
 import scipy.linalg
 import torch
 
-from audit.quality import frechet_distance, penultimate_features, self_top1, shrunk_covariance, transfer_topk
+from audit.models import preprocess
+from audit.quality import (class_probability, frechet_distance, penultimate_features, self_top1, shrunk_covariance,
+                           transfer_topk)
 
 
 def _direct_fd(a: np.ndarray, b: np.ndarray) -> float:
@@ -47,9 +49,13 @@ def test_self_top1_and_transfer_on_real_photos(lite0, photo_arrays, sample_image
     assert self_top1(lite0, imgs, [967, 285], 224) == 0.0
     tk = transfer_topk(lite0, imgs, [285, 967], 224)
     assert tk == {"top1": 1.0, "top5": 1.0}
-    from audit.models import preprocess
     x = preprocess([sample_images["chelsea"], sample_images["coffee"]], 224)
     assert self_top1(lite0, x, [285, 967], 224) == 1.0
+    with torch.no_grad():
+        probs = lite0(preprocess([sample_images["chelsea"], sample_images["coffee"]], 224)).softmax(1)
+    assert class_probability(lite0, imgs, [285, 967], 224) == pytest.approx(float(probs[0, 285] + probs[1, 967]) / 2,
+                                                                             rel=1e-5)
+    assert class_probability(lite0, imgs, 285, 224) == pytest.approx(float(probs[:, 285].mean()), rel=1e-5)
     f = penultimate_features(lite0, imgs, 96)
     assert f.shape == (2, 1280) and np.isfinite(f).all()
     with torch.no_grad():

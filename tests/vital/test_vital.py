@@ -26,7 +26,7 @@ def _settings(model, **kw):
 
 
 def test_defaults_and_registry(lite0):
-    assert vital_default_taps(lite0) == ["bn1", "blocks.0", "blocks.1", "blocks.2", "blocks.4", "blocks.6"]
+    assert vital_default_taps(lite0) == ["bn1", "blocks.0", "blocks.1", "blocks.2", "blocks.4", "blocks.6", "bn2"]
     s = VitalSettings.for_model(lite0)
     assert s.lr == 0.25
     register_family_defaults("efficientnet_lite", lr=0.3)
@@ -47,6 +47,7 @@ def test_short_run_loss_falls_and_outputs(lite0, coffee_refs):
     assert len(vis.loss_history) == 25
     assert np.mean(vis.loss_history[-3:]) < 0.6 * vis.loss_history[0]
     assert vis.settings["taps"] == vital_default_taps(lite0) and vis.method == "vital"
+    assert 0 < vis.loop_seconds < vis.seconds        # the rest is reference preparation
     assert not lite0.training and all(p.requires_grad for p in lite0.parameters())
 
 
@@ -102,6 +103,8 @@ def test_bad_tap_weights_rejected(lite0, coffee_refs):
 def test_vit_token_layout(tiny_vit, sample_images):
     taps = vital_default_taps(tiny_vit)
     assert taps[0] == "patch_embed" and all(t.startswith("blocks.") for t in taps[1:])
+    from audit.taps import final_feature_layer
+    assert final_feature_layer(tiny_vit) == "norm"       # same width as the last block: not an extra tap
     refs = class_references([sample_images["rocket"]], 64, 3, seed=0)
     from audit.taps import capture
 
