@@ -12,8 +12,9 @@ Statistics per neuron (values: spatial max for inner neurons, the logit for clas
 - visuals      `cross_activation`: percentile of A's visualization under B within B's
                probe values, and of B's visualization under A within A's probe values;
                the min of the two, in [0, 1]. `visual_distance`: mean distance between
-               A's and B's visualizations in a fixed model's features, divided by the mean
-               seed-to-seed distance within a version (None with a single seed).
+               A's and B's visualizations in a fixed model's features (same seed with same
+               seed when both versions have them), divided by the mean seed-to-seed distance
+               within a version (None with a single seed).
 
 Verdicts rest on effect sizes with confidence intervals, not on p-values alone. A paired
 bootstrap over the probe images (fixed seed; by default a cluster bootstrap that
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -134,16 +136,24 @@ def _mean_pairwise(x: np.ndarray, y: np.ndarray | None = None) -> float:
     return float(np.linalg.norm(x[:, None, :] - y[None, :, :], axis=-1).mean())
 
 
-def visual_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float | None:
-    """Mean A-to-B feature distance of the visualizations over the mean seed-to-seed
-    distance within a version (pooled over A and B). None when neither version has two seeds."""
+def visual_distance(feats_a: np.ndarray, feats_b: np.ndarray, paired: bool = False) -> float | None:
+    """Distance between A's and B's visualizations over the mean seed-to-seed distance within a
+    version (pooled over A and B). None when neither version has two seeds.
+
+    paired: the rows of A and B are the same seeds in the same order; the distance is then the
+    mean distance between the two versions' images of the same seed (0 when the images are
+    unchanged). Otherwise it is the mean over all A-B pairs, which for two identical sets of n
+    seeds is (n-1)/n, not 0."""
     fa, fb = np.atleast_2d(np.asarray(feats_a, float)), np.atleast_2d(np.asarray(feats_b, float))
     spreads = [s for s in (_mean_pairwise(fa) if len(fa) > 1 else None,
                            _mean_pairwise(fb) if len(fb) > 1 else None) if s is not None]
     if not spreads:
         return None
     spread = float(np.mean(spreads))
-    cross = _mean_pairwise(fa, fb)
+    if paired and fa.shape == fb.shape:
+        cross = float(np.linalg.norm(fa - fb, axis=-1).mean())
+    else:
+        cross = _mean_pairwise(fa, fb)
     if spread <= _EPS:
         return 0.0 if cross <= _EPS else float("inf")
     return cross / spread
@@ -318,7 +328,8 @@ class NeuronComparison:
 def compare_neuron(target: NeuronTarget, a: np.ndarray, b: np.ndarray, thresholds: ThresholdsConfig,
                    idx: np.ndarray, names: list[str] | None = None, matched_index: int | None = None,
                    visual_features_ab: tuple[np.ndarray, np.ndarray] | None = None,
-                   viz_acts: tuple[float, float, float, float] | None = None) -> NeuronComparison:
+                   viz_acts: tuple[float, float, float, float] | None = None,
+                   visual_paired: bool = False) -> NeuronComparison:
     """All statistics, bootstrap intervals and the two per-neuron p-values of one neuron."""
     t = thresholds
     a, b = np.asarray(a, float), np.asarray(b, float)
@@ -364,7 +375,7 @@ def compare_neuron(target: NeuronTarget, a: np.ndarray, b: np.ndarray, threshold
         if ca["cross_activation"] < t.cross_activation_warn and min(ca["self_a"], ca["self_b"]) >= t.cross_activation_warn:
             flags.append(f"cross-activation {ca['cross_activation']:.2f} < {t.cross_activation_warn:.2f}")
     if visual_features_ab is not None:
-        vd = visual_distance(*visual_features_ab)
+        vd = visual_distance(*visual_features_ab, paired=visual_paired)
         st["visual_distance"] = vd
         if vd is not None and vd > t.visual_distance_warn:
             flags.append(f"visualizations differ: distance {vd:.1f}x seed spread > {t.visual_distance_warn:.1f}")
@@ -450,10 +461,12 @@ def compare_versions(model_a: nn.Module, model_b: nn.Module, probe: ProbeSet, ta
                      visual_features_a: dict[str, np.ndarray] | None = None,
                      visual_features_b: dict[str, np.ndarray] | None = None,
                      viz_acts: dict[str, tuple[float, float, float, float]] | None = None,
-                     probe_cache_key: tuple[str, str] | None = None, batch_size: int = 32) -> list[DriftResult]:
+                     probe_cache_key: tuple[str, str] | None = None, batch_size: int = 32,
+                     visual_paired: Collection[str] = ()) -> list[DriftResult]:
     """Drift verdicts of `targets` from model_a (baseline) to model_b (candidate) on `probe`.
 
-    `visual_features_*`: neuron_id -> [seeds, D] features of the visualizations;
+    `visual_features_*`: neuron_id -> [seeds, D] features of the visualizations; `visual_paired`:
+    the neuron ids whose two feature arrays are the same seeds in the same order (`visual_distance`);
     `viz_acts`: neuron_id -> (A's image under A, A's image under B, B's image under B,
     B's image under A); `probe_cache_key`: the two weights SHA-256 (skips rehashing)."""
     t = thresholds or ThresholdsConfig()
@@ -501,7 +514,7 @@ def compare_versions(model_a: nn.Module, model_b: nn.Module, probe: ProbeSet, ta
                 if j != tg.index and corr_row[j] >= t.identity_match_spearman:
                     similar = (f"the candidate's logit {j} now behaves like the baseline's logit {tg.index} "
                                f"(Spearman {corr_row[j]:.2f}): class rows swapped or relabelled?")
-        c = compare_neuron(tg, a, b, t, idx, probe.names, matched, vf, va)
+        c = compare_neuron(tg, a, b, t, idx, probe.names, matched, vf, va, tg.neuron_id in visual_paired)
         if similar:
             c.notes["similar"] = similar
         comparisons.append(c)

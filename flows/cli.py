@@ -302,13 +302,15 @@ def evaluate(config: str = ConfigOpt, model: str = typer.Option(..., "--model"),
     from audit.quality import evaluate_class_visualizations
 
     from . import runtime
+    from .work import stored_visualizations
 
     cfg = _config(config)
     mcfg = cfg.model(model)
     store = runtime.store(config)
     loaded = runtime.load_version(config, model, version)
-    result = evaluate_class_visualizations(store_images=lambda nid: __import__("flows.work", fromlist=["x"])._viz_images(store, model, version, nid),
-                                           model=loaded.model, model_cfg=mcfg, base_dir=cfg.base_dir)
+    result = evaluate_class_visualizations(
+        store_images=lambda nid: list(stored_visualizations(store, model, version, nid).values()),
+        model=loaded.model, model_cfg=mcfg, base_dir=cfg.base_dir)
     out.print_json(json.dumps(result, default=str))
 
 

@@ -175,16 +175,18 @@ def render_visualizations(cfg_path: str, model_name: str, version: str, run_id: 
     return outcome
 
 
-def _viz_images(store, model_name: str, version: str, neuron_id: str) -> list[np.ndarray]:
-    """The stored VITAL images of one neuron and version, one per seed."""
+def stored_visualizations(store, model_name: str, version: str, neuron_id: str) -> dict[int, np.ndarray]:
+    """The stored VITAL images of one neuron and version: seed -> image (the newest per seed)."""
     from PIL import Image
 
     history = store.neuron_history(model_name, neuron_id)
     for v in history.get("versions", []):
         if str(v["version"]) == str(version):
-            return [np.asarray(Image.open(store.artifacts.path(z["image_path"])).convert("RGB"))
-                    for z in v["visualizations"] if z.get("method", "vital") == "vital" and z.get("image_path")]
-    return []
+            by_seed = {int(z["seed"]): z for z in v["visualizations"]      # ordered by seed, then id
+                       if z.get("method", "vital") == "vital" and z.get("image_path")}
+            return {seed: np.asarray(Image.open(store.artifacts.path(z["image_path"])).convert("RGB"))
+                    for seed, z in sorted(by_seed.items())}
+    return {}
 
 
 def compare_pair(cfg_path: str, model_name: str, baseline: str, candidate: str, run_id: int | None,
@@ -209,13 +211,21 @@ def compare_pair(cfg_path: str, model_name: str, baseline: str, candidate: str, 
     neurons = [n for n in valid_neurons(cfg_path, model_name, candidate, errors_b) if n.id in neurons_a]
     targets = [neuron_target(n) for n in neurons]
     feats_a = feats_b = viz_acts = None
+    paired: set[str] = set()
     if with_visuals:
         feature_model = _feature_model()
         feats_a, feats_b, viz_acts = {}, {}, {}
         for n in neurons:
-            ia, ib = _viz_images(store, model_name, baseline, n.id), _viz_images(store, model_name, candidate, n.id)
-            if not ia or not ib:
+            by_seed_a = stored_visualizations(store, model_name, baseline, n.id)
+            by_seed_b = stored_visualizations(store, model_name, candidate, n.id)
+            if not by_seed_a or not by_seed_b:
                 continue
+            common = sorted(set(by_seed_a) & set(by_seed_b))
+            if len(common) >= 2:            # same seeds in both versions: compare image with image
+                ia, ib = [by_seed_a[s] for s in common], [by_seed_b[s] for s in common]
+                paired.add(n.id)
+            else:
+                ia, ib = list(by_seed_a.values()), list(by_seed_b.values())
             feats_a[n.id] = visual_features(ia, feature_model)
             feats_b[n.id] = visual_features(ib, feature_model)
             size = runtime.probe_size(mcfg, a.model)
@@ -229,7 +239,7 @@ def compare_pair(cfg_path: str, model_name: str, baseline: str, candidate: str, 
             viz_acts[n.id] = (float(on_a[0]), float(on_b[0]), float(on_b[1]), float(on_a[1]))
     results = compare_versions(a.model, b.model, probe, targets, mcfg.thresholds,
                                visual_features_a=feats_a, visual_features_b=feats_b, viz_acts=viz_acts,
-                               probe_cache_key=(a.weights_sha256, b.weights_sha256))
+                               probe_cache_key=(a.weights_sha256, b.weights_sha256), visual_paired=paired)
     report = build_report(model_name, baseline, candidate, probe.sha256, results)
     report["errors"] = {**errors_a.neuron_errors, **errors_b.neuron_errors}
     drift_ids = {}

@@ -78,6 +78,9 @@ def test_visual_statistics_feed_the_verdict(lite0, small_probe):
     assert res.statistics["visual_distance"] > 2.0
     assert res.statistics["cross_activation"] == pytest.approx(1.0)
     assert res.verdict == "WARN" and "visualizations differ" in res.reason
+    same = compare_versions(lite0, lite0, small_probe, t, ThresholdsConfig(), visual_features_a=feats_a,
+                            visual_features_b=feats_a, visual_paired={"egyptian-cat"})[0]
+    assert same.statistics["visual_distance"] == 0.0 and same.verdict == "PASS"
 
 
 def test_visual_features_shape(lite0):

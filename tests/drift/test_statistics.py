@@ -83,6 +83,11 @@ def test_cross_activation_and_visual_distance():
     cross = np.mean([6.0, np.hypot(2, 6), np.hypot(2, 6), 6.0])
     assert drift.visual_distance(fa, fb) == pytest.approx(cross / 2.0)
     assert drift.visual_distance(fa[:1], fb[:1]) is None
+    # same seeds in the same order: image against image; unchanged images give 0, not (n-1)/n
+    assert drift.visual_distance(fa, fb, paired=True) == pytest.approx(6.0 / 2.0)
+    assert drift.visual_distance(fa, fa, paired=True) == 0.0
+    assert drift.visual_distance(fa, fa) == pytest.approx(0.5)
+    assert drift.visual_distance(fa, fb[:1], paired=True) == pytest.approx(np.mean([6.0, np.hypot(2, 6)]) / 2.0)
 
 
 def test_holm_hand_computed():
