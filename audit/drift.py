@@ -17,9 +17,9 @@ Statistics per neuron (values: spatial max for inner neurons, the logit for clas
                within a version (None with a single seed).
 
 Verdicts rest on effect sizes with confidence intervals, not on p-values alone. A paired
-bootstrap over the probe images (fixed seed; by default a cluster bootstrap that
-resamples source photographs with all their crops, since crops of one photograph are not
-independent) gives the sampling distribution of Spearman (on Fisher's z scale),
+bootstrap over the probe images (fixed seed; single images by default, or whole source
+photographs with all their crops with `cluster_bootstrap`, see ThresholdsConfig) gives the
+sampling distribution of Spearman (on Fisher's z scale),
 Jaccard and W/sigma. For each neuron and level (fail/warn) the null hypothesis is "the
 neuron is within the thresholds": spearman >= t_s AND jaccard >= t_j AND W/sigma <= t_w.
 Each part gets a one-sided p-value from the normal approximation of its bootstrap
@@ -47,7 +47,6 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from scipy import stats as sps
 from scipy.optimize import linear_sum_assignment
 from scipy.special import ndtr
@@ -159,27 +158,13 @@ def visual_distance(feats_a: np.ndarray, feats_b: np.ndarray, paired: bool = Fal
     return cross / spread
 
 
-@torch.no_grad()
 def visual_features(images: list[np.ndarray], feature_model: nn.Module, batch_size: int = 16) -> np.ndarray:
-    """[len(images), D] penultimate features of uint8 HxWx3 images in a fixed model
-    (`forward_head(pre_logits=True)` for timm models; the output otherwise)."""
-    from PIL import Image
+    """[len(images), D] penultimate features of uint8 HxWx3 images in a fixed timm model at its
+    input size (`audit.quality.penultimate_features`)."""
+    from .models import model_input_size
+    from .quality import penultimate_features
 
-    from .models import model_input_size, preprocess
-
-    size = model_input_size(feature_model)
-    pil = [Image.fromarray(np.asarray(im, dtype=np.uint8)) for im in images]
-    device = next(feature_model.parameters()).device
-    out = []
-    feature_model.eval()
-    for i in range(0, len(pil), batch_size):
-        x = preprocess(pil[i:i + batch_size], size).to(device)
-        if hasattr(feature_model, "forward_features") and hasattr(feature_model, "forward_head"):
-            f = feature_model.forward_head(feature_model.forward_features(x), pre_logits=True)
-        else:
-            f = feature_model(x)
-        out.append(f.flatten(1).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    return penultimate_features(feature_model, images, model_input_size(feature_model), batch=batch_size)
 
 
 # ---------------------------------------------------------------- matching
@@ -212,32 +197,26 @@ def match_channels(acts_a: np.ndarray, acts_b: np.ndarray, method: str = "spearm
 
 
 # ---------------------------------------------------------------- multiplicity
-def holm(pvalues) -> np.ndarray:
-    """Holm step-down adjusted p-values (family-wise error control)."""
+def _adjust_sorted(pvalues, adjust) -> np.ndarray:
+    """Apply `adjust(sorted p-values, m)` and return the adjusted values in the input order."""
     p = np.asarray(pvalues, float)
-    m = len(p)
-    if m == 0:
+    if len(p) == 0:
         return p
     order = np.argsort(p, kind="stable")
-    adj = np.minimum(1.0, (m - np.arange(m)) * p[order])
-    adj = np.maximum.accumulate(adj)
-    out = np.empty(m)
-    out[order] = adj
+    out = np.empty(len(p))
+    out[order] = adjust(p[order], len(p))
     return out
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm step-down adjusted p-values (family-wise error control)."""
+    return _adjust_sorted(pvalues, lambda ps, m: np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * ps)))
 
 
 def benjamini_hochberg(pvalues) -> np.ndarray:
     """Benjamini-Hochberg step-up adjusted p-values (false discovery rate control)."""
-    p = np.asarray(pvalues, float)
-    m = len(p)
-    if m == 0:
-        return p
-    order = np.argsort(p, kind="stable")
-    adj = p[order] * m / np.arange(1, m + 1)
-    adj = np.minimum.accumulate(adj[::-1])[::-1]
-    out = np.empty(m)
-    out[order] = np.minimum(1.0, adj)
-    return out
+    return _adjust_sorted(pvalues, lambda ps, m: np.minimum(
+        1.0, np.minimum.accumulate((ps * m / np.arange(1, m + 1))[::-1])[::-1]))
 
 
 # ---------------------------------------------------------------- bootstrap
@@ -380,8 +359,8 @@ def compare_neuron(target: NeuronTarget, a: np.ndarray, b: np.ndarray, threshold
         if vd is not None and vd > t.visual_distance_warn:
             flags.append(f"visualizations differ: distance {vd:.1f}x seed spread > {t.visual_distance_warn:.1f}")
     if names is not None:
-        top_a, top_b = top_indices(a, k), top_indices(b, k)
-        new = [names[i] for i in top_b if i not in set(top_a.tolist())]
+        top_a, top_b = set(top_indices(a, k).tolist()), top_indices(b, k)
+        new = [names[i] for i in top_b if i not in top_a]
         notes["top_b_new"] = new[:3]
         notes["top_b"] = [names[i] for i in top_b[:3]]
     return NeuronComparison(target, st, ci, p_fail, p_warn, matched_index, notes, flags)
