@@ -309,7 +309,7 @@ def evaluate(config: str = ConfigOpt, model: str = typer.Option(..., "--model"),
     store = runtime.store(config)
     loaded = runtime.load_version(config, model, version)
     result = evaluate_class_visualizations(
-        store_images=lambda nid: list(stored_visualizations(store, model, version, nid).values()),
+        store_images=lambda nid: list(stored_visualizations(store, model, nid, [version])[str(version)].values()),
         model=loaded.model, model_cfg=mcfg, base_dir=cfg.base_dir)
     out.print_json(json.dumps(result, default=str))
 

@@ -175,18 +175,20 @@ def render_visualizations(cfg_path: str, model_name: str, version: str, run_id: 
     return outcome
 
 
-def stored_visualizations(store, model_name: str, version: str, neuron_id: str) -> dict[int, np.ndarray]:
-    """The stored VITAL images of one neuron and version: seed -> image (the newest per seed)."""
+def stored_visualizations(store, model_name: str, neuron_id: str, versions: list[str]) -> dict[str, dict[int, np.ndarray]]:
+    """The stored VITAL images of one neuron in each of `versions`: version -> seed -> image (the
+    newest per seed), from one read of the neuron's history."""
     from PIL import Image
 
-    history = store.neuron_history(model_name, neuron_id)
+    history = store.neuron_history(model_name, neuron_id) or {}
+    out: dict[str, dict[int, np.ndarray]] = {str(v): {} for v in versions}
     for v in history.get("versions", []):
-        if str(v["version"]) == str(version):
+        if str(v["version"]) in out:
             by_seed = {int(z["seed"]): z for z in v["visualizations"]      # ordered by seed, then id
                        if z.get("method", "vital") == "vital" and z.get("image_path")}
-            return {seed: np.asarray(Image.open(store.artifacts.path(z["image_path"])).convert("RGB"))
-                    for seed, z in sorted(by_seed.items())}
-    return {}
+            out[str(v["version"])] = {seed: np.asarray(Image.open(store.artifacts.path(z["image_path"])).convert("RGB"))
+                                      for seed, z in sorted(by_seed.items())}
+    return out
 
 
 def compare_pair(cfg_path: str, model_name: str, baseline: str, candidate: str, run_id: int | None,
@@ -214,10 +216,11 @@ def compare_pair(cfg_path: str, model_name: str, baseline: str, candidate: str, 
     paired: set[str] = set()
     if with_visuals:
         feature_model = _feature_model()
+        size = runtime.probe_size(mcfg, a.model)
         feats_a, feats_b, viz_acts = {}, {}, {}
         for n in neurons:
-            by_seed_a = stored_visualizations(store, model_name, baseline, n.id)
-            by_seed_b = stored_visualizations(store, model_name, candidate, n.id)
+            stored = stored_visualizations(store, model_name, n.id, [baseline, candidate])
+            by_seed_a, by_seed_b = stored[str(baseline)], stored[str(candidate)]
             if not by_seed_a or not by_seed_b:
                 continue
             common = sorted(set(by_seed_a) & set(by_seed_b))
@@ -228,7 +231,6 @@ def compare_pair(cfg_path: str, model_name: str, baseline: str, candidate: str, 
                 ia, ib = list(by_seed_a.values()), list(by_seed_b.values())
             feats_a[n.id] = visual_features(ia, feature_model)
             feats_b[n.id] = visual_features(ib, feature_model)
-            size = runtime.probe_size(mcfg, a.model)
             xa = preprocess([Image.fromarray(i) for i in ia[:1]], size)
             xb = preprocess([Image.fromarray(i) for i in ib[:1]], size)
             vp = ProbeSet(images=torch.cat([xa, xb]), names=["viz_a", "viz_b"], sha256="viz", skipped={})
