@@ -20,7 +20,8 @@ import audit  # noqa: E402
 from . import runtime, work  # noqa: E402
 from .alerts import alert_payload, post_json  # noqa: E402
 from .prefect_names import (RENDER_BATCH_SIZE, artifact_key, compare_task_name, flow_run_name,  # noqa: E402
-                            neuron_batches, render_task_name, verdict_state, version_task_name)
+                            model_markdown, neuron_batches, render_task_name, verdict_state,
+                            version_task_name)
 
 IO_RETRIES = dict(retries=3, retry_delay_seconds=[1, 4, 10])
 
@@ -229,30 +230,13 @@ def nightly_audit(config_path: str, model: str | None = None, version: str | Non
 
 
 def _publish_summary(cfg_path: str, summary: dict) -> None:
-    """One markdown artifact per audited model with its verdict table, under a key unique to this store and
-    model (Prefect keeps each key's history across runs)."""
+    """One markdown artifact per audited model (its verdicts and work done), under a key unique to this store
+    and model: Prefect keeps each key's history across runs."""
     store_id = runtime.store(cfg_path).store_id
-    by_model: dict[str, list[dict]] = {}
-    for v in summary["versions"]:
-        by_model.setdefault(v["model"], [])
-    for r in summary["reports"]:
-        by_model.setdefault(r["model"], []).append(r)
-    for model, reports in by_model.items():
-        lines = [f"# neuron-audit: {model} (audit run {summary['run_id']})", "",
-                 "| baseline | candidate | PASS | WARN | FAIL |", "|---|---|---|---|---|"]
-        for r in reports:
-            s = r["summary"]
-            lines.append(f"| {r['baseline']} | {r['candidate']} | {s['PASS']} | {s['WARN']} | {s['FAIL']} |")
-        fails = [(r, n) for r in reports for n in r["neurons"] if n["verdict"] == "FAIL"]
-        if fails:
-            lines += ["", "## FAIL"] + [f"- {r['baseline']}→{r['candidate']} `{n['id']}`: {n['reason']} "
-                                        f"(report: `{r.get('report_path')}`)" for r, n in fails]
-        errors = {f"{v['version']}: {nid}": err for v in summary["versions"] if v["model"] == model
-                  for nid, err in v.get("neuron_errors", {}).items()}
-        if errors:
-            lines += ["", "## Not audited"] + [f"- v{k}: {e}" for k, e in errors.items()]
+    models = dict.fromkeys([v["model"] for v in summary["versions"]] + [r["model"] for r in summary["reports"]])
+    for model in models:
         try:
-            create_markdown_artifact(markdown="\n".join(lines), key=artifact_key(store_id, model),
+            create_markdown_artifact(markdown=model_markdown(summary, model), key=artifact_key(store_id, model),
                                      description=f"neuron-audit verdicts of {model}")
         except httpx.HTTPError:  # the artifact is a convenience: never fail the audit for it
             pass

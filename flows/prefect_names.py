@@ -117,6 +117,29 @@ def artifact_key(store_id: str, model: str) -> str:
     return f"neuron-audit-{slug}-{exact}-{re.sub(r'[^a-z0-9]', '', store_id.lower())[:12]}"
 
 
+def model_markdown(summary: dict, model: str) -> str:
+    """The markdown artifact of one model in a flow run: its compares' verdict counts, the work each version
+    needed, the FAIL neurons with their reasons, and the neurons that could not be audited."""
+    reports = [r for r in summary["reports"] if r["model"] == model]
+    versions = [v for v in summary["versions"] if v["model"] == model]
+    lines = [f"# neuron-audit: {model} (audit run {summary['run_id']})", "",
+             "| baseline | candidate | PASS | WARN | FAIL |", "|---|---|---|---|---|"]
+    lines += [f"| {r['baseline']} | {r['candidate']} | {r['summary']['PASS']} | {r['summary']['WARN']} | "
+              f"{r['summary']['FAIL']} |" for r in reports]
+    lines += ["", "| version | statistics computed / cached | images rendered / reused | not audited |",
+              "|---|---|---|---|"]
+    lines += [f"| {v['version']} | {len(v['stats_computed'])} / {len(v['stats_cached'])} | "
+              f"{len(v['viz_rendered'])} / {len(v['viz_reused'])} | {len(v['neuron_errors'])} |" for v in versions]
+    fails = [(r, n) for r in reports for n in r["neurons"] if n["verdict"] == "FAIL"]
+    if fails:
+        lines += ["", "## FAIL"] + [f"- {r['baseline']}→{r['candidate']} `{n['id']}`: {n['reason']} "
+                                    f"(report: `{r.get('report_path')}`)" for r, n in fails]
+    errors = [f"- v{v['version']} `{nid}`: {err}" for v in versions for nid, err in v["neuron_errors"].items()]
+    if errors:
+        lines += ["", "## Not audited"] + errors
+    return "\n".join(lines)
+
+
 def verdict_summary(summary: dict) -> tuple[str, str]:
     """(worst verdict over the run's reports or "none", one-line message naming the FAIL neurons)."""
     fails = [f"{r['model']} {r['baseline']}→{r['candidate']} {n['id']}" for r in summary.get("reports", [])
