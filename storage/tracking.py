@@ -216,13 +216,24 @@ class MlflowTracker:
             return SyncResult(known_run, None, [])
         run_id, created = self._ensure_run(store, model, version, content, known_run)
         if run_id != known_run:
-            todo = self._todo(desired, {})
+            todo = self._todo(desired, self._params_already_in(store, model, version, run_id, created, audit_run_id))
         logged = self._log_items(store, model, version, run_id, todo, audit_run_id)
         reg = _registered(content.get("source"))
         if reg:
             logged += self._tag_registered_version(store, model, version, run_id, content, reg, ledger
                                                    if run_id == known_run else {}, audit_run_id)
         return SyncResult(run_id, self.experiment_id(model), logged, created)
+
+    def _params_already_in(self, store, model: str, version: str, run_id: str, created: bool,
+                           audit_run_id: int | None) -> dict[str, str]:
+        """Ledger entries for the params a run found by its tags already holds (MLflow refuses to log them
+        again with another value); {} for a new run."""
+        if created:
+            return {}
+        params = self._retry("get run", lambda: self.client.get_run(run_id)).data.params
+        entries = {f"param:{k}": v for k, v in params.items()}
+        store.record_mlflow_logged(model, version, run_id, entries, audit_run_id)
+        return entries
 
     @staticmethod
     def _todo(desired: Mapping[str, tuple[str, Any]], ledger: Mapping[str, str]) -> dict[str, tuple[str, Any]]:

@@ -145,12 +145,18 @@ def test_deleted_run_is_recreated_and_runs_are_found_again_by_tag(audited, track
     from storage.tracking import MlflowTracker
 
     store, run = audited
+    cfg = make_config().model("m").model_dump(mode="json")
     tracker = MlflowTracker(tracking_uri)
-    first = tracker.sync_version(store, "m", "2", run)
-    # the ledger is lost (e.g. a re-created database at the same URL): the run is found again by its tags
+    first = tracker.sync_version(store, "m", "2", run, config=cfg)
+    # the ledger is lost (e.g. a re-created database at the same URL): the run is found again by its tags, and
+    # a changed config does not try to change the params the run holds (MLflow refuses that)
     with store.engine.begin() as conn:
         conn.exec_driver_sql("DELETE FROM mlflow_logged")
-    assert tracker.sync_version(store, "m", "2", run).mlflow_run_id == first.mlflow_run_id
+    cfg["probe_set"] = "./other-probe-images"
+    found = tracker.sync_version(store, "m", "2", run, config=cfg)
+    assert found.mlflow_run_id == first.mlflow_run_id and not found.created
+    assert tracker.client.get_run(first.mlflow_run_id).data.params["probe_set"] == "builtin:samples"
+    assert "artifact:config.json" in found.logged
     # the run was deleted in MLflow: the next sync that has something to log creates a new one with everything
     tracker.client.delete_run(first.mlflow_run_id)
     store.save_drift("m", "1", "2", PROBE_SHA, make_drift("espresso", "WARN"), run)
