@@ -15,6 +15,9 @@ Row meanings:
 - alerts: a notification of a FAIL drift result on a channel (e.g. "webhook"), with its delivery state;
   open while `resolved_at` is NULL.
 - mlflow_runs: the MLflow run of one (audit run, model version): 'logged' with its id, or 'pending'.
+- audit_checks: the fingerprint (weights, config, images, software) of the last complete audit of a version
+  (kind 'version', subject = the version) or comparison (kind 'compare', subject = 'A..B'), with a manifest of
+  the artifacts it produced; an unchanged version is recognised from it before any model is loaded.
 """
 from __future__ import annotations
 
@@ -98,8 +101,15 @@ class AuditRun(Base):
     package_version: Mapped[Optional[str]] = mapped_column(String(50))
     started_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
     finished_at: Mapped[Optional[datetime]] = mapped_column(TS)
-    status: Mapped[str] = mapped_column(String(20), default="running")   # running | completed | failed | crashed
+    # running | completed | completed_with_errors (some neuron/version not audited) | interrupted | failed
+    status: Mapped[str] = mapped_column(String(20), default="running")
     error: Mapped[Optional[str]] = mapped_column(Text)
+    # the process that runs it (a killed run is recognised by its dead owner) and its last sign of life
+    host: Mapped[Optional[str]] = mapped_column(String(255))
+    pid: Mapped[Optional[int]] = mapped_column(Integer)
+    pid_started: Mapped[Optional[str]] = mapped_column(String(40))
+    heartbeat_at: Mapped[Optional[datetime]] = mapped_column(TS)
+    summary: Mapped[Optional[dict[str, Any]]] = mapped_column(PortableJSON)   # skipped / not audited / warnings
 
 
 class Visualization(Base):
@@ -188,6 +198,19 @@ class MlflowRun(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[Optional[str]] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+
+
+class AuditCheck(Base):
+    __tablename__ = "audit_checks"
+    __table_args__ = (UniqueConstraint("model_id", "kind", "subject"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))            # version | compare
+    subject: Mapped[str] = mapped_column(String(300))        # the version, or 'BASELINE..CANDIDATE'
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    manifest: Mapped[dict[str, Any]] = mapped_column(PortableJSON, default=dict)
+    audit_run_id: Mapped[Optional[int]] = mapped_column(ForeignKey("audit_runs.id", ondelete="SET NULL"))
+    checked_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
 
 
 Index("ix_drift_results_candidate", DriftResultRow.candidate_version_id)
