@@ -16,7 +16,7 @@ from prefect.context import get_run_context  # noqa: E402
 import audit  # noqa: E402
 
 from . import runtime, unchanged, work  # noqa: E402
-from .alerts import alert_payload, post_json  # noqa: E402
+from .alerts import WebhookBreaker, alert_payload, post_json  # noqa: E402
 
 IO_RETRIES = dict(retries=3, retry_delay_seconds=[1, 4, 10])
 
@@ -98,7 +98,8 @@ def send_alerts_task(cfg_path: str, report: dict, flow_run_url: str | None) -> l
             continue
         links = {"report": report.get("report_path"), "flow_run": flow_run_url}
         ok, err = post_json(cfg.alerts.webhook, alert_payload(report["model"], report["baseline"],
-                                                               report["candidate"], n, links))
+                                                               report["candidate"], n, links),
+                            timeout_s=cfg.alerts.timeout_s)
         store.mark_alert(alert_id, ok, err)
         sent.append({"alert_id": alert_id, "neuron": n["id"], "delivered": ok, "error": err})
     if cfg.alerts.webhook:
@@ -106,7 +107,7 @@ def send_alerts_task(cfg_path: str, report: dict, flow_run_url: str | None) -> l
         for alert in store.undelivered_alerts():
             if alert["id"] in attempted:
                 continue
-            ok, err = post_json(cfg.alerts.webhook, alert["payload"])
+            ok, err = post_json(cfg.alerts.webhook, alert["payload"], timeout_s=cfg.alerts.timeout_s)
             store.mark_alert(alert["id"], ok, err)
     return sent
 
@@ -183,13 +184,20 @@ def nightly_audit(config_path: str, model: str | None = None, version: str | Non
     preflight, then register, probe statistics, visualizations, MLflow, compare with predecessor
     and champion, alerts. A version whose fingerprint matches its recorded check is skipped, and so
     is a comparison of two such versions; any other stored result is reused by content key."""
-    from .outcome import incomplete_payload, not_audited
     from .preflight import ensure_preflight
-    from .termination import EXIT_SIGTERM, arm_watchdog, is_interruption
 
     logger = get_run_logger()
     cfg_path = str(config_path)
     checked = ensure_preflight(cfg_path, model=model, version=version)   # bad input: no row, no MLflow run
+    with WebhookBreaker():
+        return _nightly_audit(cfg_path, checked, logger, model, version, with_visuals)
+
+
+def _nightly_audit(cfg_path: str, checked, logger, model: str | None, version: str | None,
+                   with_visuals: bool) -> dict:
+    from .outcome import incomplete_payload, not_audited
+    from .termination import EXIT_SIGTERM, arm_watchdog, is_interruption
+
     cfg = runtime.config(cfg_path)
     store = runtime.store(cfg_path)
     for rid in store.mark_interrupted_runs():
@@ -264,7 +272,7 @@ def nightly_audit(config_path: str, model: str | None = None, version: str | Non
                 summary["warnings"].append(f"static report: {exc}")
         items = not_audited(summary)
         if items and cfg.alerts.webhook:
-            ok, err = post_json(cfg.alerts.webhook, incomplete_payload(summary, items))
+            ok, err = post_json(cfg.alerts.webhook, incomplete_payload(summary, items), timeout_s=cfg.alerts.timeout_s)
             if not ok:
                 summary["warnings"].append(f"the alert about neurons not audited was not delivered: {err}")
         status = "completed" if not items else "completed_with_errors"

@@ -89,7 +89,7 @@ def version_identity(name: str, version: str | None, alias: str | None, tracking
     db = _sqlite_file(tracking_uri)
     if db is not None:
         if not db.is_file():
-            raise AuditInputError(f"the MLflow store {tracking_uri} does not exist")
+            raise AuditInputError(f"registered model {name!r}: the MLflow store {tracking_uri} does not exist")
         if alias is not None:
             rows = _query(db, "SELECT version FROM registered_model_aliases WHERE name = ? AND alias = ?", (name, alias))
             if rows is None:

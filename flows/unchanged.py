@@ -241,7 +241,7 @@ def run_unchanged(cfg: AuditConfig, store, plan: AuditPlan, flow_run_id: str | N
 
     import audit
 
-    from .alerts import post_json
+    from .alerts import WebhookBreaker, post_json
 
     t0 = time.perf_counter()
     store.mark_interrupted_runs()
@@ -253,11 +253,12 @@ def run_unchanged(cfg: AuditConfig, store, plan: AuditPlan, flow_run_id: str | N
     for pp in plan.pairs:
         summary["reports"].append(stored_report(store, pp.report_path))
     if cfg.alerts.webhook:
-        for alert in store.undelivered_alerts():
-            ok, err = post_json(cfg.alerts.webhook, alert["payload"])
-            store.mark_alert(alert["id"], ok, err)
-            if not ok:
-                summary["warnings"].append(f"alert {alert['id']} still undelivered: {err}")
+        with WebhookBreaker():
+            for alert in store.undelivered_alerts():
+                ok, err = post_json(cfg.alerts.webhook, alert["payload"], timeout_s=cfg.alerts.timeout_s)
+                store.mark_alert(alert["id"], ok, err)
+                if not ok:
+                    summary["warnings"].append(f"alert {alert['id']} still undelivered: {err}")
     summary["seconds"] = time.perf_counter() - t0
     store.finish_run(run_id, "completed", None, {
         "unchanged": [f"{v.model} v{v.version}" for v in plan.versions],
