@@ -196,7 +196,7 @@ def nightly_audit(config_path: str, model: str | None = None, version: str | Non
 def _nightly_audit(cfg_path: str, checked, logger, model: str | None, version: str | None,
                    with_visuals: bool) -> dict:
     from .outcome import incomplete_payload, not_audited
-    from .termination import EXIT_SIGTERM, arm_watchdog, is_interruption
+    from .termination import EXIT_SIGTERM, arm_watchdog, is_interruption, on_forced_exit, remove_forced_exit
 
     cfg = runtime.config(cfg_path)
     store = runtime.store(cfg_path)
@@ -212,6 +212,8 @@ def _nightly_audit(cfg_path: str, checked, logger, model: str | None, version: s
     dask = cfg.executor.dask is not None
     tracking_faults = _tracking_faults()
     changed_anything = False
+    mark_interrupted = on_forced_exit(lambda: store.finish_run(run_id, "interrupted", "interrupted by SIGTERM; "
+                                                                                      "finished results are kept"))
     try:
         models = [cfg.model(model)] if model else [m for m in cfg.models if m.enabled]
         for mcfg in models:
@@ -290,6 +292,8 @@ def _nightly_audit(cfg_path: str, checked, logger, model: str | None, version: s
             status, text = "failed", f"{exc.__class__.__name__}: {exc}"
         store.finish_run(run_id, status, text)
         raise
+    finally:
+        remove_forced_exit(mark_interrupted)
     summary["seconds"] = time.perf_counter() - t0
     _publish_summary(summary)
     return summary

@@ -276,7 +276,7 @@ def visualize(config: str = ConfigOpt,
     from .work import visualization_settings
 
     settings = visualization_settings(config, model)
-    size = settings.resolution
+    size = settings.resolution or runtime.probe_size(mcfg, loaded.model)   # None: the model's input size
     with _Progress():
         viz = _render_one(cfg, mcfg, n, loaded.model, settings, size, seed, method)
     out_png.parent.mkdir(parents=True, exist_ok=True)

@@ -73,6 +73,18 @@ def write_config(directory: Path, checkpoint: Path, data: dict | None = None, we
     return path
 
 
+@pytest.fixture(scope="session")
+def warm_artifacts(tmp_path_factory, swapped_checkpoint) -> str:
+    """An artifact folder whose preflight cache knows the tiny config's checkpoints and images, so that a
+    bad-input case builds a model only when its own change needs one (the cache is keyed by content)."""
+    d = tmp_path_factory.mktemp("warm")
+    data = tiny_config_dict()
+    data["store"]["artifacts"] = str(d / "artifacts")
+    r = cli("check", "-c", str(write_config(d, swapped_checkpoint, data)))
+    assert r.code == 0, r.err
+    return str(d / "artifacts")
+
+
 @dataclass
 class CliResult:
     code: int

@@ -133,9 +133,10 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_exits_2_naming_the_key(tmp_path, swapped_checkpoint, case):
+def test_bad_input_exits_2_naming_the_key(tmp_path, swapped_checkpoint, warm_artifacts, case):
     _, mutate, key, text = case
     data = tiny_config_dict()
+    data["store"]["artifacts"] = warm_artifacts          # its preflight cache spares the model builds
     extra = mutate(data, tmp_path)
     cfg = write_config(tmp_path, swapped_checkpoint, data)
     args = ["run", "-c", str(cfg)] + (extra if isinstance(extra, list) else [])
