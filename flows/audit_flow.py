@@ -207,7 +207,7 @@ def _nightly_audit(cfg_path: str, checked, logger, model: str | None, version: s
     flow_run_id, flow_run_url = _flow_run_info()
     run_id = store.start_run(flow_run_id, cfg.sha256(), audit.__version__)
     summary: dict = {"run_id": run_id, "flow_run_id": flow_run_id, "versions": [], "reports": [], "errors": [],
-                     "warnings": list(checked.notes), "not_audited": []}
+                     "warnings": [], "notes": list(checked.notes), "not_audited": []}
     t0 = time.perf_counter()
     dask = cfg.executor.dask is not None
     tracking_faults = _tracking_faults()
@@ -282,6 +282,7 @@ def _nightly_audit(cfg_path: str, checked, logger, model: str | None, version: s
                                               + (f" {d['neuron']}" if d.get("neuron") else "") + f": {d['reason']}"
                                               for d in items)) if items else None
         store.finish_run(run_id, status, error, {"not_audited": items, "warnings": summary["warnings"],
+                                                 "notes": summary["notes"],
                                                  "unchanged": [f"{v['model']} v{v['version']}" for v in summary["versions"]
                                                                if v.get("skipped")]})
     except BaseException as exc:

@@ -98,12 +98,12 @@ def _print_summary(summary: dict) -> int:
             out.print(f"audited {v['model']} v{v['version']}: {stats} neuron(s) "
                       f"(statistics {len(v.get('stats_computed') or [])} computed, {len(v.get('stats_cached') or [])} "
                       f"reused; visualizations {len(v.get('viz_rendered') or [])} rendered, "
-                      f"{len(v.get('viz_reused') or [])} reused)", highlight=False)
+                      f"{len(v.get('viz_reused') or [])} reused)", highlight=False, soft_wrap=True)
     _print_reports(summary.get("reports", []))
     skipped = [f"{v['model']} v{v['version']}" for v in summary.get("versions", []) if v.get("skipped")]
     if skipped:
         out.print(f"unchanged since their last audit (weights, config, images and software): {', '.join(skipped)}"
-                  + (" — nothing recomputed" if summary.get("unchanged") else ""))
+                  + (" — nothing recomputed" if summary.get("unchanged") else ""), soft_wrap=True, highlight=False)
     for w in summary.get("warnings", []):
         err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
     items = not_audited(summary)

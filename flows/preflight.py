@@ -139,8 +139,14 @@ def _check_sqlite_file(key: str, value: str, db: Path, ctx: CheckContext, what: 
             return
         try:
             con.isolation_level = None
-            con.execute("BEGIN IMMEDIATE")       # takes the write lock: fails on a read-only file
-            con.execute("ROLLBACK")
+            if not os.access(db, os.W_OK):
+                raise sqlite3.OperationalError("attempt to write a readonly database")
+            # a write that is rolled back: SQLite opens a protected file read-only and says so only on a write
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                con.execute("CREATE TABLE neuron_audit_write_probe (x INTEGER)")
+            finally:
+                con.execute("ROLLBACK")
             if what == "database":
                 try:
                     row = con.execute("SELECT version_num FROM alembic_version").fetchone()

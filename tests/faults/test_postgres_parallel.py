@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests.faults.conftest import TABLES, tiny_config_dict, write_config
-from tests.faults.test_faults import _kill, _start_run
+from tests.faults.test_faults import run_two_at_once
 from tests.storage.conftest import _drop_pg_database, _new_pg_database, pg_server  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
@@ -34,15 +34,10 @@ def test_two_parallel_runs_on_postgresql_duplicate_nothing(tmp_path, swapped_che
         data["store"]["database"] = url
         data["store"]["mlflow_tracking_uri"] = (tmp_path / "mlruns").as_uri()
         cfg = write_config(tmp_path, swapped_checkpoint, data)
-        a, b = _start_run(cfg), _start_run(cfg)
-        try:
-            (_, err_a), (_, err_b) = a.communicate(timeout=900), b.communicate(timeout=900)
-        finally:
-            _kill(a)
-            _kill(b)
+        a, b, _, err_a, err_b = run_two_at_once(cfg)
         assert (a.returncode, b.returncode) == (reference["code"], reference["code"]), (err_a[-1500:], err_b[-1500:])
         assert "waiting:" not in err_a + err_b            # no store lock on PostgreSQL: they ran side by side
-        state = _pg_state(url.replace("postgresql+psycopg", "postgresql+psycopg"))
+        state = _pg_state(url)
         assert state["statuses"] == ["completed", "completed"]
         assert state["verdicts"] == reference["state"]["verdicts"]
         assert state["counts"] == reference["state"]["counts"]
