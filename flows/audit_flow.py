@@ -230,7 +230,8 @@ def _nightly_audit(cfg_path: str, checked, logger, model: str | None, version: s
                 for nid, err in out.neuron_errors.items():
                     logger.warning("neuron %s of %s v%s not audited: %s", nid, out.model, out.version, err)
                 try:
-                    mlflow_run_id = log_mlflow_task(cfg_path, out.model, out.version, run_id, out)
+                    logged = log_mlflow_task(cfg_path, out.model, out.version, run_id, out)
+                    mlflow_run_id = logged.get("mlflow_run_id") if isinstance(logged, dict) else logged
                 except tracking_faults as exc:
                     summary["warnings"].append(f"MLflow logging of {out.model} v{out.version} is pending: {exc}")
                     continue
