@@ -42,7 +42,7 @@ def audited_neurons(summary: dict) -> int:
     n = 0
     for v in summary.get("versions", []):
         if v.get("skipped"):
-            n += max(1, len(v.get("stats_cached") or []))     # unchanged: its neurons were audited before
+            n += 1               # unchanged: its last complete audit (every neuron) stands
         else:
             n += len(set(v.get("stats_computed") or []) | set(v.get("stats_cached") or []))
     return n
