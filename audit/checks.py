@@ -89,6 +89,8 @@ class CheckContext:
     versions_of: Callable[[ModelConfig], list[VersionConfig]] | None = None
     # builds the model of one version (the flows pass their cached loader); None: audit.models.load_model
     load_model: Callable[[ModelConfig, VersionConfig], Any] | None = None
+    # a selected version brings the versions it is compared with (its predecessor, the champion)
+    with_partners: bool = True
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     # content identity of each (model, version) source, for the fingerprints of unchanged versions
@@ -339,8 +341,9 @@ def check_versions(ctx: CheckContext, mi: int, mcfg: ModelConfig) -> None:
         return                                   # every version would fail the same way
     try:
         versions = ctx.versions_of(mcfg) if ctx.versions_of is not None else list(mcfg.versions)
-    except AuditInputError as exc:
-        ctx.problem(f"models[{mi}].mlflow_registered_model", mcfg.mlflow_registered_model, str(exc))
+    except AuditInputError as exc:       # `infrastructure`: the registry did not answer (exit 4, not 2)
+        ctx.problem(f"models[{mi}].mlflow_registered_model", mcfg.mlflow_registered_model, str(exc),
+                    infrastructure=getattr(exc, "infrastructure", False))
         return
     if not versions:
         ctx.problem(f"models[{mi}].mlflow_registered_model" if mcfg.mlflow_registered_model else f"models[{mi}].versions",
@@ -351,6 +354,14 @@ def check_versions(ctx: CheckContext, mi: int, mcfg: ModelConfig) -> None:
     for w in wanted or []:
         if w not in known:
             ctx.problem("--version", w, f"model {mcfg.name!r} has no version {w!r}; valid: {', '.join(known)}")
+    if wanted is not None and ctx.with_partners:
+        # auditing a version compares it with its predecessor and the champion: those must load too
+        wanted = list(wanted)
+        for w in list(wanted):
+            if w in known and known.index(w) > 0:
+                wanted.append(known[known.index(w) - 1])
+            if mcfg.champion in known and w in known and known.index(mcfg.champion) < known.index(w):
+                wanted.append(mcfg.champion)
     config_index = {v.version: j for j, v in enumerate(mcfg.versions)}
     shape = model_shape_config(mcfg)
     failures = _checkpoint_failures()
@@ -363,7 +374,7 @@ def check_versions(ctx: CheckContext, mi: int, mcfg: ModelConfig) -> None:
         try:
             identity, resolved = _source_identity(ctx, mcfg, vcfg)
         except AuditInputError as exc:
-            ctx.problem(key, vcfg.source, str(exc))
+            ctx.problem(key, vcfg.source, str(exc), infrastructure=getattr(exc, "infrastructure", False))
             continue
         ctx.identities[(mcfg.name, vcfg.version)] = identity
         ck = cache_key("version", {"identity": identity, "model": shape})

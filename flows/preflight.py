@@ -31,6 +31,14 @@ CACHE_FILE = "cache/preflight.json"
 _MIGRATIONS = Path(__file__).resolve().parent.parent / "storage" / "migrations" / "versions"
 
 
+def registry_unreachable(reason: str) -> AuditInputError:
+    """The error of a registry that does not answer: reported with the key like bad input, but counted
+    as infrastructure (exit 4 when nothing else is wrong)."""
+    exc = AuditInputError(f"the MLflow registry cannot be read: {reason}")
+    exc.infrastructure = True
+    return exc
+
+
 class PreflightFailed(AuditInputError):
     """Bad input found before any work (exit 2): every problem, one per line."""
 
@@ -277,7 +285,7 @@ def _registry_resolver(cfg: AuditConfig) -> Callable[[str], ResolvedSource]:
             try:
                 state, info = resolve_registry_source(source, cfg.store.mlflow_tracking_uri)
             except TrackingUnavailableError as exc:
-                raise AuditInputError(f"the MLflow registry cannot be read: {exc.reason}") from None
+                raise registry_unreachable(exc.reason) from None
             identity = json.dumps([info.get("name"), info.get("version"), info.get("run_id"), info.get("source")])
             return ResolvedSource(identity, lambda: state)
 
@@ -298,7 +306,7 @@ def _versions_of(cfg: AuditConfig) -> Callable[[ModelConfig], list[VersionConfig
         try:
             return runtime.registry_versions(cfg, mcfg)
         except TrackingUnavailableError as exc:
-            raise AuditInputError(f"the MLflow registry cannot be read: {exc.reason}") from None
+            raise registry_unreachable(exc.reason) from None
     return versions_of
 
 
@@ -306,7 +314,8 @@ def _versions_of(cfg: AuditConfig) -> Callable[[ModelConfig], list[VersionConfig
 def run_preflight(config_path: str | os.PathLike, *, model: str | None = None,
                   version: str | list[str] | None = None, check_store: bool = True,
                   load_models: bool = True) -> PreflightReport:
-    """Every check on the config at `config_path` (restricted to `model` / `version`(s) when given).
+    """Every check on the config at `config_path` (restricted to `model` / `version`(s) when given: one
+    version brings the versions it is compared with, a list of versions is taken as it is).
 
     Raises AuditInputError only for a config that does not parse; everything else comes back as
     problems. load_models=False leaves out the checks that must build a model on a cache miss."""
@@ -324,7 +333,8 @@ def run_preflight(config_path: str | os.PathLike, *, model: str | None = None,
         return runtime.load_version(cfg_path, mcfg.name, vcfg.version).model
 
     ctx = CheckContext(cfg, cache=cache, selection=selection, resolve_source=_registry_resolver(cfg),
-                       versions_of=_versions_of(cfg), load_model=load if load_models else None)
+                       versions_of=_versions_of(cfg), load_model=load if load_models else None,
+                       with_partners=not isinstance(version, (list, tuple)))
     run_model_checks(ctx)
     if check_store:
         for check in STORE_CHECKS:

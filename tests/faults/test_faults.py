@@ -1,7 +1,8 @@
 """Faults leave a consistent store: each case breaks a real audit in a real way (a signal to a real
 process, a second process, a read-only file, deleted or truncated files, a failing webhook, a lost
 MLflow store), checks what the store holds right after, and checks that a re-run ends exactly where
-an uninterrupted audit ends (`reference`: row counts, verdicts, visualization keys, intact files)."""
+an uninterrupted audit ends (`reference`: row counts, verdicts, visualization keys, intact files).
+Cases that need a whole new audit beyond the shared reference are marked `slow` (make test runs them)."""
 from __future__ import annotations
 
 import os
@@ -87,6 +88,7 @@ def _dashboard_get(directory: Path, url: str):
         store.close()
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_is_marked_interrupted_and_the_rerun_equals_an_uninterrupted_run(tmp_path, swapped_checkpoint,
                                                                                         reference):
     cfg = write_config(tmp_path, swapped_checkpoint)
@@ -105,6 +107,7 @@ def test_sigkill_mid_run_is_marked_interrupted_and_the_rerun_equals_an_uninterru
     assert page.status_code == 200 and 'status-bad">interrupted' in page.text
 
 
+@pytest.mark.slow
 def test_sigterm_stops_within_seconds_keeps_finished_results_and_the_rerun_completes(tmp_path, swapped_checkpoint,
                                                                                     reference):
     cfg = write_config(tmp_path, swapped_checkpoint)
@@ -136,6 +139,7 @@ def test_sigterm_to_the_process_group_with_its_own_prefect_server(tmp_path, swap
     assert r.code == reference["code"] and audit_state(tmp_path) == reference["state"]
 
 
+@pytest.mark.slow
 def test_two_concurrent_runs_on_one_sqlite_store_serialize(tmp_path, swapped_checkpoint, reference):
     cfg = write_config(tmp_path, swapped_checkpoint)
     a, b, out, err_a, err_b = run_two_at_once(cfg)
@@ -167,6 +171,7 @@ def test_read_only_database_is_bad_input_named_before_any_work(tmp_path, referen
     assert r2.code == reference["code"] and audit_state(tmp_path / "audit") == reference["state"]
 
 
+@pytest.mark.slow
 def test_deleted_artifacts_show_placeholders_and_are_regenerated(tmp_path, reference):
     d = tmp_path / "audit"
     cfg = copy_store(reference, d)
@@ -184,6 +189,7 @@ def test_deleted_artifacts_show_placeholders_and_are_regenerated(tmp_path, refer
     assert not _dashboard_get(d, f"/artifacts/{image}").headers.get("X-Artifact-Placeholder")
 
 
+@pytest.mark.slow
 def test_truncated_artifacts_are_detected_by_hash_and_regenerated(tmp_path, reference):
     d = tmp_path / "audit"
     cfg = copy_store(reference, d)
@@ -254,6 +260,7 @@ def test_hanging_webhook_costs_one_timeout_per_run_not_one_per_alert(tmp_path, r
     assert audit_state(d) == reference["state"]
 
 
+@pytest.mark.slow
 def test_mlflow_store_deleted_between_runs_is_logged_again(tmp_path, reference):
     d = tmp_path / "audit"
     cfg = copy_store(reference, d)
@@ -268,6 +275,7 @@ def test_mlflow_store_deleted_between_runs_is_logged_again(tmp_path, reference):
     assert audit_state(d) == reference["state"]
 
 
+@pytest.mark.slow
 def test_a_neuron_that_fails_at_run_time_gives_exit_3_a_listed_reason_and_an_alert(tmp_path, swapped_checkpoint,
                                                                                   webhook, monkeypatch):
     """Fault injection: rendering one neuron raises like an out-of-memory error would. The others are
