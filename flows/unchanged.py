@@ -137,15 +137,19 @@ def _manifest_problem(store, cfg: AuditConfig, manifest: dict) -> str | None:
 
 
 def _report_problem(store, manifest: dict) -> str | None:
+    """Why the recorded report of a comparison cannot stand for it (gone, unreadable, other verdicts), or None.
+    A report written again with the same verdicts (e.g. by `neuron-audit compare`) still stands."""
     rel = manifest.get("report_path")
     if not rel:
         return "no report recorded"
     problem = store.artifacts.verify(rel)
     if problem:
         return f"report {rel}: {problem}"
-    if hashlib.sha256(store.artifacts.path(rel).read_bytes()).hexdigest() != manifest.get("report_sha256"):
-        return f"report {rel}: hash mismatch"
-    return None
+    try:
+        summary = store.artifacts.get_json(rel).get("summary")
+    except (OSError, ValueError, AttributeError) as exc:
+        return f"report {rel}: unreadable ({exc.__class__.__name__})"
+    return None if summary == manifest.get("summary") else f"report {rel}: its verdicts differ from the recorded ones"
 
 
 def open_store_for_plan(cfg: AuditConfig):
@@ -211,13 +215,12 @@ def record_version(store, cfg: AuditConfig, vp: VersionPlan, run_id: int, mlflow
 
 
 def record_pair(store, pp: PairPlan, report: dict, run_id: int) -> None:
-    """Record a complete comparison: its fingerprint, its report file (and hash) and its verdicts."""
+    """Record a complete comparison: its fingerprint, its report file and its verdicts."""
     if pp.fingerprint is None or not report.get("report_path"):
         return
     path = Path(report["report_path"])
     rel = path.resolve().relative_to(store.artifacts.root).as_posix()
-    manifest = {"report_path": rel, "report_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-                "summary": report.get("summary", {})}
+    manifest = {"report_path": rel, "summary": report.get("summary", {})}
     store.record_check(pp.model, "compare", pair_subject(pp.baseline, pp.candidate), pp.fingerprint, manifest, run_id)
 
 
