@@ -305,7 +305,7 @@ def _model_problems(mcfg: ModelConfig, model: Any) -> list[tuple[str, Any, str]]
 
     out: list[tuple[str, Any, str]] = []
     by_id = check_neurons_against_model(mcfg, model)
-    prefix = re.compile(r"^models\[[^\]]*\]\.neurons\[\d+\][^:]*?(\.(layer|index|kind))?: ")
+    prefix = re.compile(r"^models\[[^\]]*\]\.neurons\[\d+\][^:]*?(\.([a-z_]+))?: ")
     try:
         from .pipeline import class_layer_ok
     except ImportError:        # pragma: no cover - the pipeline module moved
@@ -313,9 +313,9 @@ def _model_problems(mcfg: ModelConfig, model: Any) -> list[tuple[str, Any, str]]
     for ni, n in enumerate(mcfg.neurons):
         msg = by_id.get(n.id)
         if msg:
-            m = prefix.match(msg)
-            field_name = (m.group(2) if m and m.group(2) else ("layer" if "layer" in msg.split(":")[0] else "index"))
-            value = n.layer if field_name == "layer" else n.index
+            m = prefix.match(msg)      # "models[NAME].neurons[i] (id).FIELD: problem"
+            field_name = m.group(2) if m and m.group(2) else ("layer" if "layer" in msg.split(":")[0] else "index")
+            value = getattr(n, field_name, None)
             out.append((f"neurons[{ni}].{field_name}", value, f"neuron {n.id!r}: {msg[m.end():] if m else msg}"))
             continue
         if class_layer_ok is not None:
