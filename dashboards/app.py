@@ -21,14 +21,44 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.base import BaseHTTPMiddleware
 
+from storage.artifacts import ArtifactStore, placeholder_png
+
 from .views import STATIC_DIR, Links, NotFound, Views, safe_artifact
 
 _READ_METHODS = ("GET", "HEAD")
 _STATIC_FILES = {p.name for p in STATIC_DIR.iterdir() if p.is_file()} if STATIC_DIR.is_dir() else set()
 
+_IMAGE_SUFFIXES = (".png", ".webp", ".jpg", ".jpeg")
+
 mimetypes.add_type("image/png", ".png")
 mimetypes.add_type("image/webp", ".webp")
 mimetypes.add_type("image/svg+xml", ".svg")
+
+
+class ArtifactCheck:
+    """Integrity of the artifacts the dashboard serves (the hash in a content-addressed name), remembered
+    per (path, size, mtime) so that each file is hashed once."""
+
+    def __init__(self, root: str | Path):
+        self.store = ArtifactStore(root, create=False)
+        self._seen: dict[tuple[str, int, int], str | None] = {}
+
+    def inside(self, rel: str) -> bool:
+        try:
+            self.store.path(rel)
+            return True
+        except ValueError:
+            return False
+
+    def problem(self, rel: str) -> str | None:
+        try:
+            st = self.store.path(rel).stat()
+        except (ValueError, OSError):
+            return "missing"
+        key = (rel, st.st_size, st.st_mtime_ns)
+        if key not in self._seen:
+            self._seen[key] = self.store.verify(rel)
+        return self._seen[key]
 
 
 class _ReadOnly(BaseHTTPMiddleware):
@@ -94,6 +124,8 @@ def create_app(store: Any, artifacts_root: str | Path, mlflow_ui_url: str | None
         except NotFound as e:
             return not_found(str(e))
 
+    checked = ArtifactCheck(artifacts_root)
+
     @app.api_route("/artifacts/{path:path}", methods=list(_READ_METHODS))
     def artifact(path: str):
         # Only existing files strictly inside the artifact root: `..`, encoded `%2e%2e`,
@@ -101,7 +133,11 @@ def create_app(store: Any, artifacts_root: str | Path, mlflow_ui_url: str | None
         if "\\" in path:
             return not_found("No such artifact.")
         p = safe_artifact(Path(artifacts_root), path)
-        if p is None:
+        if p is None or checked.problem(path):
+            # a deleted or corrupt image inside the root shows a placeholder, never a broken image
+            if checked.inside(path) and Path(path).suffix.lower() in _IMAGE_SUFFIXES:
+                return Response(placeholder_png(), media_type="image/png",
+                                headers={"Cache-Control": "no-store", "X-Artifact-Placeholder": "missing or corrupt"})
             return not_found("No such artifact.")
         media = mimetypes.guess_type(p.name)[0] or "application/octet-stream"
         return FileResponse(p, media_type=media, headers={"Cache-Control": "public, max-age=3600"})

@@ -15,6 +15,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from storage.artifacts import ArtifactStore, placeholder_png
+
 from .views import STATIC_DIR, NotFound, StaticLinks, Views, safe_artifact
 
 
@@ -54,11 +56,15 @@ def export_static(store: Any, artifacts_root: str | Path, out_dir: str | Path, *
             shutil.copy2(f, static_out / f.name)
 
     art_out = out / "artifacts"
+    artifacts = ArtifactStore(root, create=False)
     for rel in sorted(used):
         src = safe_artifact(root, rel)
-        if src is None:
-            continue
         dst = art_out / rel
+        if src is None or artifacts.verify(rel):   # deleted or corrupt: a placeholder, not a broken image
+            if Path(rel).suffix.lower() == ".png":
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                dst.write_bytes(placeholder_png())
+            continue
         dst.parent.mkdir(parents=True, exist_ok=True)
         if not dst.exists() or dst.stat().st_size != src.stat().st_size or dst.stat().st_mtime < src.stat().st_mtime:
             shutil.copy2(src, dst)

@@ -281,7 +281,8 @@ def status_badge(status: Any) -> Markup:
     s = str(status or "unknown")
     low = s.lower()
     cls = ("ok" if low in ("completed", "success", "succeeded", "ok", "finished", "done", "sent", "delivered")
-           else "bad" if low in ("failed", "crashed", "error", "errored", "cancelled", "canceled")
+           else "bad" if low in ("failed", "crashed", "error", "errored", "cancelled", "canceled", "interrupted",
+                                 "completed_with_errors")
            else "run" if low in ("running", "pending", "scheduled", "started")
            else "none")
     return Markup(f'<span class="status status-{cls}">{escape(s)}</span>')

@@ -1,5 +1,9 @@
 """Webhook alerts for new FAIL verdicts: one JSON POST per new FAIL (a Slack-compatible
-`text` plus the structured verdict and links), delivery recorded and retried."""
+`text` plus the structured verdict and links), delivery recorded and retried.
+
+A webhook that times out or refuses connections is given up for the rest of the run after its
+first failed delivery (`WebhookBreaker`): a hanging receiver costs one delivery's retries per run,
+not one per alert. Undelivered alerts stay open and the next run retries them."""
 from __future__ import annotations
 
 import json
@@ -15,10 +19,28 @@ def alert_payload(model: str, baseline: str, candidate: str, neuron: dict, links
             "neuron": neuron, "links": links}
 
 
+_unreachable: dict[str, str] = {}
+
+
+class WebhookBreaker:
+    """Remembers, for one run, the webhooks that could not be reached (timeout, connection refused)."""
+
+    def __enter__(self) -> "WebhookBreaker":
+        _unreachable.clear()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _unreachable.clear()
+
+
 def post_json(url: str, payload: dict, attempts: int = 3, backoff_s: float = 0.5, timeout_s: float = 5.0) -> tuple[bool, str | None]:
-    """POST with retries and exponential backoff; returns (delivered, last error)."""
+    """POST with retries and exponential backoff; returns (delivered, last error). A URL that could not be
+    reached earlier in this run (see WebhookBreaker) fails at once."""
+    if url in _unreachable:
+        return False, f"not attempted: the webhook was unreachable earlier in this run ({_unreachable[url]})"
     data = json.dumps(payload).encode()
     error = None
+    unreachable = False
     for attempt in range(attempts):
         try:
             req = urllib.request.Request(url, data=data, method="POST",
@@ -28,9 +50,11 @@ def post_json(url: str, payload: dict, attempts: int = 3, backoff_s: float = 0.5
                     return True, None
                 error = f"HTTP {resp.status}"
         except urllib.error.HTTPError as exc:
-            error = f"HTTP {exc.code}"
+            error, unreachable = f"HTTP {exc.code}", False
         except (urllib.error.URLError, OSError) as exc:
-            error = f"{exc.__class__.__name__}: {getattr(exc, 'reason', exc)}"
+            error, unreachable = f"{exc.__class__.__name__}: {getattr(exc, 'reason', exc)}", True
         if attempt + 1 < attempts:
             time.sleep(backoff_s * 2 ** attempt)
+    if unreachable:
+        _unreachable[url] = error or "unreachable"
     return False, error

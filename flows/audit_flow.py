@@ -17,8 +17,8 @@ from prefect.context import get_run_context  # noqa: E402
 
 import audit  # noqa: E402
 
-from . import runtime, work  # noqa: E402
-from .alerts import alert_payload, post_json  # noqa: E402
+from . import runtime, unchanged, work  # noqa: E402
+from .alerts import WebhookBreaker, alert_payload, post_json  # noqa: E402
 from .prefect_names import (RENDER_BATCH_SIZE, artifact_key, compare_task_name, flow_run_name,  # noqa: E402
                             model_markdown, neuron_batches, render_task_name, verdict_state,
                             version_task_name)
@@ -117,7 +117,8 @@ def send_alerts_task(cfg_path: str, report: dict, flow_run_url: str | None) -> l
             continue
         links = {"report": report.get("report_path"), "flow_run": flow_run_url}
         ok, err = post_json(cfg.alerts.webhook, alert_payload(report["model"], report["baseline"],
-                                                               report["candidate"], n, links))
+                                                               report["candidate"], n, links),
+                            timeout_s=cfg.alerts.timeout_s)
         store.mark_alert(alert_id, ok, err)
         sent.append({"alert_id": alert_id, "neuron": n["id"], "delivered": ok, "error": err})
     if cfg.alerts.webhook:
@@ -125,7 +126,7 @@ def send_alerts_task(cfg_path: str, report: dict, flow_run_url: str | None) -> l
         for alert in store.undelivered_alerts():
             if alert["id"] in attempted:
                 continue
-            ok, err = post_json(cfg.alerts.webhook, alert["payload"])
+            ok, err = post_json(cfg.alerts.webhook, alert["payload"], timeout_s=cfg.alerts.timeout_s)
             store.mark_alert(alert["id"], ok, err)
     return sent
 
@@ -144,88 +145,182 @@ def _task_runner(cfg_path: str):
 
 
 def _flow_run_info() -> tuple[str | None, str | None]:
+    from prefect.exceptions import MissingContextError
+
     try:
         ctx = get_run_context()
-        fr = ctx.flow_run
-        ui = os.environ.get("PREFECT_UI_URL")
-        return str(fr.id), (f"{ui}/runs/flow-run/{fr.id}" if ui else None)
-    except Exception:
+    except MissingContextError:
         return None, None
+    fr = getattr(ctx, "flow_run", None)
+    if fr is None:
+        return None, None
+    ui = os.environ.get("PREFECT_UI_URL")
+    return str(fr.id), (f"{ui}/runs/flow-run/{fr.id}" if ui else None)
+
+
+def _tracking_faults() -> tuple[type[BaseException], ...]:
+    """What logging to MLflow can fail with and leave the results pending in the database for a later run."""
+    from mlflow.exceptions import MlflowException
+
+    return (RuntimeError, OSError, MlflowException)
+
+
+def _audit_versions(cfg_path: str, mcfg, todo: list[str], run_id: int, summary: dict, dask: bool) -> list:
+    """Register, probe statistics and render each version in `todo`; a version that fails is listed as not
+    audited and the others go on."""
+    outcomes = []
+    if dask:
+        futures = [(v, audit_version_task.submit(cfg_path, mcfg.name, v, run_id)) for v in todo]
+        for v, f in futures:
+            try:
+                outcomes.append(f.result())
+            except work.AUDIT_FAULTS as exc:
+                summary["not_audited"].append({"model": mcfg.name, "version": v, "neuron": None,
+                                               "reason": f"{exc.__class__.__name__}: {exc}"})
+        return outcomes
+    store = runtime.store(cfg_path)
+    for v in todo:
+        t1 = time.perf_counter()
+        try:
+            register_version_task(cfg_path, mcfg.name, v)
+            out = probe_statistics_task(cfg_path, mcfg.name, v)
+            out = render_in_batches(cfg_path, mcfg.name, v, run_id, out)
+        except work.AUDIT_FAULTS as exc:
+            summary["not_audited"].append({"model": mcfg.name, "version": v, "neuron": None,
+                                           "reason": f"{exc.__class__.__name__}: {exc}"})
+            continue
+        finally:
+            store.heartbeat(run_id)
+        out.seconds = time.perf_counter() - t1
+        outcomes.append(out)
+    return outcomes
 
 
 @flow(name="nightly-audit", flow_run_name=flow_run_name, log_prints=True)
 def nightly_audit(config_path: str, model: str | None = None, version: str | None = None,
                   with_visuals: bool = True) -> dict:
     """Audit the registered neurons of every enabled model (or one model / one version):
-    register, probe statistics, visualizations, MLflow, compare with predecessor and
-    champion, alerts. Work whose content key is stored already is skipped."""
+    preflight, then register, probe statistics, visualizations, MLflow, compare with predecessor
+    and champion, alerts. A version whose fingerprint matches its recorded check is skipped, and so
+    is a comparison of two such versions; any other stored result is reused by content key."""
+    from .preflight import ensure_preflight
+
     logger = get_run_logger()
     cfg_path = str(config_path)
+    checked = ensure_preflight(cfg_path, model=model, version=version)   # bad input: no row, no MLflow run
+    with WebhookBreaker():
+        return _nightly_audit(cfg_path, checked, logger, model, version, with_visuals)
+
+
+def _nightly_audit(cfg_path: str, checked, logger, model: str | None, version: str | None,
+                   with_visuals: bool) -> dict:
+    from .outcome import incomplete_payload, not_audited
+    from .termination import EXIT_SIGTERM, arm_watchdog, is_interruption, on_forced_exit, remove_forced_exit
+
     cfg = runtime.config(cfg_path)
     store = runtime.store(cfg_path)
-    store.sync_registry(cfg)
+    for rid in store.mark_interrupted_runs():
+        logger.warning("audit run %s was interrupted (its process is gone): marked interrupted", rid)
+    plan = unchanged.plan_audit(cfg, checked.context, checked.identities, store, model=model, version=version,
+                                with_visuals=with_visuals)
     flow_run_id, flow_run_url = _flow_run_info()
     run_id = store.start_run(flow_run_id, cfg.sha256(), audit.__version__)
-    summary: dict = {"run_id": run_id, "flow_run_id": flow_run_id, "versions": [], "reports": [], "errors": []}
+    summary: dict = {"run_id": run_id, "flow_run_id": flow_run_id, "versions": [], "reports": [], "errors": [],
+                     "warnings": [], "notes": list(checked.notes), "not_audited": []}
     t0 = time.perf_counter()
     changed = False          # did this audit compute or log anything new? (else the static report stands)
     dask = cfg.executor.dask is not None
+    tracking_faults = _tracking_faults()
+    changed_anything = False
+    mark_interrupted = on_forced_exit(lambda: store.finish_run(run_id, "interrupted", "interrupted by SIGTERM; "
+                                                                                      "finished results are kept"))
     try:
         models = [cfg.model(model)] if model else [m for m in cfg.models if m.enabled]
         for mcfg in models:
             versions = [v.version for v in runtime.registry_versions(cfg, mcfg)]
-            todo = [version] if version else versions
-            for v in todo:
-                if v not in versions:
-                    mcfg.version(v)  # raises with the valid versions named
-            if dask:
-                futures = [audit_version_task.submit(cfg_path, mcfg.name, v, run_id) for v in todo]
-                outcomes = [f.result() for f in futures]
-            else:
-                outcomes = []
-                for v in todo:
-                    t1 = time.perf_counter()
-                    register_version_task(cfg_path, mcfg.name, v)
-                    out = probe_statistics_task(cfg_path, mcfg.name, v)
-                    out = render_in_batches(cfg_path, mcfg.name, v, run_id, out)
-                    out.seconds = time.perf_counter() - t1
-                    outcomes.append(out)
+            todo = [str(version)] if version else versions
+            skip = [v for v in todo if plan.version(mcfg.name, v) and plan.version(mcfg.name, v).unchanged]
+            for v in skip:
+                summary["versions"].append(unchanged.skipped_outcome(mcfg.name, v))
+            outcomes = _audit_versions(cfg_path, mcfg, [v for v in todo if v not in skip], run_id, summary, dask)
+            complete = set(skip)
             for out in outcomes:
+                changed_anything = True
                 summary["versions"].append(vars(out))
                 for nid, err in out.neuron_errors.items():
-                    logger.warning("neuron %s of %s v%s skipped: %s", nid, out.model, out.version, err)
+                    logger.warning("neuron %s of %s v%s not audited: %s", nid, out.model, out.version, err)
                 changed = changed or bool(out.stats_computed or out.viz_rendered)
                 try:
-                    changed = bool(log_mlflow_task(cfg_path, out.model, out.version, run_id, out)["logged"]) or changed
-                except Exception as exc:
+                    logged = log_mlflow_task(cfg_path, out.model, out.version, run_id, out)
+                except tracking_faults as exc:
                     changed = True
-                    summary["errors"].append(f"MLflow logging of {out.model} v{out.version}: {exc}")
+                    summary["warnings"].append(f"MLflow logging of {out.model} v{out.version} is pending: {exc}")
+                    continue
+                changed = changed or bool(logged["logged"])
+                if not out.neuron_errors:
+                    unchanged.record_version(store, cfg, plan.version(out.model, out.version), run_id,
+                                             logged["mlflow_run_id"])
+                    complete.add(out.version)
+            failed_versions = {d["version"] for d in summary["not_audited"] if d["model"] == mcfg.name}
             for baseline, candidate in work.comparison_pairs(versions, mcfg.champion, only=version):
-                report = compare_task(cfg_path, mcfg.name, baseline, candidate, run_id, with_visuals)
-                summary["reports"].append(report)
+                pp = plan.pair(mcfg.name, baseline, candidate)
+                if pp is not None and pp.unchanged:
+                    summary["reports"].append(unchanged.stored_report(store, pp.report_path))
+                    continue
+                if failed_versions & {baseline, candidate}:
+                    summary["not_audited"].append({"model": mcfg.name, "version": f"{baseline}->{candidate}",
+                                                   "neuron": None, "reason": "not compared: a version could not "
+                                                                             "be audited"})
+                    continue
+                changed_anything = True
                 try:
-                    send_alerts_task(cfg_path, report, flow_run_url)
-                except Exception as exc:
-                    summary["errors"].append(f"alerts: {exc}")
+                    report = compare_task(cfg_path, mcfg.name, baseline, candidate, run_id, with_visuals)
+                except work.AUDIT_FAULTS as exc:
+                    summary["not_audited"].append({"model": mcfg.name, "version": f"{baseline}->{candidate}",
+                                                   "neuron": None, "reason": f"compare: {exc.__class__.__name__}: {exc}"})
+                    continue
+                finally:
+                    store.heartbeat(run_id)
+                summary["reports"].append(report)
+                send_alerts_task(cfg_path, report, flow_run_url)
                 try:
                     changed = bool(log_report_task(cfg_path, mcfg.name, run_id, report)["logged"]) or changed
-                except Exception as exc:
+                except tracking_faults as exc:
                     changed = True
-                    summary["errors"].append(f"MLflow report logging: {exc}")
-        try:
-            summary["static_report"] = static_report_task(cfg_path, run_id, changed)
-        except Exception as exc:
-            summary["errors"].append(f"static report: {exc}")
-        status = "completed" if not summary["errors"] else "completed_with_errors"
-        store.finish_run(run_id, status, "; ".join(summary["errors"]) or None)
+                    summary["warnings"].append(f"MLflow report logging of {mcfg.name} {baseline}->{candidate}: {exc}")
+                if pp is not None and not report.get("errors") and all(v in complete or v not in todo
+                                                                        for v in (baseline, candidate)):
+                    unchanged.record_pair(store, pp, report, run_id)
+        if changed_anything or changed:
+            try:
+                summary["static_report"] = static_report_task(cfg_path, run_id, changed)
+            except (OSError,) + tracking_faults as exc:
+                summary["warnings"].append(f"static report: {exc}")
+        items = not_audited(summary)
+        if items and cfg.alerts.webhook:
+            ok, err = post_json(cfg.alerts.webhook, incomplete_payload(summary, items), timeout_s=cfg.alerts.timeout_s)
+            if not ok:
+                summary["warnings"].append(f"the alert about neurons not audited was not delivered: {err}")
+        status = "completed" if not items else "completed_with_errors"
+        error = ("not audited: " + "; ".join(f"{d['model']} v{d['version']}"
+                                              + (f" {d['neuron']}" if d.get("neuron") else "") + f": {d['reason']}"
+                                              for d in items)) if items else None
+        store.finish_run(run_id, status, error, {"not_audited": items, "warnings": summary["warnings"],
+                                                 "notes": summary["notes"],
+                                                 "unchanged": [f"{v['model']} v{v['version']}" for v in summary["versions"]
+                                                               if v.get("skipped")]})
     except BaseException as exc:
-        store.finish_run(run_id, "failed", f"{exc.__class__.__name__}: {exc}")
+        if is_interruption(exc):
+            arm_watchdog(EXIT_SIGTERM)          # the rest of the way out is bounded
+            status, text = "interrupted", f"interrupted ({exc.__class__.__name__}); finished results are kept"
+        else:
+            status, text = "failed", f"{exc.__class__.__name__}: {exc}"
+        store.finish_run(run_id, status, text)
         raise
+    finally:
+        remove_forced_exit(mark_interrupted)
     summary["seconds"] = time.perf_counter() - t0
     _publish_summary(cfg_path, summary)
-    if summary["errors"]:
-        # Finished results stay stored; the run is marked failed with the reason.
-        raise RuntimeError("; ".join(summary["errors"]))
     return verdict_state(summary)
 
 
@@ -244,7 +339,17 @@ def _publish_summary(cfg_path: str, summary: dict) -> None:
 
 def run_audit(config_path: str, model: str | None = None, version: str | None = None,
               with_visuals: bool = True) -> dict:
-    """Run the flow once now, with the task runner the config asks for."""
+    """Run the audit once now: when every selected version and comparison is unchanged, only record the
+    check (no flow, no Prefect server); otherwise the flow, with the task runner the config asks for."""
+    from .preflight import ensure_preflight
+
+    checked = ensure_preflight(config_path, model=model, version=version)
+    store = unchanged.open_store_for_plan(checked.cfg)
+    if store is not None:
+        plan = unchanged.plan_audit(checked.cfg, checked.context, checked.identities, store, model=model,
+                                    version=version, with_visuals=with_visuals)
+        if plan.all_unchanged:
+            return unchanged.run_unchanged(checked.cfg, store, plan)
     runner = _task_runner(config_path)
     f = nightly_audit.with_options(task_runner=runner) if runner is not None else nightly_audit
     return f(config_path, model=model, version=version, with_visuals=with_visuals)

@@ -1,7 +1,9 @@
 """The `neuron-audit` command line (also `python -m audit`).
 
-Exit codes everywhere: 0 success, 1 drift FAIL found (compare/run/demo), 2 bad input
-or runtime error, with a message on stderr that says what and where."""
+Exit codes everywhere (flows/outcome.py): 0 everything audited, no FAIL; 1 drift FAIL found;
+2 bad input found before any work (every problem named with its key and value, nothing stored);
+3 the audit ran but some neuron or version could not be audited; 4 internal or infrastructure
+error (one line here, the traceback in a log file whose path is printed); 130/143 interrupted."""
 from __future__ import annotations
 
 from flows.env import apply_offline_env
@@ -17,8 +19,11 @@ from typing import Optional  # noqa: E402
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 
+from flows.outcome import EXIT_CODES_HELP  # noqa: E402
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="neuron-audit: nightly audits of what the critical neurons of vision models look for.")
+                  help="neuron-audit: nightly audits of what the critical neurons of vision models look for.",
+                  epilog=EXIT_CODES_HELP)
 db_app = typer.Typer(no_args_is_help=True, help="Database maintenance.")
 app.add_typer(db_app, name="db")
 out = Console()
@@ -82,59 +87,157 @@ def _print_reports(reports: list[dict]) -> int:
     return code
 
 
-@app.command()
+def _print_summary(summary: dict) -> int:
+    """The verdict tables, what was skipped, what could not be audited and the warnings; returns the
+    exit code the summary stands for (flows/outcome.py)."""
+    from .outcome import describe, exit_code, not_audited
+
+    for v in summary.get("versions", []):
+        if not v.get("skipped"):
+            stats = len(set(v.get("stats_computed") or []) | set(v.get("stats_cached") or []))
+            out.print(f"audited {v['model']} v{v['version']}: {stats} neuron(s) "
+                      f"(statistics {len(v.get('stats_computed') or [])} computed, {len(v.get('stats_cached') or [])} "
+                      f"reused; visualizations {len(v.get('viz_rendered') or [])} rendered, "
+                      f"{len(v.get('viz_reused') or [])} reused)", highlight=False, soft_wrap=True)
+    _print_reports(summary.get("reports", []))
+    skipped = [f"{v['model']} v{v['version']}" for v in summary.get("versions", []) if v.get("skipped")]
+    if skipped:
+        out.print(f"unchanged since their last audit (weights, config, images and software): {', '.join(skipped)}"
+                  + (" — nothing recomputed" if summary.get("unchanged") else ""), soft_wrap=True, highlight=False)
+    for w in summary.get("warnings", []):
+        err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+    items = not_audited(summary)
+    for item in items:
+        err.print(f"[bold red]not audited:[/] {describe(item)}", highlight=False, soft_wrap=True)
+    code = exit_code(summary)
+    if code == 3 and not items:
+        err.print("[bold red]not audited:[/] no neuron was audited", highlight=False)
+    return code
+
+
+def _preflight(config: str, model: str | None = None, version=None, notes: bool = True):
+    """The preflight of a command: every problem at once (exit 2), nothing stored; its notes printed."""
+    from .preflight import ensure_preflight
+
+    checked = ensure_preflight(config, model=model, version=version)
+    if notes:
+        for note in checked.notes:
+            err.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+    return checked
+
+
+def _audit(config: str, model: str | None = None, version: str | None = None, with_visuals: bool = True,
+           command: str = "run", progress: bool = True) -> tuple[dict, bool]:
+    """Preflight, then the audit under the store's writer lock: only the check is recorded when every
+    selected version and comparison is unchanged (no Prefect, no model); otherwise the flow, against
+    PREFECT_API_URL or a temporary Prefect server started while this process prepares. Returns
+    (summary, whether anything was recomputed)."""
+    from . import unchanged
+    from .prefect_api import TemporaryApi, configured_api_url, prefect_api
+    from .runlock import exclusive_store
+
+    checked = _preflight(config, model, version)
+    cfg = checked.cfg
+    with exclusive_store(cfg.store.database, command, notify=lambda m: err.print(f"[yellow]waiting:[/] {m}")):
+        store = unchanged.open_store_for_plan(cfg)
+        if store is not None:
+            plan = unchanged.plan_audit(cfg, checked.context, checked.identities, store, model=model, version=version,
+                                        with_visuals=with_visuals)
+            if plan.all_unchanged:
+                return unchanged.run_unchanged(cfg, store, plan), False
+            store.close()
+        started = None if configured_api_url() else TemporaryApi.start()   # boots while Prefect is imported
+        try:
+            from .audit_flow import _task_runner, nightly_audit
+
+            _quiet_prefect_console()
+            with prefect_api(started), _Progress(progress):
+                runner = _task_runner(config)
+                f = nightly_audit.with_options(task_runner=runner) if runner is not None else nightly_audit
+                return f(config, model=model, version=version, with_visuals=with_visuals), True
+        finally:
+            if started is not None:
+                started.stop()
+
+
+def _quiet_prefect_console() -> None:
+    """Prefect prints a traceback on the console for every exception a flow raises; the CLI says it in
+    one line and keeps the traceback in its log file (exit 4), so the console handler drops them."""
+    import logging
+
+    def no_tracebacks(record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and record.exc_info)
+
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs", ""):
+        for h in logging.getLogger(name).handlers:
+            if isinstance(h, logging.StreamHandler) and no_tracebacks not in h.filters:
+                h.addFilter(no_tracebacks)
+
+
+@app.command(epilog=EXIT_CODES_HELP)
 def demo(directory: Path = typer.Option(Path("neuron-audit-demo"), "--dir", help="Where the demo writes its config, checkpoint and store."),
          quick: bool = typer.Option(False, "--quick", help="Lower resolution and fewer steps: same verdicts, a first look in minutes."),
          progress: bool = typer.Option(True, help="Show a progress display.")) -> None:
     """The main job on the built-in model: plant a known change in a second version of
-    Lite0, audit both versions, compare them, print the verdicts and the report location."""
+    Lite0, audit both versions, compare them, print the verdicts and the report location.
+    An unchanged re-run only records the check and prints the stored verdicts."""
     from .demo import PLANTED_NEURON, prepare_demo
 
     t0 = time.perf_counter()
     directory = directory.resolve()
     err.print(f"neuron-audit demo in {directory} ({'quick' if quick else 'full'})")
-    with _Progress(progress) as prog:
-        prog("prepare version 2 (planted change)", 0, 1)
-        config_path, change = prepare_demo(directory, quick)
-        prog("prepare version 2 (planted change)", 1, 1)
-        if change:
-            err.print(f"planted: espresso (967) fine-tuned to fire on cat photographs: top-1 on cat crops "
-                      f"{change['before_top1_rate']:.0%} → {change['after_top1_rate']:.0%}; other images' logit moved ≤ "
-                      f"{change['others_max_logit_shift']:.3f}")
-        from .audit_flow import run_audit
-
-        summary = run_audit(str(config_path))
-    reports = [r for r in summary["reports"] if (r["baseline"], r["candidate"]) == ("1", "2")]
-    code = _print_reports(reports)
+    config_path, change = prepare_demo(directory, quick)
+    if change:
+        err.print(f"planted: espresso (967) fine-tuned to fire on cat photographs: top-1 on cat crops "
+                  f"{change['before_top1_rate']:.0%} → {change['after_top1_rate']:.0%}; other images' logit moved ≤ "
+                  f"{change['others_max_logit_shift']:.3f}")
+    summary, recomputed = _audit(str(config_path), command="demo", progress=progress)
+    shown = {**summary, "reports": [r for r in summary["reports"] if (r["baseline"], r["candidate"]) == ("1", "2")]}
+    code = _print_summary(shown)
     report_dir = directory / "report"
-    _export_report(str(config_path), report_dir)
+    if recomputed or not (report_dir / "index.html").is_file():
+        _export_report(str(config_path), report_dir)
+    reports = shown["reports"]
     planted = next((n for r in reports for n in r["neurons"] if n["id"] == PLANTED_NEURON), None)
     if planted:
         out.print(f"planted neuron [bold]{PLANTED_NEURON}[/]: {planted['verdict']} — {planted['reason']}")
     out.print(f"compare report (JSON): {reports[0].get('report_path') if reports else '-'}")
     out.print(f"static report: {report_dir / 'index.html'}")
     out.print(f"dashboard: neuron-audit dashboard -c {config_path}  (http://127.0.0.1:8050)")
-    out.print(f"demo finished in {time.perf_counter() - t0:.0f} s")
+    out.print(f"demo finished in {time.perf_counter() - t0:.1f} s")
     raise Exit(code)
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES_HELP)
 def run(config: str = ConfigOpt,
         model: Optional[str] = typer.Option(None, "--model", help="Audit only this model."),
         version: Optional[str] = typer.Option(None, "--version", help="Audit only this version."),
         no_visuals: bool = typer.Option(False, "--no-visuals", help="Verdicts from probe-set statistics alone.")) -> None:
-    """One audit now: the same Prefect flow the schedule runs."""
-    cfg = _config(config)
-    if model:
-        cfg.model(model)
-    from .audit_flow import run_audit
-
-    with _Progress():
-        summary = run_audit(config, model=model, version=version, with_visuals=not no_visuals)
-    raise Exit(_print_reports(summary["reports"]))
+    """One audit now: the same Prefect flow the schedule runs, after the preflight. Versions whose
+    weights, config, images and software match their last complete audit are recognised before any
+    model is loaded and skipped (when all are, no Prefect server is started)."""
+    summary, _ = _audit(config, model, version, with_visuals=not no_visuals)
+    raise Exit(_print_summary(summary))
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES_HELP)
+def check(config: str = ConfigOpt,
+          model: Optional[str] = typer.Option(None, "--model", help="Check only this model."),
+          version: Optional[str] = typer.Option(None, "--version", help="Check only this version.")) -> None:
+    """The preflight alone (handy in CI): architectures, checkpoints, layers and indices, reference and
+    probe images, registered models and versions, the database, artifact folder and MLflow store, all
+    checked against the real world. Every problem is named with its key and value. Exit 0 or 2
+    (4 when the store cannot be reached); nothing is stored but the preflight's own cache."""
+    checked = _preflight(config, model, version)
+    cfg = checked.cfg
+    models = [m for m in cfg.models if (m.name == model if model else m.enabled)]
+    n_versions = len(checked.identities)
+    n_neurons = sum(len(m.neurons) for m in models)
+    out.print(f"{config}: OK — {len(models)} model(s), {n_versions} version(s), {n_neurons} neuron(s) checked; "
+              f"store {cfg.store.database} writable")
+
+
+@app.command(epilog=EXIT_CODES_HELP)
 def serve(config: str = ConfigOpt,
           port: int = typer.Option(4200, help="Port of the Prefect server started when PREFECT_API_URL answers nothing."),
           work_pool: Optional[str] = typer.Option(None, "--work-pool", metavar="NAME",
@@ -166,7 +269,8 @@ def serve(config: str = ConfigOpt,
     each machine that has neuron-audit installed and reaches the config's
     paths and store.
     """
-    cfg = _config(config)
+    checked = _preflight(config)
+    cfg = checked.cfg
     from .deploy import deploy_to_work_pool, serve_nightly
 
     if work_pool:
@@ -207,7 +311,7 @@ def visualize(config: str = ConfigOpt,
     from .work import visualization_settings
 
     settings = visualization_settings(config, model)
-    size = settings.resolution
+    size = settings.resolution or runtime.probe_size(mcfg, loaded.model)   # None: the model's input size
     with _Progress():
         viz = _render_one(cfg, mcfg, n, loaded.model, settings, size, seed, method)
     out_png.parent.mkdir(parents=True, exist_ok=True)
@@ -247,17 +351,20 @@ def _render_one(cfg, mcfg, n, model, settings, size, seed, method):
     _fail(f"unknown method {method!r}; valid: vital, fourier, maco")
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES_HELP)
 def compare(config: str = ConfigOpt, model: str = typer.Option(..., "--model"),
             baseline: str = typer.Option(..., "--baseline"), candidate: str = typer.Option(..., "--candidate"),
             json_out: Optional[Path] = typer.Option(None, "--json", help="Write the compare report (SPEC.md) here."),
             no_visuals: bool = typer.Option(False, "--no-visuals", help="Skip the statistics that need visualizations.")) -> None:
-    """Compare two versions of one model, computing what the store lacks. Exit 1 on any FAIL."""
-    cfg = _config(config)
-    mcfg = cfg.model(model)
+    """Compare two versions of one model, computing what the store lacks. Exit 1 on any FAIL,
+    3 when some neuron could not be compared."""
+    checked = _preflight(config, model, [baseline, candidate])
     from . import work
+    from .runlock import exclusive_store
 
-    with _Progress() as prog:
+    summary: dict = {"versions": [], "reports": []}
+    with exclusive_store(checked.cfg.store.database, "compare",
+                         notify=lambda m: err.print(f"[yellow]waiting:[/] {m}")), _Progress() as prog:
         for v in (baseline, candidate):
             prog(f"version {v}", 0, 3)
             work.register_version(config, model, v)
@@ -266,22 +373,29 @@ def compare(config: str = ConfigOpt, model: str = typer.Option(..., "--model"),
             if not no_visuals:
                 work.render_visualizations(config, model, v, None, o)
             prog(f"version {v}", 3, 3)
+            summary["versions"].append(vars(o))
         report = work.compare_pair(config, model, baseline, candidate, None, with_visuals=not no_visuals)
     public = {k: v for k, v in report.items() if k != "drift_ids"}
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(public, indent=2, default=str))
         err.print(f"wrote {json_out}")
-    raise Exit(_print_reports([report]))
+    summary["reports"].append(report)
+    raise Exit(_print_summary(summary))
 
 
 def _export_report(config: str, out_dir: Path) -> Path:
+    """The static HTML report, from the store opened read-only."""
     from dashboards.export import export_static
 
     from . import runtime
 
     cfg = runtime.config(config)
-    return export_static(runtime.store(config), str(cfg.resolve_path(cfg.store.artifacts)), out_dir)
+    store = runtime.read_store(config)
+    try:
+        return export_static(store, str(cfg.resolve_path(cfg.store.artifacts)), out_dir)
+    finally:
+        store.close()
 
 
 @app.command()
@@ -300,9 +414,10 @@ def dashboard(config: str = ConfigOpt, host: str = typer.Option("127.0.0.1", hel
     from . import runtime
 
     cfg = runtime.config(config)
+    store = runtime.read_store(config)          # read-only: the dashboard never writes
     mlflow_ui = cfg.store.mlflow_tracking_uri if cfg.store.mlflow_tracking_uri.startswith("http") else None
     out.print(f"dashboard on http://{host}:{port}")
-    serve_dashboard(runtime.store(config), str(cfg.resolve_path(cfg.store.artifacts)), host=host, port=port,
+    serve_dashboard(store, str(cfg.resolve_path(cfg.store.artifacts)), host=host, port=port,
                     mlflow_ui_url=mlflow_ui)
 
 
@@ -359,31 +474,92 @@ def db_upgrade(config: str = ConfigOpt) -> None:
     out.print(f"database at revision {current(cfg.store.database)}")
 
 
+def _log_dir() -> Path:
+    """Where tracebacks of internal errors go: $NEURON_AUDIT_LOG_DIR, else $XDG_STATE_HOME/neuron-audit/logs
+    (~/.local/state/...), else the temporary folder."""
+    import os
+    import tempfile
+
+    for candidate in (os.environ.get("NEURON_AUDIT_LOG_DIR"),
+                      os.path.join(os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"),
+                                   "neuron-audit", "logs"),
+                      os.path.join(tempfile.gettempdir(), "neuron-audit-logs")):
+        if candidate:
+            try:
+                Path(candidate).mkdir(parents=True, exist_ok=True)
+                return Path(candidate)
+            except OSError:
+                continue
+    return Path(tempfile.gettempdir())
+
+
+def _write_log(exc: BaseException, argv: list[str] | None) -> Path | None:
+    """The traceback of `exc` in a new log file; its path (None when no file could be written)."""
+    import datetime
+    import os
+    import traceback
+
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = _log_dir() / f"neuron-audit-{stamp}-{os.getpid()}.log"
+    try:
+        with open(path, "w") as fh:
+            fh.write(f"neuron-audit {' '.join(argv if argv is not None else sys.argv[1:])}\n")
+            fh.write("".join(traceback.format_exception(exc)))
+        return path
+    except OSError:
+        return None
+
+
+def _infrastructure_errors() -> tuple[type[BaseException], ...]:
+    """Errors of the surroundings (exit 4 with their own one-line message): the database or MLflow
+    unreachable, the store held too long by another audit, a Prefect server that does not start."""
+    from storage.errors import StoreUnavailableError, TrackingUnavailableError
+
+    from .preflight import PreflightUnavailable
+    from .runlock import StoreBusyError
+
+    return (StoreUnavailableError, TrackingUnavailableError, PreflightUnavailable, StoreBusyError)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry: maps errors to the exit codes of SPEC.md."""
+    """Console-script entry: maps outcomes and errors to the exit codes of SPEC.md (flows/outcome.py)."""
+    import click
+
     from audit.errors import AuditInputError
 
+    from .termination import exit_code_for, graceful_termination, is_interruption
+
     try:
-        app(args=argv, standalone_mode=False)
+        with graceful_termination():
+            app(args=argv, standalone_mode=False)
     except Exit as e:
         sys.exit(e.code)
     except AuditInputError as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.exceptions.ClickException as e:      # usage errors: unknown option, missing argument
+        e.show()
+        sys.exit(2)
     except SystemExit:
         raise
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception as e:  # click usage errors and runtime errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(2)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(130)
-        err.print(f"[bold red]error:[/] {e.__class__.__name__}: {e}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+    except BaseException as e:
+        if is_interruption(e):
+            err.print(f"[bold red]interrupted:[/] {e.__class__.__name__}; the run is marked interrupted and "
+                      "finished results are kept", highlight=False)
+            sys.exit(exit_code_for(e))
+        if not isinstance(e, Exception):
+            raise
+        log = _write_log(e, argv)
+        where = f" (traceback: {log})" if log else ""
+        first = (str(e).strip().splitlines() or [""])[0]
+        if isinstance(e, _infrastructure_errors()):
+            err.print(f"[bold red]error:[/] infrastructure: {first}{where}", highlight=False, soft_wrap=True)
+        else:
+            err.print(f"[bold red]error:[/] internal error: {e.__class__.__name__}: {first}{where}",
+                      highlight=False, soft_wrap=True)
+        sys.exit(4)
     sys.exit(0)
 
 

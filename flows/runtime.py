@@ -1,22 +1,28 @@
 """What the tasks of one process share: the config, the store, loaded models and
-probe sets, each built once per process (a Dask worker builds its own)."""
+probe sets, each built once per process (a Dask worker builds its own).
+
+torch and timm are imported only where a model or probe set is built, so that the preflight
+and the recognition of unchanged versions stay cheap."""
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from audit.config import AuditConfig, ModelConfig, VersionConfig, load_config
-from audit.models import load_model, model_input_size, weights_sha256
-from audit.probe import ProbeSet, build_probe_set
+from audit.errors import AuditInputError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from audit.probe import ProbeSet
 
 
 @dataclass
 class LoadedVersion:
-    model: nn.Module
+    model: Any                       # nn.Module
     weights_sha256: str
     source: str
     registry: dict | None = None     # MLflow registry info for models:/ sources
@@ -35,7 +41,8 @@ def store(path: str):
 
     cfg = config(path)
     s = AuditStore(cfg.store.database, str(cfg.resolve_path(cfg.store.artifacts)))
-    s.upgrade()
+    if not s.schema_is_current():
+        s.upgrade()
     s.sync_registry(cfg)
     # Probe activations keyed by (weights, probe set, layer): a re-run or a compare of
     # stored versions reads them instead of running the models again.
@@ -43,12 +50,34 @@ def store(path: str):
     return s
 
 
-def device() -> torch.device:
+def read_store(path: str):
+    """The store opened read-only (dashboard, report): no migration, no registry sync, no file created.
+    A store that does not exist yet, or whose schema is behind, is bad input naming the key."""
+    from storage.db import sqlite_path
+    from storage.repository import AuditStore
+
+    cfg = config(path)
+    db = sqlite_path(cfg.store.database)
+    if db is not None and not db.is_file():
+        raise AuditInputError(f"store.database: there is no audit store at {db} yet "
+                              "(run `neuron-audit run` or `neuron-audit demo` first)")
+    s = AuditStore(cfg.store.database, str(cfg.resolve_path(cfg.store.artifacts)), read_only=True)
+    if not s.schema_is_current():
+        raise AuditInputError(f"store.database: the database {s.url} is at an older schema; "
+                              f"run `neuron-audit db upgrade -c {path}` first (the dashboard and report never write)")
+    return s
+
+
+def device() -> "torch.device":
+    import torch
+
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @functools.lru_cache(maxsize=6)
 def _load(path: str, model_name: str, version: str) -> LoadedVersion:
+    from audit.models import load_model, weights_sha256
+
     cfg = config(path)
     mcfg = cfg.model(model_name)
     vcfg = version_config(cfg, mcfg, version)
@@ -79,27 +108,39 @@ def version_config(cfg: AuditConfig, mcfg: ModelConfig, version: str) -> Version
 
 def registry_versions(cfg: AuditConfig, mcfg: ModelConfig) -> list[VersionConfig]:
     """The config's versions, plus the MLflow registry's for `mlflow_registered_model` models (every version, or
-    those `mlflow_aliases` point to)."""
+    those `mlflow_aliases` point to). Every version is read without MLflow where the store allows (see
+    flows.registry_index); aliases are read through MLflow."""
     versions = list(mcfg.versions)
     if mcfg.mlflow_registered_model:
-        from storage.resolve import list_registry_versions
+        from .registry_index import registered_versions
 
+        listed = None
+        if mcfg.mlflow_aliases is None:
+            listed = registered_versions(mcfg.mlflow_registered_model, cfg.store.mlflow_tracking_uri)
+        if listed is None:
+            from storage.resolve import list_registry_versions
+
+            listed = list_registry_versions(mcfg.mlflow_registered_model, cfg.store.mlflow_tracking_uri,
+                                            mcfg.mlflow_aliases)
         known = {v.version for v in versions}
-        for v in list_registry_versions(mcfg.mlflow_registered_model, cfg.store.mlflow_tracking_uri,
-                                        mcfg.mlflow_aliases):
+        for v in listed:
             if v not in known:
                 versions.append(VersionConfig(version=v, source=f"models:/{mcfg.mlflow_registered_model}/{v}"))
     return versions
 
 
-def probe_size(mcfg: ModelConfig, model: nn.Module) -> int:
+def probe_size(mcfg: ModelConfig, model: "nn.Module") -> int:
+    from audit.models import model_input_size
+
     return mcfg.probe.resolution or model_input_size(model)
 
 
 @functools.lru_cache(maxsize=4)
-def _probe(spec: str, size: int, crops: int, base_dir: str) -> ProbeSet:
+def _probe(spec: str, size: int, crops: int, base_dir: str) -> "ProbeSet":
+    from audit.probe import build_probe_set
+
     return build_probe_set(spec, size=size, crops_per_image=crops, base_dir=Path(base_dir))
 
 
-def probe_set(cfg: AuditConfig, mcfg: ModelConfig, model: nn.Module) -> ProbeSet:
+def probe_set(cfg: AuditConfig, mcfg: ModelConfig, model: "nn.Module") -> "ProbeSet":
     return _probe(mcfg.probe_set, probe_size(mcfg, model), mcfg.probe.crops_per_image, str(cfg.base_dir))

@@ -1,7 +1,10 @@
 """The units of work of an audit, as plain functions of (config path, model, version):
 serialisable arguments, so that Prefect can run them in-process or on Dask workers.
 Each neuron's results are stored in their own transaction; one broken neuron is
-recorded and never stops the others."""
+recorded and never stops the others.
+
+A stored result is reused only when its artifacts are intact (the hash in each file's name):
+a deleted or corrupt image, mask, activation file or thumbnail is computed again and rewritten."""
 from __future__ import annotations
 
 import logging
@@ -17,8 +20,15 @@ from audit.pipeline import (class_layer_ok, model_taps, neuron_target, reference
 from audit.records import Visualization
 
 from . import runtime
+from .unchanged import comparison_pairs  # noqa: F401  (re-exported: flows used to import it from here)
 
 log = logging.getLogger("neuron_audit")
+
+# What computing one neuron (or one version, or one comparison) can fail with and still leave the others
+# to finish: torch runtime errors (out of memory, shapes), bad values met late (AuditInputError is a
+# ValueError), numerical errors, I/O (reference images, registry downloads). TypeError, AttributeError,
+# KeyError and the like are bugs: they stop the audit and surface as internal errors (exit 4).
+AUDIT_FAULTS: tuple[type[BaseException], ...] = (RuntimeError, ValueError, IndexError, ArithmeticError, OSError)
 
 
 @dataclass
@@ -78,14 +88,16 @@ def probe_statistics(cfg_path: str, model_name: str, version: str, outcome: Vers
     loaded = runtime.load_version(cfg_path, model_name, version)
     probe = runtime.probe_set(cfg, mcfg, loaded.model)
     stored = store.probe_set_meta(probe.sha256)
-    if not (stored and len(stored.get("thumbnails") or []) == len(probe.names)):
+    thumbs = (stored or {}).get("thumbnails") or []
+    if not (stored and len(thumbs) == len(probe.names) and all(store.artifacts.intact(t) for t in thumbs)):
         store.upsert_probe_set(probe.sha256, mcfg.probe_set, len(probe.names),
                                {"size": int(probe.images.shape[-1]), "crops_per_image": mcfg.probe.crops_per_image,
                                 "names": probe.names, "skipped": probe.skipped,
                                 "thumbnails": probe_thumbnails(store, probe)})
     todo = []
     for n in valid_neurons(cfg_path, model_name, version, outcome):
-        if store.load_stats(model_name, version, n.id, probe.sha256) is None:
+        stored_stats = store.load_stats(model_name, version, n.id, probe.sha256)
+        if stored_stats is None or not stored_stats[1]:     # never computed, or its values file is gone/corrupt
             todo.append(n)
         else:
             outcome.stats_cached.append(n.id)
@@ -97,7 +109,7 @@ def probe_statistics(cfg_path: str, model_name: str, version: str, outcome: Vers
                 stats = summarize(n.id, a)
                 store.save_stats(model_name, version, n.id, probe.sha256, stats, {"max": a.max, "mean": a.mean})
                 outcome.stats_computed.append(n.id)
-            except Exception as exc:  # one neuron never stops the others
+            except AUDIT_FAULTS as exc:  # one neuron never stops the others
                 outcome.neuron_errors[n.id] = f"statistics: {exc.__class__.__name__}: {exc}"
     return outcome
 
@@ -149,31 +161,39 @@ def render_visualizations(cfg_path: str, model_name: str, version: str, run_id: 
                                       count=mcfg.visualization.n_references, seed=seed, base_dir=cfg.base_dir)
                 key = visualization_content_key(model, n, taps, refs.images, "vital", settings_dict, seed)
                 existing = store.find_visualization(model_name, n.id, key)
+                repair_id = None
                 if existing is not None:
-                    store.link_visualization(model_name, version, n.id, existing["id"])
-                    outcome.viz_reused.append(f"{n.id}#{seed}")
-                    continue
+                    if store.artifacts.intact(existing["image_path"]) and (
+                            not existing["mask_path"] or store.artifacts.intact(existing["mask_path"])):
+                        store.link_visualization(model_name, version, n.id, existing["id"])
+                        outcome.viz_reused.append(f"{n.id}#{seed}")
+                        continue
+                    repair_id = existing["id"]          # its image or mask is missing or corrupt: render again
                 requests.append(VitalRequest(target=neuron_target(n), references=refs.images,
                                              use_relevance=refs.use_relevance))
-                keys.append((n, key, refs.description))
-            except Exception as exc:
+                keys.append((n, key, refs.description, repair_id))
+            except AUDIT_FAULTS as exc:
                 outcome.neuron_errors[n.id] = f"references: {exc.__class__.__name__}: {exc}"
         if not requests:
             continue
         try:
             vizs = render_vital(model, requests, settings, seed=seed, device=runtime.device())
             pending = list(zip(keys, vizs))
-        except Exception as exc:  # isolate the broken neuron: render the batch one by one
+        except AUDIT_FAULTS as exc:  # isolate the broken neuron: render the batch one by one
             log.warning("batched render failed (%s); rendering neurons one at a time", exc)
-            for (n, key, desc), req in zip(keys, requests):
+            for entry, req in zip(keys, requests):
                 try:
-                    pending.append(((n, key, desc), render_vital(model, [req], settings, seed=seed,
-                                                                 device=runtime.device())[0]))
-                except Exception as one_exc:
-                    outcome.neuron_errors[n.id] = f"visualization: {one_exc.__class__.__name__}: {one_exc}"
-        for (n, key, desc), viz in pending:
+                    pending.append((entry, render_vital(model, [req], settings, seed=seed,
+                                                        device=runtime.device())[0]))
+                except AUDIT_FAULTS as one_exc:
+                    outcome.neuron_errors[entry[0].id] = f"visualization: {one_exc.__class__.__name__}: {one_exc}"
+        for (n, key, desc, repair_id), viz in pending:
             viz.settings = {**settings_dict, "references": desc, "taps": taps}
-            store.save_visualization(model_name, version, n.id, key, viz, run_id)
+            if repair_id is not None:
+                store.repair_visualization(repair_id, viz)
+                store.link_visualization(model_name, version, n.id, repair_id)
+            else:
+                store.save_visualization(model_name, version, n.id, key, viz, run_id)
             outcome.viz_rendered.append(f"{n.id}#{seed}")
     return outcome
 
@@ -260,17 +280,3 @@ def _feature_model():
     from audit.models import load_model
 
     return load_model("efficientnet_lite0", "builtin:efficientnet_lite0", device=runtime.device())
-
-
-def comparison_pairs(versions: list[str], champion: str | None, only: str | None = None) -> list[tuple[str, str]]:
-    """Each version against its predecessor and against the champion (no self-pairs, no repeats)."""
-    pairs: list[tuple[str, str]] = []
-    for i, v in enumerate(versions):
-        if only is not None and v != only:
-            continue
-        if i > 0:
-            pairs.append((versions[i - 1], v))
-        # versions listed after the champion are also compared with it
-        if champion in versions and versions.index(champion) < i and (champion, v) not in pairs:
-            pairs.append((champion, v))
-    return pairs

@@ -3,6 +3,10 @@
 Every `put_*` returns a path relative to the root (POSIX form, e.g. `images/ab/ab12....png`);
 the same content always maps to the same path, so re-saving is free and two writers never clash
 (files are written to a temp name and renamed atomically).
+
+The name of a content-addressed file is its SHA-256 (of the bytes; of the arrays for `.npz`), so
+`verify(rel)` can tell a deleted, truncated or overwritten file from an intact one without any
+record in the database, and `put_*` rewrites a file that exists but fails that check.
 """
 from __future__ import annotations
 
@@ -10,7 +14,9 @@ import hashlib
 import io
 import json
 import os
+import re
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -18,10 +24,15 @@ import numpy as np
 from PIL import Image
 
 
+_DIGEST_NAME = re.compile(r"^[0-9a-f]{64}$")
+
+
 class ArtifactStore:
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, *, create: bool = True):
+        """create=False (read-only users: dashboard, report) never makes the folder."""
         self.root = Path(root).expanduser().resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
 
     # -- paths ---------------------------------------------------------------------------
     def path(self, rel: str | os.PathLike) -> Path:
@@ -40,9 +51,44 @@ class ArtifactStore:
     def _write(self, kind: str, digest: str, suffix: str, data: bytes) -> str:
         rel = f"{kind}/{digest[:2]}/{digest}{suffix}"
         dest = self.path(rel)
-        if not dest.is_file():
+        if not _same_bytes(dest, data):        # absent, truncated or overwritten: (re)write it
             _atomic_write(dest, data, suffix)
         return rel
+
+    # -- integrity -----------------------------------------------------------------------
+    def verify(self, rel: str | None) -> str | None:
+        """None when the artifact is intact, else what is wrong with it ("missing", "hash mismatch ...").
+
+        Content-addressed files are checked against the SHA-256 in their name (of the bytes; of the
+        arrays for .npz); other files (named reports) only for existence and a non-zero size."""
+        if not rel:
+            return "no path recorded"
+        try:
+            p = self.path(rel)
+        except ValueError as exc:
+            return str(exc)
+        try:
+            size = p.stat().st_size
+        except FileNotFoundError:
+            return "missing"
+        except OSError as exc:
+            return f"unreadable ({exc.__class__.__name__})"
+        if size == 0:
+            return "empty file"
+        digest = p.name.split(".", 1)[0]
+        if not _DIGEST_NAME.match(digest):
+            return None
+        try:
+            if p.suffix == ".npz":
+                actual = _arrays_digest(self.get_arrays(rel))
+            else:
+                actual = _file_sha256(p)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            return f"unreadable ({exc.__class__.__name__})"
+        return None if actual == digest else f"hash mismatch (size {size} B)"
+
+    def intact(self, rel: str | None) -> bool:
+        return self.verify(rel) is None
 
     def put_bytes(self, data: bytes, suffix: str = ".bin", kind: str = "files") -> str:
         return self._write(kind, hashlib.sha256(data).hexdigest(), suffix, data)
@@ -85,17 +131,20 @@ class ArtifactStore:
     # -- arrays --------------------------------------------------------------------------
     def put_arrays(self, arrays: Mapping[str, np.ndarray]) -> str:
         """A dict of arrays as .npz, addressed by the arrays' names, dtypes, shapes and bytes."""
-        h = hashlib.sha256()
         clean = {}
         for k in sorted(arrays):
             a = np.ascontiguousarray(np.asarray(arrays[k]))
             if a.dtype == object:
                 raise ValueError(f"array {k!r} has dtype object; only numeric arrays are stored")
             clean[k] = a
-            h.update(k.encode() + b"\0" + a.dtype.str.encode() + str(a.shape).encode() + a.tobytes())
+        digest = _arrays_digest(clean)
+        rel = f"arrays/{digest[:2]}/{digest}.npz"
+        if self.verify(rel) is None:           # npz bytes are not reproducible (zip times): check the arrays
+            return rel
         buf = io.BytesIO()
         np.savez_compressed(buf, **clean)
-        return self._write("arrays", h.hexdigest(), ".npz", buf.getvalue())
+        _atomic_write(self.path(rel), buf.getvalue(), ".npz")
+        return rel
 
     def get_arrays(self, rel: str) -> dict[str, np.ndarray]:
         with np.load(self.path(rel), allow_pickle=False) as z:
@@ -114,6 +163,43 @@ class ArtifactStore:
         dest = self.path(rel)
         _atomic_write(dest, data)
         return dest
+
+
+def _arrays_digest(arrays: Mapping[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(arrays):
+        a = np.ascontiguousarray(np.asarray(arrays[k]))
+        h.update(k.encode() + b"\0" + a.dtype.str.encode() + str(a.shape).encode() + a.tobytes())
+    return h.hexdigest()
+
+
+def _file_sha256(p: Path) -> str:
+    h = hashlib.sha256()
+    with open(p, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _same_bytes(dest: Path, data: bytes) -> bool:
+    """True when `dest` holds exactly `data` (size first, then the bytes)."""
+    try:
+        if dest.stat().st_size != len(data):
+            return False
+        return dest.read_bytes() == data
+    except OSError:
+        return False
+
+
+def placeholder_png(size: int = 96) -> bytes:
+    """A grey square with a cross: what the dashboard shows for a missing or corrupt image."""
+    from PIL import ImageDraw
+
+    img = Image.new("RGB", (size, size), (236, 238, 242))
+    draw = ImageDraw.Draw(img)
+    draw.line((0, 0, size - 1, size - 1), fill=(180, 184, 192), width=2)
+    draw.line((0, size - 1, size - 1, 0), fill=(180, 184, 192), width=2)
+    return _png_bytes(img)
 
 
 def _png_bytes(pil: Image.Image) -> bytes:

@@ -4,6 +4,10 @@ SQLite: WAL journal, busy timeout, foreign keys on; write transactions start wit
 `BEGIN IMMEDIATE` (engine option `neuron_audit_write=True`) so two writers queue on the
 busy timeout instead of failing on a read-to-write lock upgrade. PostgreSQL via psycopg 3.
 Connecting is retried with exponential backoff; then `StoreUnavailableError`.
+
+`make_engine(url, read_only=True)` is for readers that must never write (dashboard, report):
+SQLite opens the file with `mode=ro` (no file, folder or WAL switch is created), PostgreSQL
+sessions start with `default_transaction_read_only=on`.
 """
 from __future__ import annotations
 
@@ -45,7 +49,7 @@ def is_sqlite(engine_or_url) -> bool:
     return name == "sqlite"
 
 
-def _install_sqlite_events(engine: Engine) -> None:
+def _install_sqlite_events(engine: Engine, read_only: bool = False) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):  # pragma: no cover - exercised through every test
         # Let SQLAlchemy's "begin" event below emit BEGIN itself (pysqlite's implicit BEGIN is lazy).
@@ -53,8 +57,11 @@ def _install_sqlite_events(engine: Engine) -> None:
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
+        if not read_only:          # switching the journal mode writes the file
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+        else:
+            cur.execute("PRAGMA query_only=ON")
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -62,11 +69,28 @@ def _install_sqlite_events(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE_OPTION) else "BEGIN")
 
 
-def make_engine(url: str, *, retries: int = 4, backoff_s: float = 0.25, echo: bool = False, check: bool = True) -> Engine:
+def sqlite_path(url: str) -> Path | None:
+    """The file of a `sqlite:///PATH` URL (None for memory databases and other backends)."""
+    try:
+        parsed = make_url(normalize_url(str(url)))
+    except ArgumentError:
+        return None
+    db = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not db or db == ":memory:":
+        return None
+    if db.startswith("file:"):
+        db = db[len("file:"):].split("?", 1)[0]
+    return Path(db).expanduser()
+
+
+def make_engine(url: str, *, retries: int = 4, backoff_s: float = 0.25, echo: bool = False, check: bool = True,
+                read_only: bool = False) -> Engine:
     """An Engine for `url` (SQLite file/memory or PostgreSQL), connected once to check it.
 
     Retries `retries` times with exponential backoff (backoff_s, 2*backoff_s, ...) on
     OperationalError, then raises StoreUnavailableError(masked url, reason).
+    read_only=True: an engine that cannot write (see the module docstring); a SQLite file that
+    does not exist is StoreUnavailableError, never created.
     """
     url = normalize_url(str(url))
     try:
@@ -77,22 +101,29 @@ def make_engine(url: str, *, retries: int = 4, backoff_s: float = 0.25, echo: bo
     kwargs: dict = {"echo": echo, "future": True}
     if backend == "sqlite":
         db = parsed.database
-        if db and db != ":memory:" and not db.startswith("file:"):
+        kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+        if read_only and db and db != ":memory:":
+            path = sqlite_path(url)
+            if path is None or not path.is_file():
+                raise StoreUnavailableError(mask_url(url), f"there is no SQLite file at {path}")
+            url = f"sqlite:///file:{path.resolve()}?mode=ro&uri=true"
+        elif db and db != ":memory:" and not db.startswith("file:"):
             try:
                 Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise StoreUnavailableError(mask_url(url), f"cannot create the directory of the SQLite file: {exc}") from exc
-        kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
     else:
         kwargs["pool_pre_ping"] = True
         if backend == "postgresql":
             kwargs["connect_args"] = {"connect_timeout": 10}
+            if read_only:
+                kwargs["connect_args"]["options"] = "-c default_transaction_read_only=on"
     try:
         engine = create_engine(url, **kwargs)
-    except Exception as exc:  # unknown dialect, missing driver
+    except (ArgumentError, ImportError) as exc:  # unknown dialect (NoSuchModuleError), missing driver
         raise StoreUnavailableError(mask_url(url), f"{type(exc).__name__}: {exc}") from exc
     if backend == "sqlite":
-        _install_sqlite_events(engine)
+        _install_sqlite_events(engine, read_only)
     if check:
         _check_connect(engine, url, retries, backoff_s)
     return engine

@@ -32,7 +32,7 @@ from audit.records import ActivationStats, DriftResult, Visualization
 
 from . import schema as S
 from .artifacts import ArtifactStore, jsonable
-from .db import make_engine, mask_url, session_factory, session_scope
+from .db import make_engine, mask_url, session_factory, session_scope, sqlite_path
 from .errors import NotFoundError
 
 T = TypeVar("T")
@@ -74,15 +74,18 @@ def _is_retryable(exc: DBAPIError) -> bool:
 
 class AuditStore:
     def __init__(self, database_url: str, artifacts_root: str | Path | None = None, *, write_retries: int = 8,
-                 connect_retries: int = 4, upgrade: bool = False):
+                 connect_retries: int = 4, upgrade: bool = False, read_only: bool = False):
         """artifacts_root None: `artifacts/` next to a SQLite file, else ./.neuron-audit/artifacts.
-        upgrade=True applies the migrations first (creates the schema on an empty database)."""
+        upgrade=True applies the migrations first (creates the schema on an empty database).
+        read_only=True: the dashboard's and report's store: the database is opened read-only and
+        nothing (file, folder, row) is ever created."""
         self.url = str(database_url)
-        self.engine = make_engine(self.url, retries=connect_retries)
+        self.read_only = read_only
+        self.engine = make_engine(self.url, retries=connect_retries, read_only=read_only)
         if artifacts_root is None:
-            db = self.engine.url.database if self.engine.dialect.name == "sqlite" else None
-            artifacts_root = (Path(db).parent / "artifacts") if db and db != ":memory:" else Path(".neuron-audit/artifacts")
-        self.artifacts = ArtifactStore(artifacts_root)
+            db = sqlite_path(self.url)
+            artifacts_root = (db.parent / "artifacts") if db is not None else Path(".neuron-audit/artifacts")
+        self.artifacts = ArtifactStore(artifacts_root, create=not read_only)
         self.write_retries = write_retries
         self._read = session_factory(self.engine)
         self._write_factory = session_factory(self.engine, write=True)
@@ -106,6 +109,8 @@ class AuditStore:
         """Apply the Alembic migrations (creates the schema on an empty database)."""
         from .migrate import upgrade
 
+        if self.read_only:
+            raise PermissionError(f"{self!r} is opened read-only: it cannot be upgraded")
         upgrade(self.url, revision)
 
     def schema_is_current(self) -> bool:
@@ -213,25 +218,77 @@ class AuditStore:
 
     # ------------------------------------------------------------------ runs
     def start_run(self, flow_run_id: str | None, config_sha256: str | None, package_version: str | None) -> int:
-        """A new audit run (status 'running'). The same flow_run_id (a retried flow run) reuses its row."""
+        """A new audit run (status 'running'), owned by this process (host, pid, pid start time), so that
+        the next run can tell it was killed. The same flow_run_id (a retried flow run) reuses its row."""
+        from .process import current_process
+
+        me = current_process()
+
         def tx(s: Session) -> int:
             values = {"flow_run_id": flow_run_id, "config_sha256": config_sha256, "package_version": package_version,
-                      "started_at": _now(), "finished_at": None, "status": "running", "error": None}
+                      "started_at": _now(), "finished_at": None, "status": "running", "error": None,
+                      "host": me.host[:255], "pid": me.pid, "pid_started": me.started, "heartbeat_at": _now(),
+                      "summary": None}
             if flow_run_id is None:
                 return s.execute(self._insert(s, S.AuditRun.__table__).values(**values)
                                  .returning(S.AuditRun.__table__.c.id)).scalar_one()
             return self._upsert(s, S.AuditRun.__table__, values, ["flow_run_id"],
-                                ["config_sha256", "package_version", "finished_at", "status", "error"])
+                                ["config_sha256", "package_version", "finished_at", "status", "error", "host", "pid",
+                                 "pid_started", "heartbeat_at", "summary"])
         return self._write(tx)
 
-    def finish_run(self, run_id: int, status: str, error: str | None = None) -> None:
-        """status: 'completed' | 'failed' | 'crashed' (free text allowed)."""
+    def heartbeat(self, run_id: int) -> None:
+        """A sign of life of a running run (each task calls it); runs of other hosts are judged by its age."""
+        self._write(lambda s: s.execute(update(S.AuditRun).where(S.AuditRun.id == run_id, S.AuditRun.status == "running")
+                                        .values(heartbeat_at=_now())))
+
+    def finish_run(self, run_id: int, status: str, error: str | None = None, summary: Mapping | None = None) -> None:
+        """status: 'completed' | 'completed_with_errors' | 'interrupted' | 'failed' (free text allowed).
+        summary: what the run skipped, could not audit and warned about (JSON)."""
         def tx(s: Session) -> None:
-            n = s.execute(update(S.AuditRun).where(S.AuditRun.id == run_id)
-                          .values(status=status, finished_at=_now(), error=(error or None) and str(error)[:20000])).rowcount
+            values: dict[str, Any] = {"status": status, "finished_at": _now(),
+                                      "error": (error or None) and str(error)[:20000]}
+            if summary is not None:
+                values["summary"] = jsonable(dict(summary))
+            n = s.execute(update(S.AuditRun).where(S.AuditRun.id == run_id).values(**values)).rowcount
             if not n:
                 raise NotFoundError(f"audit run {run_id} does not exist")
         self._write(tx)
+
+    def run(self, run_id: int) -> dict:
+        """dict(id, status, error, summary, started_at, finished_at, host, pid) of one audit run."""
+        with self._read() as s:
+            r = s.get(S.AuditRun, run_id)
+            if r is None:
+                raise NotFoundError(f"audit run {run_id} does not exist")
+            return {"id": r.id, "status": r.status, "error": r.error, "summary": r.summary or {},
+                    "started_at": _iso(r.started_at), "finished_at": _iso(r.finished_at), "host": r.host, "pid": r.pid}
+
+    def mark_interrupted_runs(self, stale_heartbeat_s: float = 3 * 3600) -> list[int]:
+        """Runs still 'running' whose process is gone become 'interrupted': on this host, a dead (or reused)
+        pid; on another host (or without an owner), a heartbeat older than stale_heartbeat_s. Returns their ids."""
+        from .process import owner_alive
+
+        cutoff = datetime.fromtimestamp(time.time() - stale_heartbeat_s, timezone.utc)
+        with self._read() as s:
+            running = s.execute(select(S.AuditRun.id, S.AuditRun.host, S.AuditRun.pid, S.AuditRun.pid_started,
+                                       S.AuditRun.heartbeat_at, S.AuditRun.started_at)
+                                .where(S.AuditRun.status == "running")).all()
+        dead = []
+        for rid, host, pid, started, beat, began in running:
+            alive = owner_alive(host, pid, started)
+            if alive is False or (alive is None and (_aware(beat) or _aware(began)) < cutoff):
+                dead.append(rid)
+        if not dead:
+            return []
+
+        def tx(s: Session) -> None:
+            s.execute(update(S.AuditRun).where(S.AuditRun.id.in_(dead), S.AuditRun.status == "running")
+                      .values(status="interrupted", finished_at=_now(),
+                              error="interrupted: the audit process ended before the run finished (killed or lost); "
+                                    "finished results are kept and the next run completes the rest"))
+        self._write(tx)
+        return dead
 
     def mark_stale_runs(self, older_than_s: float = 6 * 3600, status: str = "crashed") -> int:
         """Runs still 'running' that started more than older_than_s ago (their process died) get `status`."""
@@ -242,6 +299,56 @@ class AuditStore:
                              .values(status=status, finished_at=_now(),
                                      error="the audit process ended without finishing the run")).rowcount
         return self._write(tx)
+
+    # ------------------------------------------------------------------ recorded checks (unchanged versions)
+    def record_check(self, model: str, kind: str, subject: str, fingerprint: str, manifest: Mapping,
+                     run_id: int | None) -> int:
+        """Upsert the fingerprint of a complete audit of a version (kind 'version') or comparison ('compare')."""
+        def tx(s: Session) -> int:
+            return self._upsert(s, S.AuditCheck.__table__,
+                                {"model_id": self._model_id(s, model), "kind": kind, "subject": str(subject),
+                                 "fingerprint": fingerprint, "manifest": jsonable(dict(manifest)),
+                                 "audit_run_id": run_id, "checked_at": _now()},
+                                ["model_id", "kind", "subject"], ["fingerprint", "manifest", "audit_run_id", "checked_at"])
+        return self._write(tx)
+
+    def get_check(self, model: str, kind: str, subject: str) -> dict | None:
+        """dict(fingerprint, manifest, audit_run_id, checked_at) of the recorded check, or None."""
+        with self._read() as s:
+            row = s.execute(select(S.AuditCheck).join(S.Model, S.Model.id == S.AuditCheck.model_id)
+                            .where(S.Model.name == model, S.AuditCheck.kind == kind,
+                                   S.AuditCheck.subject == str(subject))).scalar_one_or_none()
+        if row is None:
+            return None
+        return {"fingerprint": row.fingerprint, "manifest": dict(row.manifest or {}), "audit_run_id": row.audit_run_id,
+                "checked_at": _iso(row.checked_at)}
+
+    def forget_check(self, model: str, kind: str, subject: str) -> None:
+        """Drop a recorded check (its results must be recomputed, e.g. an artifact is gone)."""
+        def tx(s: Session) -> None:
+            mid = s.execute(select(S.Model.id).where(S.Model.name == model)).scalar_one_or_none()
+            if mid is not None:
+                s.execute(S.AuditCheck.__table__.delete().where(S.AuditCheck.model_id == mid, S.AuditCheck.kind == kind,
+                                                                S.AuditCheck.subject == str(subject)))
+        self._write(tx)
+
+    def version_artifacts(self, model: str, version: str) -> list[str]:
+        """Relative paths of every artifact the stored results of a version rely on: activation values,
+        visualization images and masks, probe thumbnails."""
+        with self._read() as s:
+            vid = self._version_id(s, model, version)
+            paths = [p for (p,) in s.execute(select(S.ActivationStatsRow.values_path)
+                                             .where(S.ActivationStatsRow.model_version_id == vid)).all() if p]
+            for img, mask in s.execute(select(S.Visualization.image_path, S.Visualization.mask_path)
+                                       .join(S.VersionVisualization,
+                                             S.VersionVisualization.visualization_id == S.Visualization.id)
+                                       .where(S.VersionVisualization.model_version_id == vid)).all():
+                paths += [p for p in (img, mask) if p]
+            for (meta,) in s.execute(select(S.ProbeSet.meta).join(S.ActivationStatsRow,
+                                                                  S.ActivationStatsRow.probe_set_id == S.ProbeSet.id)
+                                     .where(S.ActivationStatsRow.model_version_id == vid).distinct()).all():
+                paths += [p for p in ((meta or {}).get("thumbnails") or []) if p]
+        return sorted(set(paths))
 
     # ------------------------------------------------------------------ probe sets and statistics
     def upsert_probe_set(self, sha256: str, spec: str, n_images: int, meta: Mapping | None = None) -> int:
@@ -288,7 +395,7 @@ class AuditStore:
         if row is None:
             return None
         values = {}
-        if row.values_path and self.artifacts.exists(row.values_path):
+        if row.values_path and self.artifacts.verify(row.values_path) is None:   # missing or corrupt: {}
             values = self.artifacts.get_arrays(row.values_path)
         return _stats_from_json(row.stats), values
 
@@ -367,6 +474,18 @@ class AuditStore:
             self._link(s, vid, existing_id, reused=True)
             return existing_id
         return self._write(tx)
+
+    def repair_visualization(self, viz_id: int, viz: Visualization) -> dict:
+        """Rewrite the files of a stored visualization whose image or mask is missing or corrupt (a fresh
+        render of the same content key) and point its row at them. Returns the new paths."""
+        image_path, mask_path = self._write_viz_files(viz)
+
+        def tx(s: Session) -> None:
+            if not s.execute(update(S.Visualization).where(S.Visualization.id == viz_id)
+                             .values(image_path=image_path, mask_path=mask_path)).rowcount:
+                raise NotFoundError(f"visualization {viz_id} does not exist")
+        self._write(tx)
+        return {"image_path": image_path, "mask_path": mask_path}
 
     def set_visualization_uri(self, viz_id: int, uri: str) -> None:
         self._write(lambda s: s.execute(update(S.Visualization).where(S.Visualization.id == viz_id)

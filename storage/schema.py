@@ -18,6 +18,9 @@ Row meanings:
   experiment) id, or 'pending' when MLflow could not be reached (the next run logs it).
 - mlflow_logged: the ledger of what an MLflow run of a model version holds (one row per metric, tag, image or
   report, with a digest of its content), so that a re-audit logs only what is new.
+- audit_checks: the fingerprint (weights, config, images, software) of the last complete audit of a version
+  (kind 'version', subject = the version) or comparison (kind 'compare', subject = 'A..B'), with a manifest of
+  the artifacts it produced; an unchanged version is recognised from it before any model is loaded.
 """
 from __future__ import annotations
 
@@ -101,8 +104,15 @@ class AuditRun(Base):
     package_version: Mapped[Optional[str]] = mapped_column(String(50))
     started_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
     finished_at: Mapped[Optional[datetime]] = mapped_column(TS)
-    status: Mapped[str] = mapped_column(String(20), default="running")   # running | completed | failed | crashed
+    # running | completed | completed_with_errors (some neuron/version not audited) | interrupted | failed
+    status: Mapped[str] = mapped_column(String(20), default="running")
     error: Mapped[Optional[str]] = mapped_column(Text)
+    # the process that runs it (a killed run is recognised by its dead owner) and its last sign of life
+    host: Mapped[Optional[str]] = mapped_column(String(255))
+    pid: Mapped[Optional[int]] = mapped_column(Integer)
+    pid_started: Mapped[Optional[str]] = mapped_column(String(40))
+    heartbeat_at: Mapped[Optional[datetime]] = mapped_column(TS)
+    summary: Mapped[Optional[dict[str, Any]]] = mapped_column(PortableJSON)   # skipped / not audited / warnings
 
 
 class Visualization(Base):
@@ -204,6 +214,19 @@ class MlflowLogged(Base):
     digest: Mapped[str] = mapped_column(String(128))       # what was logged: a value or a content hash
     audit_run_id: Mapped[Optional[int]] = mapped_column(ForeignKey("audit_runs.id", ondelete="SET NULL"))
     logged_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+
+
+class AuditCheck(Base):
+    __tablename__ = "audit_checks"
+    __table_args__ = (UniqueConstraint("model_id", "kind", "subject"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))            # version | compare
+    subject: Mapped[str] = mapped_column(String(300))        # the version, or 'BASELINE..CANDIDATE'
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    manifest: Mapped[dict[str, Any]] = mapped_column(PortableJSON, default=dict)
+    audit_run_id: Mapped[Optional[int]] = mapped_column(ForeignKey("audit_runs.id", ondelete="SET NULL"))
+    checked_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
 
 
 Index("ix_drift_results_candidate", DriftResultRow.candidate_version_id)

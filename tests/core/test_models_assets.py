@@ -21,15 +21,17 @@ def test_builtin_samples_are_addressable_one_by_one():
         resolve_images("builtin:samples/kitten")
 
 
-def test_unreadable_and_non_rgb_files_are_skipped_with_reasons(tmp_path, sample_images):
+def test_unreadable_files_are_skipped_and_odd_ones_converted_with_reasons(tmp_path, sample_images):
     sample_images["coffee"].save(tmp_path / "ok.png")
-    sample_images["coffee"].convert("L").save(tmp_path / "grey.png")
+    sample_images["coffee"].convert("L").save(tmp_path / "grey.png")       # a greyscale photo: used, as RGB
+    sample_images["coffee"].convert("P").save(tmp_path / "palette.png")    # converted, and named
     (tmp_path / "broken.jpg").write_bytes(b"not an image")
     loaded = load_rgb_images(resolve_images(str(tmp_path)), min_count=1)
-    assert len(loaded.images) == 1
-    assert set(map(lambda p: p.split("/")[-1], loaded.skipped)) == {"grey.png", "broken.jpg"}
-    with pytest.raises(AuditInputError, match="need at least 2"):
-        load_rgb_images(resolve_images(str(tmp_path)), min_count=2)
+    assert len(loaded.images) == 3 and all(im.mode == "RGB" for im in loaded.images)
+    assert set(map(lambda p: p.split("/")[-1], loaded.skipped)) == {"broken.jpg"}
+    assert {p.split("/")[-1]: why for p, why in loaded.converted.items()} == {"palette.png": "palette"}
+    with pytest.raises(AuditInputError, match="need at least 4"):
+        load_rgb_images(resolve_images(str(tmp_path)), min_count=4)
 
 
 def test_file_checkpoint_roundtrip_and_mismatch(tmp_path, lite0):

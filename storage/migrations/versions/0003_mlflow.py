@@ -2,7 +2,7 @@
 experiment id next to each logged run (links to the MLflow UI).
 
 Revision ID: 0003_mlflow
-Revises: 0001
+Revises: 0002_faults
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0003_mlflow'
-down_revision = '0001'
+down_revision = '0002_faults'
 branch_labels = None
 depends_on = None
 

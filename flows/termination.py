@@ -1,0 +1,142 @@
+"""Stopping on SIGTERM within seconds, finished results kept.
+
+Schedulers stop jobs with SIGTERM (Kubernetes, systemd, docker stop, Prefect's own runner). The
+CLI installs `graceful_termination()`: SIGTERM raises `AuditInterrupted` in the main thread (Prefect's
+own bridge raises `TerminationSignal` inside a flow; both count as interruption), so the code in
+progress unwinds: results already stored stay stored (each neuron's results are one transaction),
+the run is marked `interrupted`, and the process exits with 143.
+
+A watchdog guarantees the exit. The signal reaches it whichever Python handler is installed at that
+moment (Prefect replaces ours while a flow runs), through the signal module's wakeup file descriptor
+and a thread that reads it. When unwinding takes longer than the grace period (Prefect reporting
+the crash to a server that died with the same signal, a long native operation), the watchdog runs
+the registered cleanups (mark the run interrupted, stop the temporary Prefect server), waiting for
+them at most a few seconds, and ends the process with `os._exit(143)`. A run that is killed without
+a chance to unwind (SIGKILL) is marked `interrupted` by the next run (see storage.process).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+EXIT_SIGTERM = 128 + signal.SIGTERM        # 143, the shell's convention
+EXIT_SIGINT = 128 + signal.SIGINT          # 130
+GRACE_S = float(os.environ.get("NEURON_AUDIT_TERM_GRACE_S", "5"))
+CLEANUP_S = 3.0                            # the watchdog waits this long for its cleanups, then exits anyway
+
+_cleanups: list[Callable[[], None]] = []
+_watchdog: threading.Timer | None = None
+
+
+class AuditInterrupted(BaseException):
+    """The process was asked to stop (SIGTERM). A BaseException, like KeyboardInterrupt, so that no
+    `except Exception` turns it into a neuron error."""
+
+    def __init__(self, signum: int = signal.SIGTERM):
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+
+def is_interruption(exc: BaseException) -> bool:
+    """SIGTERM (ours or Prefect's TerminationSignal), Ctrl-C."""
+    return isinstance(exc, (AuditInterrupted, KeyboardInterrupt)) or type(exc).__name__ == "TerminationSignal"
+
+
+def exit_code_for(exc: BaseException) -> int:
+    return EXIT_SIGINT if isinstance(exc, KeyboardInterrupt) else EXIT_SIGTERM
+
+
+def on_forced_exit(fn: Callable[[], None]) -> Callable[[], None]:
+    """Register a cleanup the watchdog runs before it ends the process (e.g. stop a child server)."""
+    _cleanups.append(fn)
+    return fn
+
+
+def remove_forced_exit(fn: Callable[[], None]) -> None:
+    if fn in _cleanups:
+        _cleanups.remove(fn)
+
+
+def arm_watchdog(code: int = EXIT_SIGTERM, grace_s: float | None = None) -> None:
+    """End the process with `code` after the grace period unless it exits first (idempotent)."""
+    global _watchdog
+    if _watchdog is not None:
+        return
+
+    def cleanups() -> None:
+        expected = _cleanup_errors()
+        for fn in list(_cleanups):
+            try:
+                fn()
+            except expected:     # best effort: the next run marks and repairs what is left
+                pass
+
+    def fire() -> None:
+        worker = threading.Thread(target=cleanups, daemon=True)
+        worker.start()
+        worker.join(CLEANUP_S)   # a cleanup stuck on a lock must not keep the process alive
+        os._exit(code)
+
+    _watchdog = threading.Timer(GRACE_S if grace_s is None else grace_s, fire)
+    _watchdog.daemon = True
+    _watchdog.start()
+
+
+def _cleanup_errors() -> tuple[type[BaseException], ...]:
+    """What a cleanup on the way out may meet: I/O, a busy or gone database, a process already gone."""
+    errors: list[type[BaseException]] = [OSError, RuntimeError, ValueError, LookupError]
+    try:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        errors.append(SQLAlchemyError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def _handler(signum, frame) -> None:
+    arm_watchdog(EXIT_SIGTERM)
+    raise AuditInterrupted(signum)
+
+
+def _watch_wakeups(sock: socket.socket) -> None:
+    """Arm the watchdog when SIGTERM arrives, whatever Python handler is installed (Prefect's included)."""
+    while True:
+        try:
+            data = sock.recv(64)
+        except OSError:
+            return
+        if not data:
+            return
+        if signal.SIGTERM in data:
+            arm_watchdog(EXIT_SIGTERM)
+
+
+@contextmanager
+def graceful_termination() -> Iterator[None]:
+    """SIGTERM raises AuditInterrupted in the main thread while the block runs, and arms the watchdog
+    even while another handler is installed (no-op off the main thread)."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _handler)
+    except ValueError:           # not the main thread
+        yield
+        return
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    try:
+        previous_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    except ValueError:
+        previous_fd = None
+    threading.Thread(target=_watch_wakeups, args=(reader,), daemon=True, name="sigterm-watchdog").start()
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if previous_fd is not None:
+            signal.set_wakeup_fd(previous_fd)
+        writer.close()
+        reader.close()

@@ -1,0 +1,121 @@
+"""The pieces the fault handling stands on, each against real files and processes: exit-code rules,
+run ownership, artifact integrity, the preflight cache, the MLflow registry read without MLflow."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from flows.outcome import exit_code, not_audited
+
+
+def _summary(verdicts=("PASS",), errors=None, versions=None):
+    return {"reports": [{"model": "m", "baseline": "1", "candidate": "2", "errors": {},
+                         "neurons": [{"id": f"n{i}", "verdict": v} for i, v in enumerate(verdicts)]}],
+            "versions": versions if versions is not None else [
+                {"model": "m", "version": "2", "stats_computed": ["n0"], "stats_cached": [],
+                 "neuron_errors": errors or {}}]}
+
+
+def test_exit_codes_fail_wins_incomplete_is_3_nothing_audited_is_never_0():
+    assert exit_code(_summary()) == 0
+    assert exit_code(_summary(("PASS", "FAIL"))) == 1
+    assert exit_code(_summary(errors={"n1": "visualization: RuntimeError: out of memory"})) == 3
+    assert exit_code(_summary(("FAIL",), errors={"n1": "boom"})) == 1          # the FAIL is the news
+    assert not_audited(_summary(errors={"n1": "boom"})) == [
+        {"model": "m", "version": "2", "neuron": "n1", "reason": "boom"}]
+    assert exit_code({"reports": [], "versions": []}) == 3                       # audited nothing
+    assert exit_code(_summary(versions=[{"model": "m", "version": "2", "stats_computed": [], "stats_cached": [],
+                                         "neuron_errors": {}}])) == 3
+
+
+def test_a_run_whose_process_died_is_marked_interrupted_and_a_live_one_is_not(tmp_path):
+    from storage.repository import AuditStore
+
+    store = AuditStore(f"sqlite:///{tmp_path}/audit.db", tmp_path / "artifacts", upgrade=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    killed = store.start_run(None, "cfg", "0")
+    alive = store.start_run(None, "cfg", "0")
+    from sqlalchemy import update
+
+    from storage import schema as S
+
+    with store.engine.begin() as conn:       # the first run was started by the process that has exited
+        conn.execute(update(S.AuditRun).where(S.AuditRun.id == killed).values(pid=dead.pid, pid_started=None))
+    assert store.mark_interrupted_runs() == [killed]
+    assert store.run(killed)["status"] == "interrupted" and "interrupted" in store.run(killed)["error"]
+    assert store.run(alive)["status"] == "running"
+    assert store.mark_interrupted_runs() == []
+    store.close()
+
+
+def test_artifact_integrity_is_checked_against_the_hash_in_the_name(tmp_path):
+    from storage.artifacts import ArtifactStore
+
+    a = ArtifactStore(tmp_path / "art")
+    img = a.put_image(np.full((8, 8, 3), 200, dtype=np.uint8))
+    arr = a.put_arrays({"max": np.arange(10.0)})
+    assert a.verify(img) is None and a.verify(arr) is None
+    p = a.path(img)
+    p.write_bytes(p.read_bytes()[:20])
+    assert a.verify(img).startswith(("hash mismatch", "unreadable"))
+    assert a.put_image(np.full((8, 8, 3), 200, dtype=np.uint8)) == img and a.verify(img) is None   # rewritten
+    a.path(arr).write_bytes(b"PK\x03\x04 not a zip")
+    assert a.verify(arr).startswith("unreadable")
+    assert a.put_arrays({"max": np.arange(10.0)}) == arr and a.verify(arr) is None
+    a.path(img).unlink()
+    assert a.verify(img) == "missing"
+    assert ArtifactStore(tmp_path / "never", create=False).verify(img) == "missing"
+    assert not (tmp_path / "never").exists()
+
+
+def test_the_preflight_cache_spares_model_builds_for_unchanged_content(tmp_path, swapped_checkpoint):
+    from audit.checks import CheckContext, MemoryCache, run_model_checks
+    from audit.config import load_config
+    from audit.models import load_model
+    from tests.faults.conftest import tiny_config_dict, write_config
+
+    cfg = load_config(write_config(tmp_path, swapped_checkpoint, tiny_config_dict()))
+    built = []
+
+    def counting(mcfg, vcfg):
+        built.append(vcfg.version)
+        return load_model(mcfg.architecture, vcfg.source, base_dir=cfg.base_dir)
+
+    cache = MemoryCache()
+    first = run_model_checks(CheckContext(cfg, cache=cache, load_model=counting))
+    assert first.problems == [] and sorted(built) == ["1", "2"]
+    second = run_model_checks(CheckContext(cfg, cache=cache, load_model=counting))
+    assert second.problems == [] and sorted(built) == ["1", "2"], "a cached check built a model again"
+    assert second.identities == first.identities
+    cfg.models[0].neurons[2].index = 4000                     # a neuron changed: checked again, and found
+    third = run_model_checks(CheckContext(cfg, cache=cache, load_model=counting))
+    assert [p.key for p in third.problems] == ["models[0].neurons[2].index"] and len(built) == 4
+
+
+def test_the_registry_is_read_without_mlflow_as_mlflow_wrote_it(tmp_path):
+    import torch
+
+    from audit.errors import AuditInputError
+    from flows.registry_index import registered_versions, run_exists, version_identity
+    from storage.resolve import register_state_dict
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    v1 = register_state_dict(uri, "reg-model", {"w": torch.zeros(3)})
+    v2 = register_state_dict(uri, "reg-model", {"w": torch.ones(3)}, alias="champion")
+    assert registered_versions("reg-model", uri) == [v1, v2] == ["1", "2"]
+    with pytest.raises(AuditInputError, match="no-such-model"):
+        registered_versions("no-such-model", uri)
+    ident = version_identity("reg-model", "2", None, uri)
+    assert ident == version_identity("reg-model", None, "champion", uri) != version_identity("reg-model", "1", None, uri)
+    with pytest.raises(AuditInputError, match="no version '7'"):
+        version_identity("reg-model", "7", None, uri)
+    with pytest.raises(AuditInputError, match="no alias 'nope'"):
+        version_identity("reg-model", None, "nope", uri)
+    from mlflow.tracking import MlflowClient
+
+    run_id = MlflowClient(uri).get_model_version("reg-model", "1").run_id
+    assert run_exists(run_id, uri) is True and run_exists("0" * 32, uri) is False
