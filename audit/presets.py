@@ -73,7 +73,7 @@ PAPER = VitalPreset(
 
 FAST = VitalPreset(
     name="fast",
-    settings=dict(steps=400, lr=0.25, betas=(0.5, 0.9), warmup=None, jitter=None, flip=True, tap_set="vital",
+    settings=dict(steps=200, lr=0.5, betas=(0.5, 0.9), warmup=None, jitter=None, flip=True, tap_set="vital",
                   tap_weights=None, inner_tap_weights=None, tv_l1=0.0, tv_l2=0.0, l2=0.0, inner_tv_l2=None,
                   inner_l2=None, sort_samples=4096, half_res_warm_start=False, plateau_patience=None),
     class_references=ReferenceRecipe("crops", 16),
