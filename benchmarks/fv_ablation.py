@@ -208,6 +208,9 @@ def main(argv: list[str] | None = None) -> dict:
         table[name] = row
         print(f"[fv_ablation] {name}: {json.dumps({k: v for k, v in row.items() if k != 'per_class_self_top1'})}",
               file=sys.stderr, flush=True)
+        if args.json:                   # after every row: a long run's finished rows are never lost
+            args.json.write_text(json.dumps({"class": table, "seeds": seeds, "resolution": args.resolution},
+                                            indent=2, default=str))
         if args.save_images:
             from PIL import Image
 

@@ -33,7 +33,8 @@ the three methods on every class; the script prints whether each holds.
     python benchmarks/fv_quality.py --resolution 96 --steps-scale 0.05 --seeds 1 --inner 3   # a smoke run
 
 `--save-images DIR` writes DIR/<method>_<photo>_seed<S>.png (the first photograph names the class),
-which `fv_figure.py` composes.
+which `fv_figure.py` composes; `--reuse-images DIR` scores such images again without rendering
+them (a long run can be split over several invocations).
 """
 from __future__ import annotations
 
@@ -172,10 +173,35 @@ def _default_model_config():
                        neurons=[{"id": "x", "kind": "class", "layer": "classifier", "index": 0}])
 
 
+def image_name(key) -> str:
+    """File stem part of a class (its first photograph) or an inner target (layer-cINDEX)."""
+    return f"{key[0]}-c{key[1]}" if isinstance(key, tuple) else str(key)
+
+
+def load_saved(method: str, directory: Path | None, classes: dict[int, list[str]], seeds: list[int],
+               inner: list[tuple[str, int]], inner_seeds: list[int]) -> dict:
+    """Images a previous run saved (`--save-images`), keyed as `run_method` keys them, and its timings."""
+    from PIL import Image
+
+    if directory is None:
+        return {"images": {}, "timing": {}}
+    images = {}
+    keys = [(c, s) for c in classes for s in seeds] + [(t, s) for t in inner for s in inner_seeds]
+    for key, s in keys:
+        name = class_name(classes[key]) if not isinstance(key, tuple) else image_name(key)
+        path = directory / f"{method}_{name}_seed{s}.png"
+        if path.is_file():
+            images[(key, s)] = np.asarray(Image.open(path).convert("RGB"))
+    timing_path = directory / f"{method}_timing.json"
+    timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
+    return {"images": images, "timing": timing}
+
+
 def run_method(method: str, classes: dict[int, list[str]], seeds: list[int], resolution: int | None,
                steps_scale: float, threads: int, device: str | None, inner: list[tuple[str, int]],
-               inner_seeds: list[int]) -> dict:
-    """Render every class (and inner target) for every seed with one method in this process."""
+               inner_seeds: list[int], saved: Path | None = None) -> dict:
+    """Render every class (and inner target) for every seed with one method in this process; a render
+    job whose images `saved` (a `--save-images` folder of an earlier run) already holds is skipped."""
     import torch
 
     torch.set_num_threads(threads)
@@ -220,7 +246,15 @@ def run_method(method: str, classes: dict[int, list[str]], seeds: list[int], res
     inner_t = [NeuronTarget(f"{l}-c{i}", "inner", l, i) for l, i in inner]
     jobs = [(s, class_targets, "class") for s in seeds] + ([(s, inner_t, "inner") for s in inner_seeds] if inner else [])
     inner_seconds: list[float] = []
+    previous = load_saved(method, saved, classes, seeds, inner, inner_seeds)
+    images.update(previous["images"])
+    for kind, secs in (("class", seconds), ("inner", inner_seconds)):
+        if previous["timing"].get(kind) is not None:
+            secs.append(previous["timing"][kind])
     for seed, targets, kind in jobs:
+        keys = [((t.index if kind == "class" else (t.layer, t.index)), seed) for t in targets]
+        if all(k in images for k in keys):
+            continue
         t0 = time.perf_counter()
         if method == "vital":
             from audit.vital import VitalRequest, render_vital
@@ -361,13 +395,16 @@ def markdown(table: dict, classes: dict[int, list[str]], results: dict, args, in
 
 
 def save_images(results: dict[str, dict], classes: dict[int, list[str]], out_dir: Path) -> None:
+    """Every image as DIR/<method>_<name>_seed<S>.png, and DIR/<method>_timing.json (seconds per neuron)."""
     from PIL import Image
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for method, res in results.items():
         for (key, s), img in res["images"].items():
-            name = class_name(classes[key]) if not isinstance(key, tuple) else f"{key[0]}-c{key[1]}"
+            name = class_name(classes[key]) if not isinstance(key, tuple) else image_name(key)
             Image.fromarray(img).save(out_dir / f"{method}_{name}_seed{s}.png")
+        (out_dir / f"{method}_timing.json").write_text(json.dumps(
+            {"class": res["seconds_per_neuron"], "inner": res["inner_seconds_per_neuron"]}))
 
 
 def _seed_list(text: str) -> list[int]:
@@ -385,6 +422,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--inner", type=int, default=9, help="inner channels to score (0: none)")
     p.add_argument("--inner-seeds", default="1", help="seeds of the inner renders (count or list)")
     p.add_argument("--save-images", type=Path, default=None, metavar="DIR")
+    p.add_argument("--reuse-images", type=Path, default=None, metavar="DIR",
+                   help="skip renders whose images a previous --save-images run left in DIR (timings read back too)")
     p.add_argument("--json", type=Path, default=None, help="write the tables as JSON here")
     p.add_argument("--threads", type=int, default=1, help="torch threads per method process")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -430,7 +469,7 @@ def main(argv: list[str] | None = None) -> dict:
     t_all = time.perf_counter()
     for m in args.method_list:
         call = (m, classes, args.seed_list, args.resolution, args.steps_scale, args.threads, args.device, inner,
-                args.inner_seed_list)
+                args.inner_seed_list, args.reuse_images)
         print(f"[fv_quality] {m}: {len(classes)} classes x {len(args.seed_list)} seeds ...", file=sys.stderr, flush=True)
         if args.in_process:
             results[m] = run_method(*call)
@@ -438,15 +477,17 @@ def main(argv: list[str] | None = None) -> dict:
             # a fresh process per method: its own RSS high-water mark, no allocator state from the others
             with cf.ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
                 results[m] = pool.submit(run_method, *call).result()
-        print(f"[fv_quality] {m}: {results[m]['seconds_per_neuron']:.1f} s/neuron", file=sys.stderr, flush=True)
-    table = evaluate(results, classes, args.seed_list, inner, args.inner_seed_list)
-    if args.save_images:
-        save_images(results, classes, args.save_images)
+        print(f"[fv_quality] {m}: {_num(results[m]['seconds_per_neuron'], '.1f')} s/neuron", file=sys.stderr, flush=True)
+        # scored after every method: a long run's finished methods are never lost
+        table = evaluate(results, classes, args.seed_list, inner, args.inner_seed_list)
+        if args.save_images:
+            save_images({m: results[m]}, classes, args.save_images)
+        if args.json:
+            args.json.write_text(json.dumps({"classes": classes, "inner": inner, "table": table,
+                                             "vital_settings": results.get("vital", {}).get("settings"),
+                                             "markdown": markdown(table, classes, results, args, inner)},
+                                            indent=2, default=str))
     print(markdown(table, classes, results, args, inner))
-    if args.json:
-        args.json.write_text(json.dumps({"classes": classes, "inner": inner, "table": table,
-                                         "vital_settings": results.get("vital", {}).get("settings")},
-                                        indent=2, default=str))
     print(f"\n(total {time.perf_counter() - t_all:.0f} s)", file=sys.stderr)
     return table
 
