@@ -252,15 +252,16 @@ def run_method(method: str, classes: dict[int, list[str]], seeds: list[int], res
         if previous["timing"].get(kind) is not None:
             secs.append(previous["timing"][kind])
     for seed, targets, kind in jobs:
-        keys = [((t.index if kind == "class" else (t.layer, t.index)), seed) for t in targets]
-        if all(k in images for k in keys):
+        targets = [t for t in targets if ((t.index if kind == "class" else (t.layer, t.index)), seed) not in images]
+        if not targets:
             continue
         t0 = time.perf_counter()
         if method == "vital":
             from audit.vital import VitalRequest, render_vital
 
             if kind == "class":
-                reqs = [VitalRequest(t, r.images, use_relevance=False) for t, r in zip(targets, refs[seed])]
+                by_index = dict(zip(neurons, refs[seed]))
+                reqs = [VitalRequest(t, by_index[t.index].images, use_relevance=False) for t in targets]
             else:
                 reqs = []
                 for t in targets:
@@ -276,7 +277,8 @@ def run_method(method: str, classes: dict[int, list[str]], seeds: list[int], res
         elif method == "maco":
             from audit.baselines import render_maco
 
-            magnitudes = [r.images for r in refs[seed]] if kind == "class" else probe.images
+            by_index = dict(zip(neurons, refs[seed]))
+            magnitudes = [by_index[t.index].images for t in targets] if kind == "class" else probe.images
             out = render_maco(model, targets, magnitudes, size=size, steps=steps, seed=seed)
         else:
             raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
