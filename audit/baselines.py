@@ -29,7 +29,8 @@
 Both render several targets as one batch (each batch element has its own target and
 loss; augmentation draws are shared per step, which couples nothing since each element's
 loss depends only on its own image). Seeded by explicit `torch.Generator`s: the same seed
-on the same machine gives the same bytes. CUDA when available (or ``device``).
+on the same machine gives the same bytes. They run on the model's own device (or ``device``,
+the model then moved there for the call and back).
 """
 from __future__ import annotations
 
@@ -76,25 +77,32 @@ def decorrelate_colors(rgb: torch.Tensor) -> torch.Tensor:
     return torch.einsum("ij,bjhw->bihw", inv, rgb)
 
 
-def _device(device: str | torch.device | None) -> torch.device:
-    return torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def _device(model: nn.Module, device: str | torch.device | None) -> torch.device:
+    """Where a render runs: `device` when given, else the model's own device."""
+    if device is not None:
+        return torch.device(device)
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
 
 
 @contextmanager
 def _frozen_on(model: nn.Module, dev: torch.device) -> Iterator[None]:
-    """Model on `dev`, eval mode, parameters frozen; all restored afterwards."""
+    """Model on `dev` (moved only when it is elsewhere), eval mode, parameters frozen; all restored afterwards."""
     first = next(model.parameters())
     old_device, was_training = first.device, model.training
     flags = [p.requires_grad for p in model.parameters()]
     try:
-        model.to(dev).eval()
+        if dev != old_device:
+            model.to(dev)
+        model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
         yield
     finally:
         for p, f in zip(model.parameters(), flags):
             p.requires_grad_(f)
-        model.to(old_device)
+        if dev != old_device:
+            model.to(old_device)
         model.train(was_training)
 
 
@@ -127,10 +135,12 @@ def neuron_objectives(model: nn.Module, x: torch.Tensor, targets: Sequence[Neuro
 
     logits = None
     with capture(model, inner) as acts:
-        # registered after capture's hooks, so the last needed layer is recorded before stopping
-        handles = ([get_layer(model, n).register_forward_hook(stopper(n)) for n in inner]
-                   if inner and not need_logits else [])
+        handles = []
         try:
+            # registered after capture's hooks, so the last needed layer is recorded before stopping
+            if inner and not need_logits:
+                for n in inner:
+                    handles.append(get_layer(model, n).register_forward_hook(stopper(n)))
             logits = model(x)
         except _StopForward:
             pass
@@ -225,7 +235,7 @@ def render_fourier(model: nn.Module, targets: list[NeuronTarget], size: int, ste
     """Fourier/decorrelated activation maximization of each target (one batch element each)."""
     if not targets:
         return []
-    dev = _device(device)
+    dev = _device(model, device)
     t0 = time.perf_counter()
     b = len(targets)
     g_init = torch.Generator().manual_seed(seed)
@@ -342,7 +352,7 @@ def render_maco(model: nn.Module, targets: list[NeuronTarget], reference_images:
     for r in ref_list:
         if r.dim() != 4 or r.shape[1] != 3 or r.shape[0] < 1:
             raise ValueError(f"reference_images must be [R, 3, S, S], got {tuple(r.shape)}")
-    dev = _device(device)
+    dev = _device(model, device)
     t0 = time.perf_counter()
     b = len(targets)
     g_init = torch.Generator().manual_seed(seed)

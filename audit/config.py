@@ -96,7 +96,9 @@ class NeuronConfig(_Strict):
     layer: str
     index: int = Field(ge=0)
     label: str | None = None
-    references: str | None = None       # folder | builtin:samples/NAME | top-k ; inner: mined from the probe set
+    # Class neurons: photographs of the class (a folder, a file, builtin:samples/NAME, or a list of them),
+    # or "top-k" (the data-driven form: the top-activating probe images); inner: mined from the probe set.
+    references: str | list[str] | None = None
     critical: bool = True
 
     @field_validator("id")
@@ -106,16 +108,39 @@ class NeuronConfig(_Strict):
             raise ValueError(f"{v!r} is not a valid neuron id (letters, digits, '.', '_', '-')")
         return v
 
+    @field_validator("references")
+    @classmethod
+    def _references(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("an empty list: give photographs or folders of the class, or leave the key out")
+            if "top-k" in v:
+                raise ValueError("'top-k' stands alone (references: top-k), not inside a list of photographs")
+            if any(not str(s).strip() for s in v):
+                raise ValueError(f"{v!r} holds an empty entry")
+        elif isinstance(v, str) and not v.strip():
+            raise ValueError("an empty string: give photographs or folders of the class, or 'top-k'")
+        return v
+
+    @property
+    def references_text(self) -> str | None:
+        """The references as one line of text (for storage and display)."""
+        return self.references if not isinstance(self.references, list) else ", ".join(self.references)
+
 
 class VisualizationConfig(_Strict):
     method: Literal["vital", "fourier", "maco"] = "vital"
+    # "fast": this project's default (measured against the authors' settings in the README's ablation
+    # table); "paper": the authors' settings exactly (adagorgun/VITAL: 2,000 steps, lr 1.0, ...).
+    preset: Literal["fast", "paper"] = "fast"
     resolution: int | None = Field(default=None, ge=32, le=1024)   # None: the model's input size
-    steps: int = Field(default=400, ge=1, le=20000)
+    steps: int | None = Field(default=None, ge=1, le=20000)        # None: the preset's
     seeds: list[int] = Field(default_factory=lambda: [0])
-    lr: float | None = Field(default=None, gt=0)
-    taps: list[str] | None = None                                  # None: derived from the model
-    tap_weights: list[float] | None = None
-    n_references: int = Field(default=16, ge=1, le=512)
+    lr: float | None = Field(default=None, gt=0)                   # None: the preset's
+    taps: list[str] | None = None                                  # None: the preset's tap set for the model
+    tap_weights: list[float] | None = None                         # None: the preset's
+    n_references: int | None = Field(default=None, ge=1, le=512)   # None: the preset's
+    reference_form: Literal["full", "crops"] | None = None         # None: the preset's
 
 
 class ProbeConfig(_Strict):

@@ -1,22 +1,25 @@
 """Pure-library steps of one audit, wrapped by the Prefect flows: which neurons to
 render, with which references and settings, and the content keys that make every
-result reusable when nothing upstream of it changed."""
+result reusable when nothing upstream of it changed (`audit.contentkeys` decides what
+a render reads; this module applies it to configured neurons)."""
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from .assets import load_rgb_images, resolve_images
 from .config import ModelConfig, NeuronConfig
-from .errors import AuditInputError
+from .contentkeys import content_key, forward_trace, read_state_sha256, tensor_sha256
+from .presets import FEW_PHOTOGRAPHS, ReferenceRecipe, preset
 from .records import NeuronTarget
-from .taps import default_taps, output_layer_name
+from .taps import output_layer_name
+
+__all__ = ["TOPK_REFERENCES", "neuron_target", "uses_relevance", "vital_settings", "reference_recipe",
+           "reference_specs", "upstream_weights_sha256", "tensor_sha256", "visualization_content_key",
+           "NeuronReferences", "references_for", "class_layer_ok"]
 
 TOPK_REFERENCES = "top-k"
 
@@ -25,63 +28,55 @@ def neuron_target(n: NeuronConfig) -> NeuronTarget:
     return NeuronTarget(n.id, n.kind, n.layer, n.index)
 
 
+def reference_specs(n: NeuronConfig) -> list[str]:
+    """The photograph specs (folders, files, builtin:samples/NAME) of a paper-form class neuron; [] otherwise."""
+    refs = n.references
+    if refs is None or refs == TOPK_REFERENCES:
+        return []
+    return [refs] if isinstance(refs, str) else list(refs)
+
+
 def uses_relevance(n: NeuronConfig) -> bool:
     """Inner neurons and data-driven class neurons weight the taps by relevance; the
-    paper's class form (a folder or sample as references) does not."""
-    return n.kind == "inner" or (n.references or TOPK_REFERENCES) == TOPK_REFERENCES
+    paper's class form (photographs as references) does not."""
+    return n.kind == "inner" or not reference_specs(n)
 
 
-def model_taps(model_cfg: ModelConfig, model: nn.Module) -> list[str]:
-    return list(model_cfg.visualization.taps or default_taps(model))
+def vital_settings(model_cfg: ModelConfig):
+    """The VitalSettings of a model's config: its preset, the architecture's family values,
+    then the keys the config sets. Resolve them against the model (`.resolved(model)`) before use."""
+    from .vital import VitalSettings
+
+    v = model_cfg.visualization
+    overrides = {k: getattr(v, k) for k in ("resolution", "steps", "lr", "taps", "tap_weights")
+                 if getattr(v, k) is not None}
+    return VitalSettings.for_model(model_cfg.architecture, preset=v.preset, **overrides)
+
+
+def reference_recipe(model_cfg: ModelConfig, kind: str) -> ReferenceRecipe:
+    """How the references of a neuron of `kind` are built: the preset's recipe, with the config's
+    `n_references` and `reference_form` when set."""
+    v = model_cfg.visualization
+    base = preset(v.preset).inner_references if kind == "inner" else preset(v.preset).class_references
+    return ReferenceRecipe(form=v.reference_form or base.form, count=v.n_references or base.count)
 
 
 def upstream_weights_sha256(model: nn.Module, layers: list[str]) -> str:
-    """Hash of the parameters and buffers that can influence the given layers' outputs:
-    everything registered up to and including the deepest of them (timm registers
-    modules in execution order). A head-only fine-tune leaves it unchanged for taps
-    below the head."""
-    names = [n for n, _ in model.named_modules()]
-    position = {n: i for i, n in enumerate(names)}
-    missing = [l for l in layers if l not in position]
-    if missing:
-        raise AuditInputError(f"unknown layer {missing[0]!r}")
-    deepest = max(position[l] for l in layers)
-    deepest_name = names[deepest]
-    h = hashlib.sha256()
-    state = model.state_dict()
-    for key, tensor in state.items():
-        module_name = key.rsplit(".", 1)[0]
-        inside = module_name == deepest_name or module_name.startswith(deepest_name + ".")
-        if position.get(module_name, deepest + 1) <= deepest or inside:
-            t = tensor.detach().cpu().contiguous()
-            h.update(key.encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+    """Hash of the parameters and buffers the given layers' outputs can depend on
+    (`audit.contentkeys.read_state_sha256`). A head-only fine-tune leaves it unchanged for
+    taps below the head."""
+    return read_state_sha256(model, layers, forward_trace(model))
 
 
-def tensor_sha256(x: torch.Tensor) -> str:
-    return hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+def visualization_content_key(model: nn.Module, n: NeuronConfig, references: torch.Tensor, settings,
+                              seed: int, method: str = "vital") -> str:
+    """Content key of one visualization of neuron `n` (`audit.contentkeys.content_key`), from the
+    resolved settings the render will use."""
+    from .vital import resolve_target_layer
 
-
-def settings_sha256(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def visualization_content_key(model: nn.Module, n: NeuronConfig, taps: list[str], references: torch.Tensor,
-                              method: str, settings: dict, seed: int) -> str:
-    """Content key of one visualization: upstream weights + references + settings + seed.
-
-    The target layer counts as upstream only when the loss sees it (relevance forms)."""
-    layers = list(taps) + ([n.layer] if uses_relevance(n) else [])
-    parts = {
-        "weights": upstream_weights_sha256(model, layers),
-        "references": tensor_sha256(references),
-        "target": [n.kind, n.layer, n.index, uses_relevance(n)],
-        "method": method,
-        "settings": settings_sha256(settings),
-        "seed": seed,
-    }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    resolved = settings.resolved(model)
+    return content_key(model, resolve_target_layer(model, neuron_target(n)), n.index, uses_relevance(n), references,
+                       resolved.model_dump(mode="json"), seed, method)
 
 
 @dataclass
@@ -89,31 +84,73 @@ class NeuronReferences:
     images: torch.Tensor          # normalized [R, 3, S, S]
     description: str              # what they are, for the record and the dashboard
     use_relevance: bool
+    n_photographs: int = 0        # distinct photographs the images come from
+    warnings: list[str] = field(default_factory=list)
+
+
+def _few_photographs_warning(n: NeuronConfig, count: int) -> list[str]:
+    if count >= FEW_PHOTOGRAPHS:
+        return []
+    return [f"neuron {n.id!r}: its references come from {count} distinct photograph(s), fewer than "
+            f"{FEW_PHOTOGRAPHS}: the visualization then describes those photographs more than the class; "
+            f"list more photographs or folders under `references`"]
 
 
 def references_for(n: NeuronConfig, model: nn.Module, probe_images: torch.Tensor, probe_values: np.ndarray,
-                   size: int, count: int, seed: int, base_dir: Path | None = None) -> NeuronReferences:
+                   size: int, recipe: ReferenceRecipe, seed: int, base_dir: Path | None = None,
+                   probe_groups: list[str] | None = None) -> NeuronReferences:
     """Reference images of one neuron for VITAL.
 
-    - class neuron, `references:` a folder or built-in sample: random crops of those photos (the paper's form);
+    - class neuron, `references:` photographs (a folder, a file, builtin:samples/NAME, or a list of
+      them): the paper's form; recipe "full" uses each photograph whole (resized, centre-cropped),
+      recipe "crops" random resized crops of them. Warns under FEW_PHOTOGRAPHS distinct photographs;
     - class neuron, `references: top-k` (or none): the neuron's top-activating probe images, per version;
-    - inner neuron: the top-activating receptive-field patches of the probe set.
+    - inner neuron: recipe "full" (the authors' form) the probe images where the channel peaks highest,
+      whole; recipe "crops" receptive-field patches around the peak, resized to `size`.
+    `probe_groups` (the source photograph of each probe image) lets the description count photographs.
     """
     from . import references as refs
 
+    def photographs_of(selected: np.ndarray | None) -> int:
+        if probe_groups is None or selected is None:
+            return 0
+        return len({probe_groups[int(i)] for i in selected})
+
     if n.kind == "inner":
         have_values = probe_values is not None and np.any(probe_values)
-        imgs = refs.inner_patch_references(model, n.layer, n.index, probe_images, k=count, size=size,
-                                           peak_values=probe_values if have_values else None)
-        return NeuronReferences(imgs, f"top-{count} probe patches of {n.layer}[{n.index}]", True)
-    if (n.references or TOPK_REFERENCES) == TOPK_REFERENCES:
-        imgs = refs.topk_image_references(probe_images, probe_values, k=count)
+        peaks = probe_values if have_values else None
+        if recipe.form == "crops":
+            imgs = refs.inner_patch_references(model, n.layer, n.index, probe_images, k=recipe.count, size=size,
+                                               peak_values=peaks)
+            what = "receptive-field patches"
+        else:
+            imgs = refs.inner_full_references(model, n.layer, n.index, probe_images, k=recipe.count, size=size,
+                                              peak_values=peaks)
+            what = "whole probe images"
+        order = refs.top_indices(peaks, recipe.count) if peaks is not None else None
+        k = photographs_of(order)
+        return NeuronReferences(imgs, f"top-{imgs.shape[0]} {what} of {n.layer}[{n.index}]"
+                                + (f" from {k} photographs" if k else ""), True, k)
+    specs = reference_specs(n)
+    if not specs:
+        order = refs.top_indices(probe_values, recipe.count)
+        imgs = refs.topk_image_references(probe_images, probe_values, k=recipe.count)
         if imgs.shape[-1] != size:
-            imgs = torch.nn.functional.interpolate(imgs, size=(size, size), mode="bilinear", align_corners=False)
-        return NeuronReferences(imgs, f"top-{count} probe images of the logit", True)
-    photos = load_rgb_images(resolve_images(n.references, base_dir), min_count=1, source=n.references).images
-    imgs = refs.class_references(photos, size=size, n=count, seed=seed)
-    return NeuronReferences(imgs, f"{count} crops of {n.references}", False)
+            imgs = torch.nn.functional.interpolate(imgs, size=(size, size), mode="bilinear", antialias=True,
+                                                   align_corners=False)
+        k = photographs_of(order)
+        return NeuronReferences(imgs, f"top-{imgs.shape[0]} probe images of the logit"
+                                + (f" from {k} photographs" if k else ""), True, k)
+    photos = refs.load_photographs(specs, base_dir)
+    if recipe.form == "full":
+        imgs = refs.full_image_references(photos, size=size, n=recipe.count, seed=seed)
+        what = f"{imgs.shape[0]} whole photographs"
+    else:
+        imgs = refs.class_references(photos, size=size, n=recipe.count, seed=seed)
+        what = f"{imgs.shape[0]} crops"
+    used = min(len(photos), imgs.shape[0])
+    return NeuronReferences(imgs, f"{what} of {used} distinct photograph(s) from {', '.join(specs)}", False, used,
+                            _few_photographs_warning(n, used))
 
 
 def class_layer_ok(model: nn.Module, n: NeuronConfig) -> str | None:

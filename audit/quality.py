@@ -8,7 +8,11 @@
   real images of the class in a network's penultimate (pre-logits) features, a small-sample
   FID (Heusel et al. 2017) as VITAL's paper reports per class;
 * `evaluate_class_visualizations`: all of it for the class neurons of one configured model
-  (the `neuron-audit evaluate` command).
+  (the `neuron-audit evaluate` command);
+* `inner_neuron_quality` / `evaluate_inner_visualizations`: a quality figure for inner neurons,
+  where class metrics do not apply (the VITAL paper names the lack of one as a limit): the
+  visualization's activation as a percentile of real activations, the channel's specificity
+  rank in its layer, and the feature distance to the top real patches.
 
 Images are either uint8 arrays [H, W, 3] (RGB) or one ImageNet-normalized tensor [N, 3, H, W];
 both are resized (bilinear, antialiased) to the square input `size` the metric asks for.
@@ -32,7 +36,8 @@ from torch import nn
 from .models import BUILTIN_MODELS, load_model, model_input_size, preprocess
 
 __all__ = ["images_to_tensor", "predict_logits", "self_top1", "transfer_topk", "class_probability", "penultimate_features",
-           "shrunk_covariance", "frechet_distance", "evaluate_class_visualizations", "builtin_model"]
+           "shrunk_covariance", "frechet_distance", "evaluate_class_visualizations", "builtin_model", "channel_peaks",
+           "inner_neuron_quality", "evaluate_inner_visualizations"]
 
 ImagesLike = Sequence[np.ndarray] | torch.Tensor
 
@@ -202,12 +207,97 @@ def builtin_model(name: str) -> nn.Module:
     return load_model(name, f"builtin:{name}", device="cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _reference_crops(spec: str, base_dir: Path | None, size: int, n: int, seed: int) -> torch.Tensor:
-    from .assets import load_rgb_images, resolve_images
-    from .references import class_references
+def _reference_crops(specs: str | Sequence[str], base_dir: Path | None, size: int, n: int, seed: int) -> torch.Tensor:
+    from .references import class_references, load_photographs
 
-    photos = load_rgb_images(resolve_images(spec, base_dir), min_count=1, source=spec).images
+    photos = load_photographs([specs] if isinstance(specs, str) else list(specs), base_dir)
     return class_references(photos, size=size, n=n, seed=seed)
+
+
+# ------------------------------------------------------------------------------------------ inner neurons
+
+
+@torch.no_grad()
+def channel_peaks(model: nn.Module, layer: str, index: int, images: torch.Tensor, batch: int = 16
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each image: the spatial max of every channel of `layer` [N, C], and the layer's feature
+    vector at the position where channel `index` peaks [N, C] (token layouts: over tokens)."""
+    from .taps import capture, channels_first, get_layer
+
+    get_layer(model, layer)
+
+    def run(xb: torch.Tensor) -> torch.Tensor:
+        with capture(model, [layer], detach=True) as acts:
+            model(xb)
+        a = channels_first(acts[layer]).float()                        # [b, C, N]
+        where = a[:, index].argmax(-1)                                  # [b]
+        at_peak = a.gather(2, where.view(-1, 1, 1).expand(-1, a.shape[1], 1)).squeeze(-1)
+        return torch.cat([a.amax(-1), at_peak], 1)
+
+    out = torch.cat(_run_batched(model, images, run, batch))
+    c = out.shape[1] // 2
+    return out[:, :c], out[:, c:]
+
+
+def inner_neuron_quality(model: nn.Module, layer: str, index: int, images: ImagesLike, probe_images: torch.Tensor,
+                         top_k: int = 16) -> dict[str, float]:
+    """How well visualizations of an inner neuron (channel `index` of `layer`) show what fires it,
+    measured against the real probe images (ImageNet-normalized [N, 3, S, S]; the visualizations
+    are resized to S). Averaged over the visualizations:
+
+    * `percentile`: the visualization's activation of the channel (spatial max) as a percentile of
+      the channel's activations on the probe images (100: above every real image);
+    * `specificity_rank`: the channel's rank among the layer's channels by standardized activation
+      ((value - probe mean) / probe std per channel; 1 = the visualization drives this channel
+      most), and `specificity` = 1 - (rank - 1) / (C - 1);
+    * `patch_distance`: mean cosine distance between the layer's feature vector at the channel's
+      peak in the visualization and the same vectors of the `top_k` probe images where the channel
+      peaks highest (the top real patches), in the model's own feature space;
+      `patch_distance_ratio`: that, divided by the mean distance of all probe images' peak vectors
+      to the same top patches (< 1: closer to the top patches than a typical real image is).
+    """
+    size = int(probe_images.shape[-1])
+    viz = images_to_tensor(images, size)
+    p_max, p_vec = channel_peaks(model, layer, index, probe_images)
+    v_max, v_vec = channel_peaks(model, layer, index, viz)
+    target = p_max[:, index]
+    below = (target[None, :] < v_max[:, index, None]).float().mean(1)
+    ties = (target[None, :] == v_max[:, index, None]).float().mean(1)
+    percentile = 100 * (below + 0.5 * ties)
+    z = (v_max - p_max.mean(0)) / p_max.std(0).clamp_min(1e-6)
+    rank = 1 + (z > z[:, index:index + 1]).sum(1).float()
+    c = p_max.shape[1]
+    top = torch.as_tensor(np.argsort(-target.numpy(), kind="stable")[: max(1, min(top_k, len(target)))].copy())
+    patches = F.normalize(p_vec[top], dim=1)
+
+    def distance(vectors: torch.Tensor) -> torch.Tensor:
+        return (1 - F.normalize(vectors, dim=1) @ patches.T).mean(1)
+
+    d_viz, d_probe = distance(v_vec), distance(p_vec)
+    return {"percentile": float(percentile.mean()), "specificity_rank": float(rank.mean()),
+            "specificity": float((1 - (rank - 1) / max(c - 1, 1)).mean()), "channels": int(c),
+            "patch_distance": float(d_viz.mean()),
+            "patch_distance_ratio": float(d_viz.mean() / d_probe.mean().clamp_min(1e-12))}
+
+
+def evaluate_inner_visualizations(store_images: Callable[[str], list[np.ndarray]], model: nn.Module, model_cfg,
+                                  probe_images: torch.Tensor, top_k: int = 16) -> dict:
+    """`inner_neuron_quality` for every inner neuron of `model_cfg` with stored visualizations:
+    {"neurons": {id: metrics}, "mean": averaged, "skipped": {id: reason}}."""
+    neurons: dict[str, dict] = {}
+    skipped: dict[str, str] = {}
+    for n in model_cfg.neurons:
+        if n.kind != "inner":
+            continue
+        images = [np.asarray(i) for i in store_images(n.id)]
+        if not images:
+            skipped[n.id] = "no stored visualizations"
+            continue
+        neurons[n.id] = {"n_images": len(images), "layer": n.layer, "index": n.index,
+                         **inner_neuron_quality(model, n.layer, n.index, images, probe_images, top_k)}
+    keys = ("percentile", "specificity_rank", "specificity", "patch_distance", "patch_distance_ratio")
+    mean = {k: _mean(r.get(k) for r in neurons.values()) for k in keys}
+    return {"neurons": neurons, "mean": mean, "skipped": skipped}
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
@@ -251,7 +341,7 @@ def evaluate_class_visualizations(store_images: Callable[[str], list[np.ndarray]
             row[f"{short}_top1"], row[f"{short}_top5"] = tk["top1"], tk["top5"]
         row["frechet"] = None
         if n.references and n.references != "top-k":
-            refs = _reference_crops(n.references, base_dir, feat_size, n_references, seed)
+            refs = _reference_crops(n.references, base_dir, feat_size, n_references, seed)   # str or list of specs
             fa = penultimate_features(feat_net, images, feat_size)
             fb = penultimate_features(feat_net, refs, feat_size)
             row["frechet"] = frechet_distance(fa, fb)

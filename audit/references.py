@@ -1,12 +1,14 @@
 """Reference images for VITAL: what the synthetic image's feature distributions are matched to.
 
-* class neurons, paper form: random resized crops of photographs of the class
-  (`class_references`);
+* class neurons, paper form: photographs of the class (`load_photographs`), used whole
+  (`full_image_references`, the authors' form: resized and centre-cropped as the model's own
+  preprocessing) or as random resized crops (`class_references`);
 * data-driven form (class or inner): the neuron's top-activating probe images
   (`topk_image_references`);
-* inner neurons: the top-activating probe images cropped to the receptive field around
-  the channel's spatial argmax (`inner_patch_references`), the receptive field measured
-  from gradients (`receptive_field`).
+* inner neurons: the probe images where the channel peaks highest, whole
+  (`inner_full_references`, the authors' form: relevance does the localization), or cropped
+  to the receptive field around the channel's spatial argmax (`inner_patch_references`, the
+  receptive field measured from gradients, `receptive_field`).
 
 All outputs are ImageNet-normalized tensors [n, 3, size, size].
 """
@@ -21,11 +23,50 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .models import normalize
+from .assets import load_rgb_images, resolve_images
+from .errors import AuditInputError
+from .models import image_to_tensor, normalize
 from .taps import capture, channels_first, get_layer
 
-__all__ = ["class_references", "topk_image_references", "inner_patch_references", "receptive_field",
-           "channel_maps"]
+__all__ = ["load_photographs", "full_image_references", "class_references", "top_indices", "topk_image_references",
+           "inner_full_references", "inner_patch_references", "receptive_field", "channel_maps"]
+
+# The authors' preprocessing of reference photographs: Resize(256), CenterCrop(224).
+AUTHORS_CROP_PCT = 224 / 256
+
+
+def load_photographs(specs: Sequence[str], base_dir=None) -> list[Image.Image]:
+    """The distinct photographs (by file content) that a list of specs names: folders, files,
+    `builtin:samples/NAME`. Unreadable files are skipped; none usable is bad input."""
+    import hashlib
+
+    photos: list[Image.Image] = []
+    seen: set[str] = set()
+    skipped: dict[str, str] = {}
+    for spec in specs:
+        loaded = load_rgb_images(resolve_images(spec, base_dir), min_count=0, source=spec)
+        skipped.update(loaded.skipped)
+        for img, path in zip(loaded.images, loaded.paths):
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            if digest not in seen:
+                seen.add(digest)
+                photos.append(img)
+    if not photos:
+        raise AuditInputError(f"no usable photograph in references {list(specs)}"
+                              + (f" (skipped: {'; '.join(f'{k}: {v}' for k, v in list(skipped.items())[:5])})"
+                                 if skipped else ""))
+    return photos
+
+
+def full_image_references(images: Sequence[Image.Image], size: int, n: int, seed: int = 0) -> torch.Tensor:
+    """Up to n whole photographs (a seeded choice when there are more), each resized and centre-cropped
+    to `size` as the authors do (Resize(256) + CenterCrop(224) at 224 px): [min(n, len), 3, size, size]."""
+    if not images:
+        raise ValueError("full_image_references needs at least one image")
+    order = np.arange(len(images))
+    if len(images) > n:
+        order = np.sort(np.random.default_rng(seed).permutation(len(images))[:n])
+    return torch.stack([image_to_tensor(images[int(i)], size, crop_pct=AUTHORS_CROP_PCT) for i in order])
 
 
 def _pil_to_tensor(img: Image.Image) -> torch.Tensor:
@@ -62,13 +103,33 @@ def class_references(images: Sequence[Image.Image], size: int, n: int, seed: int
     return torch.stack(out)
 
 
+def top_indices(values: np.ndarray | Sequence[float], k: int) -> np.ndarray:
+    """Indices of the k largest values, largest first (ties: lower index first)."""
+    values = np.asarray(values, dtype=np.float64)
+    return np.argsort(-values, kind="stable")[: max(1, min(k, len(values)))]
+
+
 def topk_image_references(probe_images: torch.Tensor, values: np.ndarray | Sequence[float], k: int) -> torch.Tensor:
     """The k probe images with the largest values (ties: lower index first)."""
     values = np.asarray(values, dtype=np.float64)
     if values.shape[0] != probe_images.shape[0]:
         raise ValueError(f"{values.shape[0]} values for {probe_images.shape[0]} probe images")
-    order = np.argsort(-values, kind="stable")[: max(1, min(k, len(values)))]
-    return probe_images[torch.as_tensor(order.copy())]
+    return probe_images[torch.as_tensor(top_indices(values, k).copy())]
+
+
+def inner_full_references(model: nn.Module, layer: str, index: int, probe_images: torch.Tensor, k: int, size: int,
+                          peak_values: np.ndarray | None = None) -> torch.Tensor:
+    """The authors' inner-neuron references: the k probe images where channel `index` of `layer`
+    peaks highest (its spatial max: the best patch), whole, resized to `size`. The object keeps the
+    scale at which it fired the channel; relevance localizes it during the render.
+    `peak_values` (the channel's spatial max per probe image, as stored by the probe statistics)
+    saves the pass over the probe set."""
+    if peak_values is None or len(peak_values) != probe_images.shape[0]:
+        peak_values = channel_maps(model, layer, index, probe_images).flatten(1).amax(1).numpy()
+    sel = topk_image_references(probe_images, peak_values, k)
+    if sel.shape[-1] != size or sel.shape[-2] != size:
+        sel = F.interpolate(sel, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return sel
 
 
 def _device(model: nn.Module) -> torch.device:

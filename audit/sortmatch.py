@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["sorted_reference", "sort_matching_loss", "resample_sorted", "sort_matching_loss_gather", "argsort_rows"]
+__all__ = ["sorted_reference", "sample_positions", "sort_matching_loss", "resample_sorted", "sort_matching_loss_gather", "argsort_rows"]
 
 
 def sorted_reference(acts: torch.Tensor) -> torch.Tensor:
@@ -92,8 +92,17 @@ def argsort_rows(x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(keys_np & 0xFFFFFFFF)
 
 
+def sample_positions(n: int, n_samples: int | None, generator: torch.Generator | None = None) -> torch.Tensor | None:
+    """A random subset of `n_samples` of the positions 0..n-1 (None when every position is kept)."""
+    if n_samples is None or n_samples >= n:
+        return None
+    idx = torch.randperm(n, generator=generator, device=generator.device if generator is not None else "cpu")
+    return idx[:n_samples]
+
+
 def sort_matching_loss(syn: torch.Tensor, ref_sorted: torch.Tensor, channel_weight: torch.Tensor | None = None,
-                       n_samples: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+                       n_samples: int | None = None, generator: torch.Generator | None = None,
+                       positions: torch.Tensor | None = None) -> torch.Tensor:
     """Sort-matching loss per batch element: [B].
 
     syn: [B, C, N] synthetic activations (differentiable).
@@ -102,8 +111,9 @@ def sort_matching_loss(syn: torch.Tensor, ref_sorted: torch.Tensor, channel_weig
       subsampling) the reference is resampled by linear interpolation of quantiles.
     channel_weight: [B, C] weights of the per-channel losses (VITAL's channel importance), or None.
     n_samples: if given and smaller than N, sort only a random subset of that many positions
-      (drawn with `generator`), matched against the reference quantiles at the subset's
-      plotting positions.
+      (drawn with `generator`, `sample_positions`), matched against the reference quantiles at
+      the subset's plotting positions.
+    positions: that subset, drawn by the caller (several calls then share one draw); overrides n_samples.
 
     Returns mean over channels and positions of weight * (sorted syn - ref)^2.
     """
@@ -112,11 +122,10 @@ def sort_matching_loss(syn: torch.Tensor, ref_sorted: torch.Tensor, channel_weig
     b, c, n = syn.shape
     if ref_sorted.shape[1] != c or ref_sorted.shape[0] not in (1, b):
         raise ValueError(f"reference {tuple(ref_sorted.shape)} does not fit synthetic activations {tuple(syn.shape)}")
-    if n_samples is not None and n_samples < n:
-        idx = torch.randperm(n, generator=generator, device=generator.device if generator is not None else "cpu")
-        idx = idx[:n_samples].to(syn.device)
-        syn = syn.index_select(-1, idx)
-        n = n_samples
+    idx = positions if positions is not None else sample_positions(n, n_samples, generator)
+    if idx is not None:
+        syn = syn.index_select(-1, idx.to(syn.device))
+        n = int(idx.numel())
     ref = resample_sorted(ref_sorted.to(device=syn.device, dtype=syn.dtype), n)
     with torch.no_grad():
         order = argsort_rows(syn.detach())

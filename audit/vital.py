@@ -3,43 +3,49 @@
 Starting from noise, an image (in ImageNet-normalized space) is optimized so that, at
 several taps, each channel's sorted activation values match the mean of the reference
 images' sorted values (`audit.sortmatch`), plus total-variation (L1, L2) and L2 priors;
-every step applies a random jitter (`torch.roll`) and a random horizontal flip; Adam
-(betas 0.5, 0.9) with linear warm-up and cosine decay; pixels are clipped to the valid
-normalized range after each step; optional half-resolution warm start.
+every step applies a random jitter (`torch.roll`) and, if enabled, a random horizontal
+flip; Adam with linear warm-up and cosine decay; pixels are clipped to the valid
+normalized range after each step; optional half-resolution warm start. `audit.presets`
+holds the authors' settings (`paper`) and the faster default (`fast`).
 
 Two forms:
 
 * class neuron, paper form (``use_relevance=False``): references are real photographs of
   the class; the target logit is not in the loss;
 * inner neurons and the data-driven class form (``use_relevance=True``): references are
-  the neuron's top-activating images/patches; LRP relevance of the target (channel
-  ``index`` at ``layer`` spatially summed, or the class logit; `audit.relevance`) weights
-  the features at each tap (relevance min-max normalized per channel to [0, 1] and
-  multiplied into the activations of the references and, recomputed every step, of the
-  synthetic image) and each channel's importance (per-channel max relevance of the
-  references, min-max normalized over channels, averaged over references) weights that
-  channel's loss. Taps the target does not depend on get zero importance. A transparency
-  mask (accumulated |d loss / d image|, clipped at its 98th percentile, scaled to [0, 1])
-  is returned with every image.
+  the neuron's top-activating images; LRP relevance of the target (channel ``index`` at
+  ``layer`` spatially summed, or the class logit; `audit.relevance`) weights the features
+  at each tap (relevance min-max normalized per channel to [0, 1] and multiplied into the
+  activations of the references and, recomputed every step, of the synthetic image) and
+  each channel's importance (per-channel max relevance of the references, min-max
+  normalized over channels, averaged over references) weights that channel's loss. Taps
+  computed after the target carry no relevance and are not read. A transparency mask
+  (accumulated |d loss / d image|, clipped at its 98th percentile, scaled to [0, 1]) is
+  returned with every image.
 
-Several neurons are optimized together as one batch: each batch element has its own
-references, target, augmentation draws and loss (the priors and the sort-matching loss are
-per element, the model is in eval mode), so batching changes nothing but speed.
+Several neurons are optimized together as one batch, and batching changes nothing in the
+result: every element has its own noise, augmentation and convergence (drawn from generators
+seeded by the run's seed alone, not by the element's position), each tap's position subset is
+drawn once per step from a generator of that tap and shared, the losses and priors are per
+element, the model is in eval mode, an element that converges is frozen (`audit.optimize`),
+and by default each element runs its own forward (`batched_forward`), so an element of a batch
+gets the same bytes as the neuron rendered alone (tests/vital/test_vital.py). On CUDA the
+default is one batched forward: its kernels sum in another order (~1e-5 apart at the taps),
+sort matching pairs near-tied values with other reference quantiles, and the images then only
+approximate the single renders.
 
-Cost (`benchmarks/fv_speed.py`, 2-core development CPU, Lite0 at 224 px, taps bn1 + blocks
-0,1,2,4,6 + bn2, batch 1): bare forward+backward ~40 ms; one whole `render_vital` step (jitter, flip,
-priors, sort matching with the default ``sort_samples=4096``, mask, Adam, clipping) ~1.25-1.3x
-of it, since the forward stops at the deepest tap (the classifier is not run in the paper form);
-the references are forwarded and sorted once per run (~0.5 s per neuron, reported apart as
-``seconds - loop_seconds``). The relevance form adds one LRP forward+backward per step.
-`benchmark_step` measures the loss step alone.
+The model stays where the caller put it: the render runs on the model's own device (or moves
+it to ``device`` for the call and back), in eval mode with frozen parameters, and restores
+train/eval mode and ``requires_grad`` afterwards.
+
+Cost: see `benchmarks/fv_speed.py`; `benchmark_step` measures the loss step alone.
 """
 from __future__ import annotations
 
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -47,26 +53,29 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from .contentkeys import ForwardTrace, forward_trace, read_layers, render_taps, vital_default_taps
 from .models import IMAGENET_MEAN, IMAGENET_STD, model_input_size, to_uint8_image
 from .optimize import History, LossPlateau, optimize
+from .presets import preset as get_preset
 from .priors import l2_prior, total_variation_l1, total_variation_l2
 from .records import NeuronTarget, Visualization
 from .relevance import tap_relevance
-from .sortmatch import resample_sorted, sort_matching_loss, sorted_reference
-from .taps import capture, channels_first, default_taps, final_feature_layer, get_layer, output_layer_name
+from .sortmatch import resample_sorted, sample_positions, sort_matching_loss, sorted_reference
+from .taps import capture, channels_first, get_layer, output_layer_name
 from .transforms import Compose, Jitter, RandomFlip
 
 __all__ = ["VitalSettings", "VitalRequest", "render_vital", "register_family_defaults", "family_defaults",
            "vital_default_taps", "benchmark_step"]
 
-_STEM_CANDIDATES = ("bn1", "conv_stem", "stem", "patch_embed", "conv1")
-
 
 class VitalSettings(BaseModel):
-    """Settings of one VITAL run. `for_model` applies the per-family defaults."""
+    """Settings of one VITAL run. `for_model` applies a preset and the per-family defaults;
+    `resolved` fills every value the render derives from the model, so that the content key
+    (`audit.contentkeys`) and the render read the same values."""
 
     model_config = ConfigDict(extra="forbid")
 
+    preset: str = "fast"                                           # the preset these values came from (a record)
     resolution: int | None = Field(default=None, ge=16, le=1024)   # None: the model's input size
     steps: int = Field(default=400, ge=1)
     lr: float = Field(default=0.25, gt=0)
@@ -76,19 +85,59 @@ class VitalSettings(BaseModel):
     tv_l1: float = 0.0
     tv_l2: float = 0.0
     l2: float = 0.0
+    inner_tv_l2: float | None = None                               # relevance form; None: tv_l2
+    inner_l2: float | None = None                                  # relevance form; None: l2
     jitter: int | None = Field(default=None, ge=0)                 # None: 30 px scaled with resolution/224
     flip: bool = True
-    taps: list[str] | None = None                                  # None: vital_default_taps(model)
-    tap_weights: list[float] | None = None
+    tap_set: Literal["vital", "paper"] = "vital"                   # used when taps is None
+    taps: list[str] | None = None                                  # None: the tap set's taps for the model
+    tap_weights: list[float] | None = None                         # None: 1 per tap
+    inner_tap_weights: list[float] | None = None                   # relevance form; None: tap_weights
     half_res_warm_start: bool = False                              # first half of the steps at half resolution
     use_relevance: bool | None = None                              # default for requests that leave it None
     sort_samples: int | None = Field(default=4096, ge=16)          # None: sort every position
-    plateau_patience: int | None = None                            # stop early on a loss plateau (window)
+    plateau_patience: int | None = Field(default=None, ge=1)       # stop an element on a loss plateau (window)
+    plateau_tol: float = Field(default=1e-3, ge=0)                 # relative improvement that counts as progress
+    plateau_min_steps: int = Field(default=100, ge=0)
+    # One forward for the whole batch (None: on CUDA only). Batched kernels sum in another order
+    # (~1e-5 apart at the taps), and sort matching turns such differences into other rank pairings,
+    # so a batched element then only approximates the same neuron rendered alone; one forward per
+    # element is bit-identical to rendering alone and, on CPU, measured no slower (Lite0, 224 px).
+    batched_forward: bool | None = None
 
     @classmethod
-    def for_model(cls, model: nn.Module | str, **overrides: Any) -> "VitalSettings":
+    def for_model(cls, model: nn.Module | str, preset: str = "fast", **overrides: Any) -> "VitalSettings":
+        """The preset's values, then the architecture family's (authors' per-architecture configs),
+        then `overrides`."""
         arch = model if isinstance(model, str) else _architecture(model)
-        return cls(**{**family_defaults(arch), **overrides})
+        return cls(**{**get_preset(preset).settings, "preset": preset, **family_defaults(arch), **overrides})
+
+    def resolved(self, model: nn.Module) -> "VitalSettings":
+        """A copy with resolution, taps, tap weights (both forms), jitter, warm-up and the
+        relevance form's priors filled in for `model`; a resolved copy resolves to itself."""
+        res = self.resolution or model_input_size(model)
+        taps = render_taps(model, self.taps, self.tap_set)
+        weights = list(self.tap_weights) if self.tap_weights else [1.0] * len(taps)
+        inner = list(self.inner_tap_weights) if self.inner_tap_weights else list(weights)
+        for name, w in (("tap_weights", weights), ("inner_tap_weights", inner)):
+            if len(w) != len(taps):
+                raise ValueError(f"{len(w)} {name} for {len(taps)} taps ({taps})")
+        return self.model_copy(update=dict(
+            resolution=res, taps=taps, tap_weights=[float(w) for w in weights],
+            inner_tap_weights=[float(w) for w in inner],
+            jitter=self.jitter if self.jitter is not None else round(30 * res / 224),
+            warmup=self.warmup if self.warmup is not None else max(1, round(0.05 * self.steps)),
+            inner_tv_l2=self.tv_l2 if self.inner_tv_l2 is None else self.inner_tv_l2,
+            inner_l2=self.l2 if self.inner_l2 is None else self.inner_l2))
+
+    def weights_for(self, use_relevance: bool) -> list[float]:
+        """Tap weights of a neuron in the given form (resolved settings)."""
+        return list(self.inner_tap_weights if use_relevance else self.tap_weights)
+
+    def priors_for(self, use_relevance: bool) -> tuple[float, float, float]:
+        """(tv_l1, tv_l2, l2) of a neuron in the given form (resolved settings)."""
+        return (self.tv_l1, self.inner_tv_l2 if use_relevance else self.tv_l2,
+                self.inner_l2 if use_relevance else self.l2)
 
 
 _FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {}
@@ -108,14 +157,10 @@ def family_defaults(architecture: str) -> dict[str, Any]:
     return dict(_FAMILY_DEFAULTS.get(best, {})) if best is not None else {}
 
 
-# Per-family defaults (authors' configs where they exist: ViT and ConvNeXt from class_fvis/utils/config.py).
-register_family_defaults("efficientnet", lr=0.25)
-register_family_defaults("tf_efficientnet", lr=0.25)
-register_family_defaults("mobilenet", lr=0.25)
-register_family_defaults("resnet", lr=0.25)
-register_family_defaults("vit", lr=0.25, tv_l2=0.003, l2=0.003)
-register_family_defaults("deit", lr=0.25, tv_l2=0.003, l2=0.003)
-register_family_defaults("convnext", lr=0.25, tap_weights=[10, 1, 1, 1, 1])
+# Per-family values from the authors' configs (class_fvis/utils/config.py): ViT priors, ConvNeXt stem weight.
+register_family_defaults("vit", tv_l2=0.003, l2=0.003)
+register_family_defaults("deit", tv_l2=0.003, l2=0.003)
+register_family_defaults("convnext", tap_weights=[10, 1, 1, 1, 1])
 
 
 def _architecture(model: nn.Module) -> str:
@@ -133,32 +178,19 @@ class VitalRequest:
     use_relevance: bool | None = None
 
 
-def vital_default_taps(model: nn.Module) -> list[str]:
-    """The stem (first of bn1, conv_stem, stem, patch_embed, conv1 that exists), default_taps (the
-    feature_info stages), and the feature map the classifier pools when the model computes new
-    channels after its last stage (EfficientNet's conv_head: 320 -> 1280 at bn2). The authors'
-    taps end at that map (ResNet's layer4); without it class evidence that only forms in the head
-    is unconstrained, and Lite0's cat images drift to tabby/tiger cat (self top-1 0.83 -> 1.00
-    over 4 classes x 3 seeds, benchmarks/fv_quality.py)."""
-    modules = dict(model.named_modules())
-    stem = next((c for c in _STEM_CANDIDATES if c in modules), None)
-    taps = ([stem] if stem else []) + [t for t in default_taps(model) if t != stem]
-    final = final_feature_layer(model)
-    if final and final not in taps and not any(t.startswith(final + ".") for t in taps) \
-            and _head_adds_channels(model):
-        taps.append(final)
-    return taps
+def resolve_target_layer(model: nn.Module, target: NeuronTarget) -> str:
+    """The layer whose output holds the target (class neurons: the classifier)."""
+    if target.kind == "class" and target.layer in ("", "logits", "head"):
+        return output_layer_name(model)
+    return target.layer
 
 
-def _head_adds_channels(model: nn.Module) -> bool:
-    """timm: the pooled feature map has other channels (`num_features`) than the last stage."""
-    info = getattr(model, "feature_info", None)
-    try:
-        last_stage = int(info[-1]["num_chs"])
-    except (TypeError, KeyError, IndexError, ValueError):
-        return False
-    num_features = getattr(model, "num_features", None)
-    return isinstance(num_features, int) and num_features != last_stage
+def request_uses_relevance(request: VitalRequest, settings: VitalSettings) -> bool:
+    if request.use_relevance is not None:
+        return bool(request.use_relevance)
+    if settings.use_relevance is not None:
+        return bool(settings.use_relevance)
+    return request.target.kind == "inner"
 
 
 class _StopForward(Exception):
@@ -175,11 +207,13 @@ def _stop_after(model: nn.Module, name: str | None) -> Iterator[None]:
     def hook(_m, _i, _o):
         raise _StopForward
 
-    handle = get_layer(model, name).register_forward_hook(hook)
+    handle = None
     try:
+        handle = get_layer(model, name).register_forward_hook(hook)
         yield
     finally:
-        handle.remove()
+        if handle is not None:
+            handle.remove()
 
 
 def _forward(model: nn.Module, x: torch.Tensor, stop: str | None) -> None:
@@ -188,21 +222,6 @@ def _forward(model: nn.Module, x: torch.Tensor, stop: str | None) -> None:
             model(x)
         except _StopForward:
             pass
-
-
-@torch.no_grad()
-def _execution_order(model: nn.Module, names: Sequence[str], x: torch.Tensor) -> list[str]:
-    order: list[str] = []
-    handles = []
-    try:
-        for n in dict.fromkeys(names):
-            handles.append(get_layer(model, n).register_forward_hook(
-                lambda _m, _i, _o, n=n: order.append(n) if n not in order else None))
-        model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return order
 
 
 def _minmax(t: torch.Tensor, dim: int | tuple[int, ...]) -> torch.Tensor:
@@ -215,27 +234,72 @@ def _clip_(x: torch.Tensor) -> None:
         x[:, c].clamp_(-m / s, (1 - m) / s)
 
 
-def _resolve_target_layer(model: nn.Module, target: NeuronTarget) -> str:
-    if target.kind == "class" and target.layer in ("", "logits", "head"):
-        return output_layer_name(model)
-    return target.layer
+# ----------------------------------------------------------------------------------------------- phase 1: plan
 
 
 @dataclass
-class _PhaseRefs:
-    sorted: dict[str, torch.Tensor]            # tap -> [B, C, N]
-    weight: dict[str, torch.Tensor] | None     # tap -> [B, C] (ones for elements without relevance)
+class _Plan:
+    """Everything the optimization reads, decided before it starts."""
+
+    settings: VitalSettings                # resolved
+    res: int
+    taps: list[str]                        # the taps some element reads, in execution order
+    stop: str | None                       # the forward stops after this layer
+    rel: list[bool]                        # per element: relevance form?
+    layers: list[str]                      # per element: the target layer
+    tap_weight: torch.Tensor               # [B, T]: 0 where an element does not read a tap
+    priors: torch.Tensor                   # [B, 3]: tv_l1, tv_l2, l2 per element
+    phases: list[tuple[int, int]]          # (average-pool factor, steps)
+    tap_seed: dict[str, int]               # each tap's own subsampling seed offset
+    batched: bool                          # one forward for the batch (else one per element)
 
 
-def _prepare_refs(model: nn.Module, requests: Sequence[VitalRequest], rel: Sequence[bool], taps: Sequence[str],
-                  layers: Sequence[str], res: int, pool: int, stop: str | None, device: torch.device,
-                  chunk: int = 8) -> _PhaseRefs:
+def _plan(model: nn.Module, requests: Sequence[VitalRequest], settings: VitalSettings, dev: torch.device) -> _Plan:
+    """Which taps each element reads and with what weight, where the forward can stop, and the phases."""
+    s = settings
+    rel = [request_uses_relevance(r, s) for r in requests]
+    layers = [resolve_target_layer(model, r.target) for r in requests]
+    for layer in layers:
+        get_layer(model, layer)
+    trace: ForwardTrace = forward_trace(model, s.resolution)
+    read = [set(read_layers(trace, s.taps, s.weights_for(r), layer, r)) for r, layer in zip(rel, layers)]
+    used = sorted({t for t in s.taps if any(t in rd for rd in read)}, key=lambda t: trace.end[t])
+    weight = torch.zeros(len(requests), len(used), device=dev)
+    for i, (r, rd) in enumerate(zip(rel, read)):
+        for j, t in enumerate(used):
+            if t in rd:
+                weight[i, j] = s.weights_for(r)[s.taps.index(t)]
+    priors = torch.tensor([s.priors_for(r) for r in rel], dtype=torch.float32, device=dev)
+    phases = [(1, s.steps)]
+    if s.half_res_warm_start and s.steps >= 2:
+        phases = [(2, s.steps // 2), (1, s.steps - s.steps // 2)]
+    batched = s.batched_forward if s.batched_forward is not None else dev.type == "cuda"
+    return _Plan(settings=s, res=s.resolution, taps=used, stop=used[-1] if used else None, rel=rel, layers=layers,
+                 tap_weight=weight, priors=priors, phases=phases, tap_seed={t: 2 + k for k, t in enumerate(s.taps)},
+                 batched=batched)
+
+
+# ---------------------------------------------------------------------------------- phase 2: reference targets
+
+
+@dataclass
+class _ReferenceTargets:
+    sorted: dict[str, torch.Tensor]            # tap -> [B, C, N] mean sorted reference values
+    channel_weight: dict[str, torch.Tensor]    # tap -> [B, C] (ones for elements without relevance)
+
+
+def _reference_targets(model: nn.Module, requests: Sequence[VitalRequest], plan: _Plan, pool: int,
+                       dev: torch.device, chunk: int = 8) -> _ReferenceTargets:
+    """What each element's features are matched to, at the phase's resolution: per tap the mean of
+    the references' sorted values (relevance-weighted in the relevance form), and the per-channel
+    importance; computed once per phase, subsampled to `sort_samples` quantiles when set."""
+    taps = plan.taps
     sorted_by_tap: dict[str, list[torch.Tensor]] = {t: [] for t in taps}
     weight_by_tap: dict[str, list[torch.Tensor]] = {t: [] for t in taps}
-    for req, use_rel, layer in zip(requests, rel, layers):
-        refs = req.references.to(device=device, dtype=torch.float32)
-        if refs.shape[-1] != res or refs.shape[-2] != res:
-            refs = F.interpolate(refs, size=(res, res), mode="bilinear", antialias=True, align_corners=False)
+    for req, use_rel, layer in zip(requests, plan.rel, plan.layers):
+        refs = req.references.to(device=dev, dtype=torch.float32)
+        if refs.shape[-1] != plan.res or refs.shape[-2] != plan.res:
+            refs = F.interpolate(refs, size=(plan.res, plan.res), mode="bilinear", antialias=True, align_corners=False)
         if pool > 1:
             refs = F.avg_pool2d(refs, pool)
         sums: dict[str, torch.Tensor] = {}
@@ -243,25 +307,193 @@ def _prepare_refs(model: nn.Module, requests: Sequence[VitalRequest], rel: Seque
         for i in range(0, refs.shape[0], chunk):
             part = refs[i:i + chunk]
             with torch.no_grad(), capture(model, list(taps), detach=True) as acts:
-                _forward(model, part, stop)
+                _forward(model, part, plan.stop)
             feats = {t: channels_first(acts[t]).float() for t in taps}
             if use_rel:
                 r = tap_relevance(model, part, layer, req.target.index, taps)
                 for t in taps:
                     rt = channels_first(r[t]).float()
                     feats[t] = feats[t] * _minmax(rt, -1)
-                    imp = _minmax(rt.amax(-1), -1)                      # [r, C]
-                    imps[t] = imps.get(t, 0) + imp.sum(0)
+                    imps[t] = imps.get(t, 0) + _minmax(rt.amax(-1), -1).sum(0)      # [C]
             for t in taps:
                 sums[t] = sums.get(t, 0) + sorted_reference(feats[t]) * part.shape[0]
         n_ref = refs.shape[0]
         for t in taps:
             sorted_by_tap[t].append(sums[t] / n_ref)
-            c = sums[t].shape[0]
-            weight_by_tap[t].append(imps[t] / n_ref if use_rel else torch.ones(c, device=device))
+            weight_by_tap[t].append(imps[t] / n_ref if use_rel else torch.ones(sums[t].shape[0], device=dev))
     srt = {t: torch.stack(v) for t, v in sorted_by_tap.items()}
-    wts = {t: torch.stack(v) for t, v in weight_by_tap.items()} if any(rel) else None
-    return _PhaseRefs(srt, wts)
+    n = plan.settings.sort_samples
+    if n:
+        srt = {t: resample_sorted(v, min(v.shape[-1], n)) for t, v in srt.items()}
+    return _ReferenceTargets(srt, {t: torch.stack(v) for t, v in weight_by_tap.items()})
+
+
+# ------------------------------------------------------------------------------------ phase 3: synthetic images
+
+
+@dataclass
+class _Synthetic:
+    x: torch.Tensor                  # [B, 3, S, S] the optimized images (normalized space)
+    augment: list[Compose]           # per element, seeded by the run's seed
+    tap_generators: dict[str, torch.Generator]
+    mask: torch.Tensor               # [B, S, S] accumulated |gradient|
+
+
+def _synthetic(plan: _Plan, b: int, seed: int, dev: torch.device) -> _Synthetic:
+    """Noise start and augmentation generators: element i's draws depend on the seed only."""
+    res = plan.res
+    noise = torch.randn(1, 3, res, res, generator=torch.Generator().manual_seed(seed))
+    x = noise.expand(b, -1, -1, -1).contiguous().to(dev).requires_grad_(True)
+    return _Synthetic(x=x, augment=[], tap_generators={t: torch.Generator().manual_seed(seed + k)
+                                                       for t, k in plan.tap_seed.items()},
+                      mask=torch.zeros(b, res, res, device=dev))
+
+
+def _augmenters(plan: _Plan, b: int, seed: int, pool: int) -> list[Compose]:
+    """Per element: jitter (and flip when on), each from its own generator seeded with seed + 1."""
+    out = []
+    for _ in range(b):
+        g = torch.Generator().manual_seed(seed + 1)
+        out.append(Compose([Jitter(plan.settings.jitter // pool, generator=g)] +
+                           ([RandomFlip(0.5, generator=g)] if plan.settings.flip else [])))
+    return out
+
+
+# ------------------------------------------------------------------------------------------- phase 4: the loss
+
+
+def _tap_features(model: nn.Module, xj: torch.Tensor, requests: Sequence[VitalRequest], plan: _Plan,
+                  group: list[int], taps: list[str]) -> dict[str, torch.Tensor]:
+    """Activations [g, C, N] of the group's elements at `taps` (the forward stops after the last),
+    multiplied in the relevance form by the min-max normalized relevance of each element's target."""
+    rel_pos = [k for k, i in enumerate(group) if plan.rel[i]]
+    syn_rel = None
+    if rel_pos:
+        r = tap_relevance(model, xj[rel_pos].detach(), [plan.layers[group[k]] for k in rel_pos],
+                          [requests[group[k]].target.index for k in rel_pos], taps)
+        syn_rel = {t: _minmax(channels_first(r[t]).float(), -1) for t in taps}
+    with capture(model, taps) as acts:
+        _forward(model, xj, taps[-1])
+    feats = {}
+    for t in taps:
+        a = channels_first(acts[t]).float()
+        if syn_rel is not None:
+            scale = torch.ones_like(a)
+            scale[rel_pos] = syn_rel[t]
+            a = a * scale
+        feats[t] = a
+    return feats
+
+
+def _loss_function(model: nn.Module, requests: Sequence[VitalRequest], plan: _Plan, refs: _ReferenceTargets,
+                   syn: _Synthetic, pool: int) -> Callable[[int], torch.Tensor]:
+    """loss(step) -> [B]: augment each element, compute its tap features (relevance-weighted in the
+    relevance form), and sum per element the weighted sort-matching losses of the taps it reads and
+    its priors. Each tap's position subset is drawn once per step and shared by the elements. With
+    `plan.batched` one forward serves the whole batch; otherwise each element runs its own forward
+    up to its own last tap (bit-identical to rendering it alone)."""
+    s = plan.settings
+    b = len(requests)
+    groups = [list(range(b))] if plan.batched else [[i] for i in range(b)]
+    group_taps = [[t for j, t in enumerate(plan.taps) if bool((plan.tap_weight[g, j] != 0).any())] for g in groups]
+
+    def loss(_step: int) -> torch.Tensor:
+        xin = F.avg_pool2d(syn.x, pool) if pool > 1 else syn.x
+        xj = torch.cat([aug(xin[i:i + 1]) for i, aug in enumerate(syn.augment)])
+        positions: dict[str, torch.Tensor | None] = {}
+        parts = []
+        for group, taps in zip(groups, group_taps):
+            xg = xj if len(group) == b else xj[group]
+            total = torch.zeros(len(group), device=xj.device)
+            if taps:
+                feats = _tap_features(model, xg, requests, plan, group, taps)
+                for t in taps:
+                    a = feats[t]
+                    if t not in positions:
+                        positions[t] = sample_positions(a.shape[-1], s.sort_samples, syn.tap_generators[t])
+                    j = plan.taps.index(t)
+                    total = total + plan.tap_weight[group, j] * sort_matching_loss(
+                        a, refs.sorted[t][group], refs.channel_weight[t][group], positions=positions[t])
+            total = s.feat_weight * total
+            p = plan.priors[group]
+            if bool((p[:, 0] != 0).any()):
+                total = total + p[:, 0] * total_variation_l1(xg)
+            if bool((p[:, 1] != 0).any()):
+                total = total + p[:, 1] * total_variation_l2(xg)
+            if bool((p[:, 2] != 0).any()):
+                total = total + p[:, 2] * l2_prior(xg)
+            parts.append(total)
+        return torch.cat(parts)
+
+    return loss
+
+
+# -------------------------------------------------------------------------------------- phase 5: optimization
+
+
+def _optimize_phase(plan: _Plan, syn: _Synthetic, loss: Callable[[int], torch.Tensor], steps: int,
+                    step_offset: int, progress) -> History:
+    """Adam with warm-up + cosine decay over the phase's steps, pixels clipped after each step,
+    the transparency mask accumulated, each element stopped on its own loss plateau when enabled."""
+    s = plan.settings
+
+    def accumulate(_step: int) -> None:
+        if syn.x.grad is not None:
+            syn.mask.add_(syn.x.grad.detach().abs().sum(1))
+
+    def report(step: int, losses: torch.Tensor) -> None:
+        if progress is not None:
+            progress(step_offset + step, losses)
+
+    stops = ([LossPlateau(window=s.plateau_patience, rel_tol=s.plateau_tol, min_steps=s.plateau_min_steps)]
+             if s.plateau_patience else [])
+    return optimize(syn.x, loss, steps=steps, lr=s.lr, warmup=min(s.warmup, steps), stop_criteria=stops,
+                    progress=report, betas=tuple(s.betas), post_step=lambda: _clip_(syn.x.data),
+                    after_backward=accumulate)
+
+
+# -------------------------------------------------------------------------------------------- phase 6: output
+
+
+def _visualizations(model: nn.Module, requests: Sequence[VitalRequest], plan: _Plan, syn: _Synthetic,
+                    histories: list[History], seed: int, dev: torch.device, t_start: float) -> list[Visualization]:
+    seconds = time.perf_counter() - t_start
+    base = plan.settings.model_dump(mode="json")
+    base.update(architecture=_architecture(model), device=str(dev), batch=len(requests))
+    out = []
+    for i, req in enumerate(requests):
+        losses = [v for h in histories for v in h.element(i)]
+        m = syn.mask[i].detach().float().cpu()
+        hi = torch.quantile(m.flatten(), 0.98) if m.numel() else torch.tensor(1.0)
+        m = (m.clamp(max=float(hi)) / max(float(hi), 1e-30)).numpy().astype(np.float32)
+        read = [t for j, t in enumerate(plan.taps) if float(plan.tap_weight[i, j]) != 0]
+        out.append(Visualization(
+            neuron_id=req.target.neuron_id, method="vital", seed=seed, image=to_uint8_image(syn.x[i]),
+            mask=m, loss_history=losses, loop_seconds=sum(h.seconds for h in histories),
+            settings={**base, "use_relevance": plan.rel[i], "target_layer": plan.layers[i],
+                      "index": req.target.index, "n_references": int(req.references.shape[0]),
+                      "read_taps": read, "steps_run": len(losses),
+                      "stopped_early": len(losses) < plan.settings.steps},
+            seconds=seconds))
+    return out
+
+
+def _render(model: nn.Module, requests: list[VitalRequest], settings: VitalSettings, seed: int, dev: torch.device,
+            progress, t_start: float) -> list[Visualization]:
+    """The phases of one render: plan, then per resolution phase the reference targets, the loss and
+    the optimization, then the images, masks and the settings that were used."""
+    plan = _plan(model, requests, settings, dev)
+    syn = _synthetic(plan, len(requests), seed, dev)
+    histories: list[History] = []
+    step_offset = 0
+    for pool, steps in plan.phases:
+        refs = _reference_targets(model, requests, plan, pool, dev)
+        syn.augment = _augmenters(plan, len(requests), seed, pool)
+        loss = _loss_function(model, requests, plan, refs, syn, pool)
+        hist = _optimize_phase(plan, syn, loss, steps, step_offset, progress)
+        histories.append(hist)
+        step_offset += hist.steps_run
+    return _visualizations(model, requests, plan, syn, histories, seed, dev, t_start)
 
 
 def render_vital(model: nn.Module, requests: Sequence[VitalRequest], settings: VitalSettings | None = None,
@@ -270,131 +502,31 @@ def render_vital(model: nn.Module, requests: Sequence[VitalRequest], settings: V
     """Render the requested neurons together (one batch element each); one Visualization per request.
 
     Seeded: the noise, jitter, flips and position subsets come from explicit generators, so the
-    same seed on the same machine gives the same bytes. Runs on CUDA when available (or `device`).
-    The model is put in eval mode with frozen parameters for the run and restored afterwards.
+    same seed on the same machine gives the same bytes. Runs on the model's device unless
+    `device` names another (the model is then moved there for the call and back). The model is
+    put in eval mode with frozen parameters for the run and restored afterwards.
     """
     if not requests:
         return []
-    settings = settings or VitalSettings.for_model(model)
-    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    settings = (settings or VitalSettings.for_model(model)).resolved(model)
     first = next(model.parameters())
     old_device, was_training = first.device, model.training
+    dev = torch.device(device) if device is not None else old_device
     flags = [p.requires_grad for p in model.parameters()]
     t_start = time.perf_counter()
     try:
-        model.to(dev).eval()
+        if dev != old_device:
+            model.to(dev)
+        model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
         return _render(model, list(requests), settings, seed, dev, progress, t_start)
     finally:
         for p, f in zip(model.parameters(), flags):
             p.requires_grad_(f)
-        model.to(old_device)
+        if dev != old_device:
+            model.to(old_device)
         model.train(was_training)
-
-
-def _render(model: nn.Module, requests: list[VitalRequest], settings: VitalSettings, seed: int, dev: torch.device,
-            progress, t_start: float) -> list[Visualization]:
-    res = settings.resolution or model_input_size(model)
-    taps = list(settings.taps) if settings.taps else vital_default_taps(model)
-    tap_w = list(settings.tap_weights) if settings.tap_weights else [1.0] * len(taps)
-    if len(tap_w) != len(taps):
-        raise ValueError(f"{len(tap_w)} tap_weights for {len(taps)} taps ({taps})")
-    for t in taps:
-        get_layer(model, t)
-    b = len(requests)
-    rel = [bool(r.use_relevance if r.use_relevance is not None else
-                (settings.use_relevance if settings.use_relevance is not None else r.target.kind == "inner"))
-           for r in requests]
-    layers = [_resolve_target_layer(model, r.target) for r in requests]
-    for layer in layers:
-        get_layer(model, layer)
-    probe = torch.zeros(1, 3, res, res, device=dev)
-    order = _execution_order(model, taps, probe)
-    stop = order[-1] if len(order) == len(set(taps)) else None
-    jitter = settings.jitter if settings.jitter is not None else round(30 * res / 224)
-
-    g_init = torch.Generator().manual_seed(seed)
-    x = torch.randn(b, 3, res, res, generator=g_init).to(dev).requires_grad_(True)
-    g_aug = torch.Generator().manual_seed(seed + 1)
-    g_sub = torch.Generator().manual_seed(seed + 2)
-    mask_acc = torch.zeros(b, res, res, device=dev)
-    rel_idx = [i for i, r in enumerate(rel) if r]
-
-    phases = [(1, settings.steps)]
-    if settings.half_res_warm_start and settings.steps >= 2:
-        half = settings.steps // 2
-        phases = [(2, half), (1, settings.steps - half)]
-    histories: list[History] = []
-    step_offset = 0
-    for pool, steps in phases:
-        refs = _prepare_refs(model, requests, rel, taps, layers, res, pool, stop, dev)
-        if settings.sort_samples:      # quantiles of the position subsets, computed once
-            refs.sorted = {t: resample_sorted(v, min(v.shape[-1], settings.sort_samples)) for t, v in refs.sorted.items()}
-        aug = Compose([Jitter(jitter // pool, generator=g_aug)] + ([RandomFlip(0.5, generator=g_aug)] if settings.flip else []))
-        weights = refs.weight
-
-        def loss_fn(step: int, pool=pool, refs=refs, aug=aug, weights=weights) -> torch.Tensor:
-            xin = F.avg_pool2d(x, pool) if pool > 1 else x
-            xj = aug(xin)
-            syn_rel = None
-            if rel_idx:
-                r = tap_relevance(model, xj[rel_idx].detach(), [layers[i] for i in rel_idx],
-                                  [requests[i].target.index for i in rel_idx], taps)
-                syn_rel = {t: _minmax(channels_first(r[t]).float(), -1) for t in taps}
-            with capture(model, taps) as acts:
-                _forward(model, xj, stop)
-            total = torch.zeros(b, device=dev)
-            for t, w in zip(taps, tap_w):
-                a = channels_first(acts[t]).float()
-                if syn_rel is not None:
-                    scale = torch.ones(b, a.shape[1], a.shape[2], device=dev)
-                    scale[rel_idx] = syn_rel[t]
-                    a = a * scale
-                total = total + w * sort_matching_loss(a, refs.sorted[t], weights[t] if weights is not None else None,
-                                                       n_samples=settings.sort_samples, generator=g_sub)
-            total = settings.feat_weight * total
-            if settings.tv_l1:
-                total = total + settings.tv_l1 * total_variation_l1(xj)
-            if settings.tv_l2:
-                total = total + settings.tv_l2 * total_variation_l2(xj)
-            if settings.l2:
-                total = total + settings.l2 * l2_prior(xj)
-            return total
-
-        def accumulate(_step: int) -> None:
-            if x.grad is not None:
-                mask_acc.add_(x.grad.detach().abs().sum(1))
-
-        def report(step: int, losses: torch.Tensor, off=step_offset) -> None:
-            if progress is not None:
-                progress(off + step, losses)
-
-        warmup = settings.warmup if settings.warmup is not None else max(1, round(0.05 * steps))
-        stops = [LossPlateau(window=settings.plateau_patience)] if settings.plateau_patience else []
-        hist = optimize(x, loss_fn, steps=steps, lr=settings.lr, warmup=min(warmup, steps), stop_criteria=stops,
-                        progress=report, betas=tuple(settings.betas), post_step=lambda: _clip_(x.data),
-                        after_backward=accumulate)
-        histories.append(hist)
-        step_offset += hist.steps_run
-
-    seconds = time.perf_counter() - t_start
-    resolved = settings.model_dump(mode="json")
-    resolved.update(resolution=res, taps=taps, tap_weights=tap_w, jitter=jitter, steps_run=step_offset,
-                    architecture=_architecture(model), device=str(dev), batch=b)
-    out = []
-    for i, req in enumerate(requests):
-        losses = [v for h in histories for v in h.element(i)]
-        m = mask_acc[i].detach().float().cpu()
-        hi = torch.quantile(m.flatten(), 0.98) if m.numel() else torch.tensor(1.0)
-        m = (m.clamp(max=float(hi)) / max(float(hi), 1e-30)).numpy().astype(np.float32)
-        out.append(Visualization(
-            neuron_id=req.target.neuron_id, method="vital", seed=seed, image=to_uint8_image(x[i]),
-            mask=m, loss_history=losses, loop_seconds=sum(h.seconds for h in histories),
-            settings={**resolved, "use_relevance": rel[i], "target_layer": layers[i], "index": req.target.index,
-                      "n_references": int(req.references.shape[0])},
-            seconds=seconds))
-    return out
 
 
 def benchmark_step(model: nn.Module, resolution: int = 224, taps: Sequence[str] | None = None,
@@ -413,8 +545,8 @@ def benchmark_step(model: nn.Module, resolution: int = 224, taps: Sequence[str] 
         refs = {t: sorted_reference(channels_first(acts[t]).float()).unsqueeze(0) for t in taps}
         if sort_samples:
             refs = {t: resample_sorted(v, min(v.shape[-1], sort_samples)) for t, v in refs.items()}
-        order = _execution_order(model, taps, x.detach())
-        stop = order[-1]
+        trace = forward_trace(model, resolution)
+        stop = max(taps, key=lambda t: trace.end[t])
 
         def bare():
             model(x).sum().backward()

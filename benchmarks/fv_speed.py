@@ -8,8 +8,13 @@
    the one-off reference preparation (forward and sort of the references) is reported apart.
 3. Neurons per minute as the batch of neurons grows (1, 2, 4, 8): real `render_vital`
    calls of `--steps` steps, extrapolated to a full run of `--full-steps` steps.
+4. A whole class neuron with each preset (`--presets`, default fast): one real `render_vital`
+   of the Egyptian-cat neuron (chelsea crops, the preset's reference recipe) at `--resolution`,
+   wall seconds from references to image, steps run (early stopping included), against the
+   target of <= 15 s for the default preset at 224 px on a 2-core CPU. Timings on a shared
+   machine are inflated: rerun quietly.
 
-    .venv/bin/python benchmarks/fv_speed.py [--resolution 224] [--steps 12] [--full-steps 600]
+    .venv/bin/python benchmarks/fv_speed.py [--resolution 224] [--steps 12] [--full-steps 600] [--presets fast,paper]
 """
 from __future__ import annotations
 
@@ -42,6 +47,7 @@ def main() -> None:
     ap.add_argument("--batches", default="1,2,4,8")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--presets", default="fast", help="presets timed as a whole class neuron ('' to skip)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -83,6 +89,32 @@ def main() -> None:
     for b, setup, per_step in batch_rows:
         per_neuron = (setup + per_step * args.full_steps) / b
         print(f"| {b} | {setup:.2f} | {per_step:.3f} | {per_step / b:.3f} | {per_neuron:.1f} | {60 / per_neuron:.2f} |")
+
+    presets = [p for p in args.presets.split(",") if p.strip()]
+    if presets:
+        print(f"\n| preset | class neuron at {args.resolution} px: seconds (setup + loop) | steps run | "
+              f"s / step | target |")
+        print("|---|---|---|---|---|")
+        for name in presets:
+            secs, loop, steps = class_neuron_seconds(model, args.resolution, name, photos["chelsea"])
+            target = "<= 15 s (224 px, 2-core CPU)" if name == "fast" else "-"
+            print(f"| {name} | {secs:.1f} ({secs - loop:.1f} + {loop:.1f}) | {steps} | {loop / max(steps, 1):.3f} | {target} |")
+
+
+def class_neuron_seconds(model, resolution: int, preset: str, photos) -> tuple[float, float, int]:
+    """One class neuron (Egyptian cat) rendered with a preset, as the product does it: (wall seconds
+    including the references, loop seconds, steps run)."""
+    from audit.pipeline import references_for
+    from audit.config import NeuronConfig
+    from audit.presets import preset as get_preset
+
+    settings = VitalSettings.for_model(model, preset=preset, resolution=resolution).resolved(model)
+    n = NeuronConfig(id="egyptian-cat", kind="class", layer="classifier", index=285, references="builtin:samples/chelsea")
+    t0 = time.perf_counter()
+    refs = references_for(n, model, None, None, size=resolution, recipe=get_preset(preset).class_references, seed=0)
+    viz = render_vital(model, [VitalRequest(NeuronTarget(n.id, "class", "classifier", 285), refs.images, False)],
+                       settings, seed=0)[0]
+    return time.perf_counter() - t0, viz.loop_seconds, int(viz.settings["steps_run"])
 
 if __name__ == "__main__":
     main()

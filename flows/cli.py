@@ -295,25 +295,27 @@ def visualize(config: str = ConfigOpt,
     from PIL import Image
 
     from audit.config import check_neurons_against_model
-    from audit.pipeline import neuron_target, references_for
+    from audit.pipeline import vital_settings
 
     from . import runtime
 
+    if method not in ("vital", "fourier", "maco"):
+        _fail(f"--method: unknown method {method!r}; valid: vital, fourier, maco")
+    if steps is not None and steps < 1:
+        _fail(f"--steps: {steps} must be at least 1")
     cfg = _config(config)
     mcfg = cfg.model(model)
     n = mcfg.neuron(neuron)
-    if steps is not None:
-        mcfg.visualization.steps = steps
     loaded = runtime.load_version(config, model, version)
     problem = check_neurons_against_model(mcfg, loaded.model).get(n.id)
     if problem:
         _fail(problem)
-    from .work import visualization_settings
-
-    settings = visualization_settings(config, model)
-    size = settings.resolution or runtime.probe_size(mcfg, loaded.model)   # None: the model's input size
+    settings = vital_settings(mcfg)
+    if steps is not None:
+        settings = settings.model_copy(update={"steps": steps})
+    settings = settings.resolved(loaded.model)
     with _Progress():
-        viz = _render_one(cfg, mcfg, n, loaded.model, settings, size, seed, method)
+        viz = _render_one(cfg, mcfg, n, loaded.model, settings, seed, method)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(viz.image).save(out_png)
     out.print(f"wrote {out_png} ({viz.seconds:.1f} s, final loss {viz.loss_history[-1] if viz.loss_history else float('nan'):.4g})")
@@ -323,32 +325,35 @@ def visualize(config: str = ConfigOpt,
         out.print(f"wrote {mask_path}")
 
 
-def _render_one(cfg, mcfg, n, model, settings, size, seed, method):
-    from audit.pipeline import neuron_target, references_for
+def _render_one(cfg, mcfg, n, model, settings, seed, method):
+    """One visualization of neuron `n` with resolved VITAL `settings` (the baselines use its
+    resolution and steps); reference warnings go to stderr."""
+    from audit.pipeline import neuron_target, reference_recipe, references_for
 
     from . import progress, runtime
 
     target = neuron_target(n)
+    size = settings.resolution
     if method == "vital":
         from audit.stats import neuron_activations
         from audit.vital import VitalRequest, render_vital
 
         probe = runtime.probe_set(cfg, mcfg, model)
         values = neuron_activations(model, probe, [target])[n.id].max
-        refs = references_for(n, model, probe.images, values, size=size, count=mcfg.visualization.n_references,
-                              seed=seed, base_dir=cfg.base_dir)
+        refs = references_for(n, model, probe.images, values, size=size, recipe=reference_recipe(mcfg, n.kind),
+                              seed=seed, base_dir=cfg.base_dir, probe_groups=probe.groups)
+        for warning in refs.warnings:
+            err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        err.print(f"references: {refs.description}", highlight=False, soft_wrap=True)
         return render_vital(model, [VitalRequest(target, refs.images, refs.use_relevance)], settings, seed=seed,
-                            device=runtime.device(), progress=progress.step_reporter(f"VITAL {n.id}"))[0]
+                            progress=progress.step_reporter(f"VITAL {n.id}"))[0]
     from audit import baselines
 
     if method == "fourier":
-        return baselines.render_fourier(model, [target], size=size, steps=settings.steps, seed=seed,
-                                        device=runtime.device())[0]
-    if method == "maco":
-        probe = runtime.probe_set(cfg, mcfg, model)
-        return baselines.render_maco(model, [target], reference_images=probe.images, size=size, steps=settings.steps,
-                                     seed=seed, device=runtime.device())[0]
-    _fail(f"unknown method {method!r}; valid: vital, fourier, maco")
+        return baselines.render_fourier(model, [target], size=size, steps=settings.steps, seed=seed)[0]
+    probe = runtime.probe_set(cfg, mcfg, model)
+    return baselines.render_maco(model, [target], reference_images=probe.images, size=size, steps=settings.steps,
+                                 seed=seed)[0]
 
 
 @app.command(epilog=EXIT_CODES_HELP)
@@ -446,21 +451,43 @@ def layers(config: Optional[str] = typer.Option(None, "-c", "--config"),
 
 
 @app.command()
-def evaluate(config: str = ConfigOpt, model: str = typer.Option(..., "--model"), version: str = typer.Option(..., "--version")) -> None:
-    """Quality of the stored class visualizations: self top-1, transfer top-1/top-5 on the
-    other built-in models, Fréchet distance to the reference images."""
-    from audit.quality import evaluate_class_visualizations
+def evaluate(config: str = ConfigOpt, model: str = typer.Option(..., "--model"), version: str = typer.Option(..., "--version"),
+             baselines: bool = typer.Option(False, "--baselines",
+                                            help="Also render Fourier and MACO (seed 0) and score them the same way."),
+             steps: Optional[int] = typer.Option(None, "--steps", help="Steps of the baseline renders (default: the VITAL steps).")) -> None:
+    """Quality of the stored visualizations. Class neurons: self top-1, transfer top-1/top-5 on the
+    other built-in models, Fréchet distance to the reference photographs. Inner neurons: the
+    activation percentile among real probe images, the specificity rank in the layer, the feature
+    distance to the top real patches."""
+    from audit.pipeline import vital_settings
+    from audit.quality import evaluate_class_visualizations, evaluate_inner_visualizations
 
     from . import runtime
     from .work import stored_visualizations
 
+    if steps is not None and steps < 1:
+        _fail(f"--steps: {steps} must be at least 1")
     cfg = _config(config)
     mcfg = cfg.model(model)
     store = runtime.store(config)
     loaded = runtime.load_version(config, model, version)
-    result = evaluate_class_visualizations(
-        store_images=lambda nid: list(stored_visualizations(store, model, nid, [version])[str(version)].values()),
-        model=loaded.model, model_cfg=mcfg, base_dir=cfg.base_dir)
+    probe = runtime.probe_set(cfg, mcfg, loaded.model)
+
+    def score(images_of) -> dict:
+        return {"class": evaluate_class_visualizations(store_images=images_of, model=loaded.model, model_cfg=mcfg,
+                                                       base_dir=cfg.base_dir),
+                "inner": evaluate_inner_visualizations(images_of, loaded.model, mcfg, probe.images)}
+
+    result = {"model": model, "version": str(version),
+              "vital": score(lambda nid: list(stored_visualizations(store, model, nid, [version])[str(version)].values()))}
+    if baselines:
+        settings = vital_settings(mcfg)
+        settings = settings.model_copy(update={"steps": steps or settings.steps}).resolved(loaded.model)
+        for method in ("fourier", "maco"):
+            with _Progress():
+                rendered = {n.id: [_render_one(cfg, mcfg, n, loaded.model, settings, 0, method).image]
+                            for n in mcfg.neurons}
+            result[method] = score(lambda nid, r=rendered: r.get(nid, []))
     out.print_json(json.dumps(result, default=str))
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from audit.config import check_neurons_against_model
-from audit.pipeline import (class_layer_ok, model_taps, neuron_target, references_for, settings_sha256,
+from audit.pipeline import (class_layer_ok, neuron_target, reference_recipe, references_for,
                             visualization_content_key)
 from audit.records import Visualization
 
@@ -114,28 +114,20 @@ def probe_statistics(cfg_path: str, model_name: str, version: str, outcome: Vers
     return outcome
 
 
-def visualization_settings(cfg_path: str, model_name: str):
-    from audit.vital import VitalSettings
+def visualization_settings(cfg_path: str, model_name: str, model=None):
+    """The VITAL settings of a model's config (preset, family values, config keys); resolved
+    against `model` when given: exactly what the render and the content key read."""
+    from audit.pipeline import vital_settings
 
-    cfg = runtime.config(cfg_path)
-    mcfg = cfg.model(model_name)
-    v = mcfg.visualization
-    overrides = {"steps": v.steps}
-    if v.resolution:
-        overrides["resolution"] = v.resolution
-    if v.lr:
-        overrides["lr"] = v.lr
-    if v.taps:
-        overrides["taps"] = list(v.taps)
-    if v.tap_weights:
-        overrides["tap_weights"] = list(v.tap_weights)
-    return VitalSettings.for_model(mcfg.architecture, **overrides)
+    settings = vital_settings(runtime.config(cfg_path).model(model_name))
+    return settings.resolved(model) if model is not None else settings
 
 
 def render_visualizations(cfg_path: str, model_name: str, version: str, run_id: int | None,
                           outcome: VersionOutcome, neuron_ids: list[str] | None = None) -> VersionOutcome:
     """VITAL images of the registered neurons (or of `neuron_ids` only), batched per seed; reuses any stored
-    visualization with the same content key (upstream weights, references, settings, seed)."""
+    visualization with the same content key (what the render reads: the parameters up to its last read layer,
+    references, resolved settings, seed; `audit.contentkeys`)."""
     from audit.vital import VitalRequest, render_vital
 
     cfg = runtime.config(cfg_path)
@@ -144,10 +136,7 @@ def render_visualizations(cfg_path: str, model_name: str, version: str, run_id: 
     loaded = runtime.load_version(cfg_path, model_name, version)
     model = loaded.model
     probe = runtime.probe_set(cfg, mcfg, model)
-    settings = visualization_settings(cfg_path, model_name)
-    size = settings.resolution or runtime.probe_size(mcfg, model)
-    settings_dict = settings.to_dict() if hasattr(settings, "to_dict") else dict(vars(settings))
-    taps = model_taps(mcfg, model)
+    settings = visualization_settings(cfg_path, model_name, model)
     wanted = None if neuron_ids is None else set(neuron_ids)
     for seed in mcfg.visualization.seeds:
         requests, keys, pending = [], [], []
@@ -157,9 +146,12 @@ def render_visualizations(cfg_path: str, model_name: str, version: str, run_id: 
             try:
                 stored = store.load_stats(model_name, version, n.id, probe.sha256)
                 values = stored[1]["max"] if stored else np.zeros(len(probe.names))
-                refs = references_for(n, model, probe.images, values, size=size,
-                                      count=mcfg.visualization.n_references, seed=seed, base_dir=cfg.base_dir)
-                key = visualization_content_key(model, n, taps, refs.images, "vital", settings_dict, seed)
+                refs = references_for(n, model, probe.images, values, size=settings.resolution,
+                                      recipe=reference_recipe(mcfg, n.kind), seed=seed, base_dir=cfg.base_dir,
+                                      probe_groups=probe.groups)
+                for warning in refs.warnings:
+                    log.warning(warning)
+                key = visualization_content_key(model, n, refs.images, settings, seed)
                 existing = store.find_visualization(model_name, n.id, key)
                 repair_id = None
                 if existing is not None:
@@ -171,24 +163,24 @@ def render_visualizations(cfg_path: str, model_name: str, version: str, run_id: 
                     repair_id = existing["id"]          # its image or mask is missing or corrupt: render again
                 requests.append(VitalRequest(target=neuron_target(n), references=refs.images,
                                              use_relevance=refs.use_relevance))
-                keys.append((n, key, refs.description, repair_id))
+                keys.append((n, key, refs, repair_id))
             except AUDIT_FAULTS as exc:
                 outcome.neuron_errors[n.id] = f"references: {exc.__class__.__name__}: {exc}"
         if not requests:
             continue
         try:
-            vizs = render_vital(model, requests, settings, seed=seed, device=runtime.device())
+            vizs = render_vital(model, requests, settings, seed=seed)
             pending = list(zip(keys, vizs))
         except AUDIT_FAULTS as exc:  # isolate the broken neuron: render the batch one by one
             log.warning("batched render failed (%s); rendering neurons one at a time", exc)
             for entry, req in zip(keys, requests):
                 try:
-                    pending.append((entry, render_vital(model, [req], settings, seed=seed,
-                                                        device=runtime.device())[0]))
+                    pending.append((entry, render_vital(model, [req], settings, seed=seed)[0]))
                 except AUDIT_FAULTS as one_exc:
                     outcome.neuron_errors[entry[0].id] = f"visualization: {one_exc.__class__.__name__}: {one_exc}"
-        for (n, key, desc, repair_id), viz in pending:
-            viz.settings = {**settings_dict, "references": desc, "taps": taps}
+        for (n, key, refs, repair_id), viz in pending:
+            viz.settings = {**viz.settings, "references": refs.description, "n_photographs": refs.n_photographs,
+                            "reference_warnings": refs.warnings}
             if repair_id is not None:
                 store.repair_visualization(repair_id, viz)
                 store.link_visualization(model_name, version, n.id, repair_id)

@@ -198,7 +198,7 @@ class AuditStore:
                 for n in m.neurons:
                     self._upsert(s, S.Neuron.__table__,
                                  {"model_id": mid, "neuron_id": n.id, "kind": n.kind, "layer": n.layer, "index": n.index,
-                                  "label": n.label, "references": n.references, "critical": n.critical, "active": True},
+                                  "label": n.label, "references": n.references_text, "critical": n.critical, "active": True},
                                  ["model_id", "neuron_id"],
                                  ["kind", "layer", "index", "label", "references", "critical", "active"])
                     keep.append(n.id)

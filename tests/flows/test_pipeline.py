@@ -27,14 +27,16 @@ def test_content_key_reuses_paper_form_class_neuron_across_head_change(lite0):
     v2 = copy.deepcopy(lite0)
     with torch.no_grad():
         v2.classifier.weight[285] += 1.0
+    from audit.vital import VitalSettings
+
     refs = torch.zeros(2, 3, 8, 8)
-    taps = ["blocks.0", "blocks.2"]
+    settings = VitalSettings.for_model(lite0, steps=3, taps=["blocks.0", "blocks.2"])
     paper = NeuronConfig(id="cat", kind="class", layer="classifier", index=285, references="builtin:samples/chelsea")
     topk = NeuronConfig(id="cat2", kind="class", layer="classifier", index=285, references="top-k")
-    key = lambda m, n: visualization_content_key(m, n, taps, refs, "vital", {"steps": 3}, 0)  # noqa: E731
+    key = lambda m, n: visualization_content_key(m, n, refs, settings, 0)  # noqa: E731
     assert key(lite0, paper) == key(v2, paper)
     assert key(lite0, topk) != key(v2, topk)
-    assert key(lite0, paper) != visualization_content_key(lite0, paper, taps, refs, "vital", {"steps": 3}, 1)
+    assert key(lite0, paper) != visualization_content_key(lite0, paper, refs, settings, 1)
 
 
 def test_comparison_pairs_predecessor_and_champion():
