@@ -160,22 +160,35 @@ models:
 """
 
 
-def _mlflow_state(folder: Path) -> tuple[int, int]:
-    """(MLflow runs, bytes of files under the store folder other than the databases)."""
+def _mlflow_state(folder: Path) -> tuple[int, int, int]:
+    """(MLflow runs, bytes in the MLflow runs' artifact folders, bytes of the audit store's files) of the
+    benchmark folder; database files are not counted (rows are not "logged bytes")."""
     import sqlite3
+    from urllib.parse import unquote, urlsplit
 
     db = folder / "store" / "mlflow.db"
-    runs = 0
+    runs, roots = 0, set()
     if db.is_file():
         with sqlite3.connect(db) as c:
-            runs = c.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
-    size = sum(p.stat().st_size for p in (folder / "store").rglob("*") if p.is_file() and p.suffix != ".db"
-               and not p.name.endswith(("-wal", "-shm")))
-    return runs, size
+            uris = [u for (u,) in c.execute("SELECT artifact_uri FROM runs").fetchall() if u]
+        runs = len(uris)
+        for u in uris:
+            path = Path(unquote(urlsplit(u).path)) if u.startswith("file:") else Path(u)
+            roots.add(path if path.is_absolute() else folder / path)
+
+    def size(root: Path) -> int:
+        return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.is_dir() else 0
+
+    resolved = [r.resolve() for r in roots]
+    store = sum(p.stat().st_size for p in (folder / "store").rglob("*")
+                if p.is_file() and not p.name.endswith((".db", ".db-wal", ".db-shm"))
+                and not any(p.resolve().is_relative_to(r) for r in resolved))
+    return runs, sum(size(r) for r in roots), store
 
 
 def bench_unchanged_run(timeout: float) -> dict:
-    """Seconds of the first `neuron-audit run` and of an immediate re-run, MLflow runs and bytes added by each."""
+    """Seconds of the first `neuron-audit run` and of an immediate re-run; the MLflow runs, MLflow artifact bytes
+    and audit-store bytes each added."""
     folder = Path(tempfile.mkdtemp(prefix="fleet-bench-run-"))
     (folder / "neuron-audit.yaml").write_text(UNCHANGED_CONFIG)
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -189,7 +202,7 @@ def bench_unchanged_run(timeout: float) -> dict:
             seconds = time.perf_counter() - t0
             after = _mlflow_state(folder)
             out[name] = {"exit": r.returncode, "seconds": seconds, "new_mlflow_runs": after[0] - before[0],
-                         "bytes_logged": after[1] - before[1],
+                         "bytes_logged": after[1] - before[1], "store_bytes": after[2] - before[2],
                          "tail": (r.stdout + r.stderr).strip().splitlines()[-1:] if r.returncode not in (0, 1) else []}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -239,7 +252,8 @@ def main() -> None:
         runs = bench_unchanged_run(args.run_timeout)
         for name, r in runs.items():
             print(f"  {name:9s} exit {r['exit']}  {r['seconds']:6.1f} s  new MLflow runs {r['new_mlflow_runs']}  "
-                  f"bytes logged {r['bytes_logged']}" + (f"  {r['tail'][0]}" if r["tail"] else ""))
+                  f"MLflow artifact bytes {r['bytes_logged']}  store bytes {r['store_bytes']}"
+                  + (f"  {r['tail'][0]}" if r["tail"] else ""))
         if "first" in runs and "unchanged" in runs:
             print(f"  unchanged / first: {runs['unchanged']['seconds'] / runs['first']['seconds']:.2f}x "
                   "(target: < 3 s, 0 bytes, 0 new MLflow runs)")
