@@ -14,9 +14,9 @@ from __future__ import annotations
 import datetime as _dt
 from pathlib import Path
 from typing import Any, Iterable
-from urllib.parse import quote
 
 from audit.config import ThresholdsConfig
+from storage.links import mlflow_run_url, prefect_flow_run_url
 
 from . import svg
 from .errors import BadRequest, NotFound
@@ -53,25 +53,19 @@ class Views:
         self.env = jinja_env()
 
     # ----------------------------------------------------------------- helpers the pages share
-    def mlflow_run_url(self, run_id: Any) -> str | None:
-        """The MLflow UI's page of a run (the UI redirects `#/runs/ID` to its experiment), when configured."""
-        if not (self.mlflow_ui_url and run_id):
-            return None
-        return f"{self.mlflow_ui_url}/#/runs/{quote(str(run_id), safe='')}"
-
-    def prefect_run_url(self, flow_run_id: Any) -> str | None:
-        """The Prefect UI's page of a flow run, when configured."""
-        if not (self.prefect_ui_url and flow_run_id):
-            return None
-        return f"{self.prefect_ui_url}/runs/flow-run/{quote(str(flow_run_id), safe='')}"
-
-    def run_link(self, system: str, run_id: Any, label: str | None = None) -> dict | None:
-        """dict(system, id, label, url) of an MLflow run or a Prefect flow run; url None when that UI is not
-        configured (the page then shows the id as text). None when there is no id."""
+    def run_link(self, system: str, run_id: Any, label: str | None = None, experiment_id: Any = None) -> dict | None:
+        """dict(system, id, label, url) of an MLflow run ("mlflow", in `experiment_id` when known) or a Prefect
+        flow run ("prefect"); url None when that UI is not configured (the page then shows the id as text).
+        None when there is no id."""
         if not run_id:
             return None
-        url = self.mlflow_run_url(run_id) if system == "mlflow" else self.prefect_run_url(run_id)
+        url = (mlflow_run_url(self.mlflow_ui_url, experiment_id, str(run_id)) if system == "mlflow"
+               else prefect_flow_run_url(self.prefect_ui_url, str(run_id)))
         return {"system": system, "id": str(run_id), "label": label or str(run_id)[:8], "url": url}
+
+    def mlflow_link(self, run: dict | None, label: str | None = None) -> dict | None:
+        """`run_link` of an MLflow run given as dict(run_id, experiment_id) (the store's form), or None."""
+        return self.run_link("mlflow", run.get("run_id"), label, run.get("experiment_id")) if run else None
 
     def stat_cells(self, statistics: dict | None) -> list[dict]:
         """One cell per drift statistic: value, text, threshold band (ok/warn/fail) and help."""

@@ -113,20 +113,22 @@ class DashboardQueries:
     # ------------------------------------------------------------------ runs
     def recent_runs(self, limit: int = 20) -> list[dict]:
         """[dict(id, flow_run_id, started_at, finished_at, status, duration_s, error, mlflow_run_ids,
-        mlflow_runs=[dict(model, version, run_id)])], newest first."""
+        mlflow_runs=[dict(model, version, run_id, experiment_id)])], newest first."""
         with self._read() as s:
             runs = s.execute(select(S.AuditRun).order_by(S.AuditRun.started_at.desc(), S.AuditRun.id.desc())
                              .limit(limit)).scalars().all()
             ids = [r.id for r in runs]
             ml: dict[int, list[dict]] = {}
             if ids:
-                for arid, mrid, name, version in s.execute(
-                        select(S.MlflowRun.audit_run_id, S.MlflowRun.mlflow_run_id, S.Model.name, S.ModelVersion.version)
+                for arid, mrid, exp, name, version in s.execute(
+                        select(S.MlflowRun.audit_run_id, S.MlflowRun.mlflow_run_id, S.MlflowRun.mlflow_experiment_id,
+                               S.Model.name, S.ModelVersion.version)
                         .join(S.ModelVersion, S.ModelVersion.id == S.MlflowRun.model_version_id)
                         .join(S.Model, S.Model.id == S.ModelVersion.model_id)
                         .where(S.MlflowRun.audit_run_id.in_(ids), S.MlflowRun.status == "logged")
                         .order_by(S.MlflowRun.id)).all():
-                    ml.setdefault(arid, []).append({"model": name, "version": version, "run_id": mrid})
+                    ml.setdefault(arid, []).append({"model": name, "version": version, "run_id": mrid,
+                                                    "experiment_id": exp})
         out = []
         for r in runs:
             st, fi = _aware(r.started_at), _aware(r.finished_at)
@@ -136,16 +138,18 @@ class DashboardQueries:
                         "mlflow_runs": ml.get(r.id, [])})
         return out
 
-    def mlflow_runs_by_version(self, model: str) -> dict[str, str]:
-        """{version: the MLflow run id most recently logged for it} of one model: one query."""
+    def mlflow_runs_by_version(self, model: str) -> dict[str, dict]:
+        """{version: dict(run_id, experiment_id) of the MLflow run most recently logged for it} of one model:
+        one query."""
         R, MV = S.MlflowRun, S.ModelVersion
         rn = func.row_number().over(partition_by=R.model_version_id, order_by=_newest_first(R.updated_at, R.id))
         sub = (select(R.id.label("id"), rn.label("rn")).join(MV, MV.id == R.model_version_id)
                .join(S.Model, S.Model.id == MV.model_id)
                .where(S.Model.name == model, R.status == "logged", R.mlflow_run_id.is_not(None)).subquery())
-        q = select(MV.version, R.mlflow_run_id).join(MV, MV.id == R.model_version_id).join(sub, sub.c.id == R.id).where(sub.c.rn == 1)
+        q = (select(MV.version, R.mlflow_run_id, R.mlflow_experiment_id).join(MV, MV.id == R.model_version_id)
+             .join(sub, sub.c.id == R.id).where(sub.c.rn == 1))
         with self._read() as s:
-            return {v: rid for v, rid in s.execute(q).all()}
+            return {v: {"run_id": rid, "experiment_id": exp} for v, rid, exp in s.execute(q).all()}
 
     # ------------------------------------------------------------------ drift results
     @staticmethod

@@ -77,7 +77,7 @@ def compare_page(views: "Views", links: "Links", model: str, baseline: str, cand
                any_mask=any(r["any_mask"] for r in out), pager=pager, nfilter=filt, choices=NeuronFilter.choices(rows),
                n_rows=len(rows), n_shown=len(shown), others=related,
                picker=version_picker(versions, m.get("champion"), None, baseline, candidate),
-               mlflow_a=views.run_link("mlflow", mlflow.get(str(baseline)), f"v{baseline}"),
-               mlflow_b=views.run_link("mlflow", mlflow.get(str(candidate)), f"v{candidate}"),
+               mlflow_a=views.mlflow_link(mlflow.get(str(baseline)), f"v{baseline}"),
+               mlflow_b=views.mlflow_link(mlflow.get(str(candidate)), f"v{candidate}"),
                prefect_runs=[views.run_link("prefect", f) for f in flow_runs[:3]])
     return "compare.html", ctx

@@ -64,7 +64,7 @@ def model_page(views: "Views", links: "Links", model: str, sort: str | None, fil
         comp_pager.link(lambda n: links.model(model, page=pager.page, comparisons_page=n, **keep))
         ver_pager.link(lambda n: links.model(model, page=pager.page, versions_page=n, **keep))
     mlflow = store.mlflow_runs_by_version(model)
-    version_rows = [{**v, "mlflow": views.run_link("mlflow", mlflow.get(v["version"]))} for v in ver_pager.slice(newest_first)]
+    version_rows = [{**v, "mlflow": views.mlflow_link(mlflow.get(v["version"]))} for v in ver_pager.slice(newest_first)]
     ctx = views.common(links)
     ctx.update(page_title=f"{model}", model=m, model_name=model, versions=version_rows, n_versions=len(versions),
                neurons=neurons, n_neurons=len(all_rows), n_shown=len(rows), pager=pager, nfilter=filt,

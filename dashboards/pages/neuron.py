@@ -60,7 +60,7 @@ def neuron_page(views: "Views", links: "Links", model: str, neuron_id: str) -> t
     return "neuron.html", ctx
 
 
-def _version_column(views: "Views", links: "Links", v: dict, mlflow: dict[str, str]) -> dict:
+def _version_column(views: "Views", links: "Links", v: dict, mlflow: dict[str, dict]) -> dict:
     """One version of the history as the page shows it: visualizations (by method, seed), top probes,
     the activation summary rows and the version's MLflow run."""
     out = dict(v)
@@ -76,7 +76,7 @@ def _version_column(views: "Views", links: "Links", v: dict, mlflow: dict[str, s
             rows.append((f"q{k}" if not str(k).startswith(("q", "p")) else str(k), fmt_num(val)))
     out["stats_rows"] = rows
     out["stats_map"] = dict(rows)
-    out["mlflow"] = views.run_link("mlflow", mlflow.get(out["version"]))
+    out["mlflow"] = views.mlflow_link(mlflow.get(out["version"]))
     return out
 
 

@@ -58,6 +58,6 @@ def overview_page(views: "Views", links: "Links", alerts_page: Any = 1) -> tuple
 
 def _run_row(views: "Views", r: dict) -> dict:
     """A run with its Prefect flow-run link and its first few MLflow run links (one per audited version)."""
-    mlflow = [views.run_link("mlflow", m["run_id"], f"{m['model']} v{m['version']}") for m in r.get("mlflow_runs") or []]
+    mlflow = [views.mlflow_link(m, f"{m['model']} v{m['version']}") for m in r.get("mlflow_runs") or []]
     return {**r, "prefect": views.run_link("prefect", r.get("flow_run_id")),
             "mlflow_links": mlflow[:MLFLOW_LINKS_PER_RUN], "mlflow_more": max(0, len(mlflow) - MLFLOW_LINKS_PER_RUN)}

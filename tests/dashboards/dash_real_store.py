@@ -19,6 +19,7 @@ from audit.records import ActivationStats, DriftResult, Visualization
 
 FLOW_RUN = "7f3c2a10-1111-4e6b-9c55-0a1b2c3d4e5f"
 MLFLOW_RUNS = {"1": "a" * 32, "2": "b" * 32}
+MLFLOW_EXPERIMENT = "7"
 PROBE_NAMES = [f"{n}-{k}" for n in ("chelsea", "coffee", "rocket", "astronaut", "camera") for k in range(8)]
 OK = {"spearman": 0.99, "topk_jaccard": 0.9, "topk_p_value": 1e-9, "wasserstein_norm": 0.03,
       "cross_activation": 0.98, "visual_distance": 0.4}
@@ -131,7 +132,7 @@ def populate_real_store(tmp: Path):
         if r.verdict == "FAIL" and model == "lite0-demo":
             store.create_alert_if_new(rid, "webhook")
     for v, rid in MLFLOW_RUNS.items():
-        store.mark_mlflow(run, "lite0-demo", v, mlflow_run_id=rid)
+        store.mark_mlflow(run, "lite0-demo", v, mlflow_run_id=rid, experiment_id=MLFLOW_EXPERIMENT)
     store.finish_run(run, "completed")
     # the image file of lite1-prod v3 is gone: its pages show a placeholder
     gone = store.neuron_history("lite1-prod", "b4-c9")["versions"][2]["visualizations"][0]["image_path"]

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from dash_real_store import FLOW_RUN, MLFLOW_RUNS
+from dash_real_store import FLOW_RUN, MLFLOW_EXPERIMENT, MLFLOW_RUNS
 
 PAGES = ["/", "/models/lite0-demo", "/models/lite0-demo?sort=neuron", "/models/lite0-demo/neurons/espresso",
          "/models/lite0-demo/neurons/b5-c17", "/models/lite1-prod/neurons/b4-c9", "/models/lite0-demo/compare/1/2",
@@ -60,7 +60,7 @@ def test_overview(client):
     assert "completed" in text and "failed" in text and "CheckpointMismatchError" in text
     assert f'href="http://127.0.0.1:4200/runs/flow-run/{FLOW_RUN}"' in text
     for rid in MLFLOW_RUNS.values():
-        assert f'href="http://127.0.0.1:5000/#/runs/{rid}"' in text
+        assert f'href="http://127.0.0.1:5000/#/experiments/{MLFLOW_EXPERIMENT}/runs/{rid}"' in text
     assert 'href="/models/lite0-demo/compare/1/2"' in text
     # global counts = latest verdict per active neuron: lite0 1 FAIL 1 WARN 2 PASS; lite1 b4-c9's latest is 1→3 FAIL
     assert re.search(r'bigcount-fail"><b>2</b>', text)
@@ -70,10 +70,10 @@ def test_overview(client):
 
 def test_run_ids_are_text_without_ui_urls(plain_client):
     text = plain_client.get("/").text
-    assert "http://127.0.0.1:4200" not in text and "#/runs/" not in text
+    assert "http://127.0.0.1:4200" not in text and "/runs/" not in text
     assert FLOW_RUN[:8] in text and MLFLOW_RUNS["1"][:8] in text     # the ids, as text
     model = plain_client.get("/models/lite0-demo").text
-    assert MLFLOW_RUNS["2"][:8] in model and "#/runs/" not in model
+    assert MLFLOW_RUNS["2"][:8] in model and "/runs/" not in model
 
 
 def _row_order(text: str) -> list[str]:
@@ -91,7 +91,7 @@ def test_model_page_sorts_by_severity_by_default(client):
     assert _row_order(client.get("/models/lite0-demo?sort=nonsense").text)[0] == "espresso"
     assert "band-fail" in text and "band-warn" in text
     # the MLflow run of each version, linked
-    assert f'href="http://127.0.0.1:5000/#/runs/{MLFLOW_RUNS["2"]}"' in text
+    assert f'href="http://127.0.0.1:5000/#/experiments/{MLFLOW_EXPERIMENT}/runs/{MLFLOW_RUNS["2"]}"' in text
 
 
 def test_neuron_page(client, real_store):
@@ -121,7 +121,7 @@ def test_compare_page(client):
     assert text.index("espresso") < text.index("egyptian-cat")
     assert "now fires on cat photographs" in text and "Spearman 0.91 below warn 0.95" in text
     assert "A · v1" in text and "B · v2" in text
-    assert f'href="http://127.0.0.1:5000/#/runs/{MLFLOW_RUNS["2"]}"' in text
+    assert f'href="http://127.0.0.1:5000/#/experiments/{MLFLOW_EXPERIMENT}/runs/{MLFLOW_RUNS["2"]}"' in text
     assert f'href="http://127.0.0.1:4200/runs/flow-run/{FLOW_RUN}"' in text
     assert "No drift verdict is stored" not in text
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from dash_real_store import CONFIG, FLOW_RUN, MLFLOW_RUNS
+from dash_real_store import CONFIG, FLOW_RUN, MLFLOW_EXPERIMENT, MLFLOW_RUNS
 
 
 def _cfg(**over):
@@ -67,10 +67,10 @@ def test_report_links_runs_when_uis_are_given(tmp_path, populated, capsys):
               "--prefect-ui", "http://prefect.example:4200"])
     assert e.value.code == 0, capsys.readouterr()
     overview = (tmp_path / "site" / "index.html").read_text()
-    assert f'href="http://mlflow.example:5000/#/runs/{MLFLOW_RUNS["1"]}"' in overview
+    assert f'href="http://mlflow.example:5000/#/experiments/{MLFLOW_EXPERIMENT}/runs/{MLFLOW_RUNS["1"]}"' in overview
     assert f'href="http://prefect.example:4200/runs/flow-run/{FLOW_RUN}"' in overview
     compare = (tmp_path / "site" / "models" / "lite0-demo" / "compare" / "1_vs_2.html").read_text()
-    assert f'href="http://mlflow.example:5000/#/runs/{MLFLOW_RUNS["2"]}"' in compare
+    assert f'href="http://mlflow.example:5000/#/experiments/{MLFLOW_EXPERIMENT}/runs/{MLFLOW_RUNS["2"]}"' in compare
 
     with pytest.raises(SystemExit) as e:
         main(["report", "-c", cfg, "--out", str(tmp_path / "site2"), "--prefect-ui", "localhost:4200"])

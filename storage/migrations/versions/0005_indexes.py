@@ -8,14 +8,14 @@
 - alerts (resolved_at, created_at): one page of the open alerts, newest first, without sorting them all.
 
 Revision ID: 0005_indexes
-Revises: 0001
+Revises: 0003_mlflow
 """
 from __future__ import annotations
 
 from alembic import op
 
 revision = '0005_indexes'
-down_revision = '0001'
+down_revision = '0003_mlflow'
 branch_labels = None
 depends_on = None
 
