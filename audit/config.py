@@ -63,6 +63,22 @@ class AlertsConfig(_Strict):
         return v
 
 
+class UIConfig(_Strict):
+    """Base URLs of the MLflow and Prefect web UIs, for links from the dashboard and the static report to the
+    MLflow run of each version and the Prefect flow run of each audit (without them, run ids show as text).
+    Unset: MLflow's is the tracking URI when that is an http(s) server; Prefect's is PREFECT_UI_URL, or
+    PREFECT_API_URL without its /api. Display only: not part of the config's hash."""
+    mlflow: str | None = Field(default=None, description="MLflow UI base URL, e.g. http://mlflow.internal:5000")
+    prefect: str | None = Field(default=None, description="Prefect UI base URL, e.g. http://127.0.0.1:4200")
+
+    @field_validator("mlflow", "prefect")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError(f"{v!r} is not an http(s) URL")
+        return v
+
+
 class DaskConfig(_Strict):
     address: str | None = None          # None: a local cluster
     n_workers: int = 2
@@ -238,6 +254,7 @@ class AuditConfig(_Strict):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    ui: UIConfig = Field(default_factory=UIConfig)
     models: list[ModelConfig]
     # Directory the relative paths of the file are resolved against (not part of the YAML).
     base_dir: Path = Field(default=Path("."), exclude=True)
@@ -261,7 +278,7 @@ class AuditConfig(_Strict):
         return path if path.is_absolute() else (self.base_dir / path)
 
     def sha256(self) -> str:
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json", exclude={"ui"}), sort_keys=True).encode()).hexdigest()
 
 
 def _key_path(loc: tuple) -> str:

@@ -1,10 +1,13 @@
 """Read-only web dashboard (FastAPI + Jinja2, plots as inline SVG, no JavaScript).
 
 Stable URLs:
-    /                                              overview
-    /models/{model}                                neurons with latest verdict (?sort=severity|neuron|layer|spearman|wasserstein)
+    /                                              overview (?alerts_page=N)
+    /models/{model}                                neurons with latest verdict (?sort=severity|neuron|layer|spearman|
+                                                   wasserstein, ?verdict=FAIL|WARN|PASS|none, ?kind=, ?layer=, ?q=,
+                                                   ?page=, ?comparisons_page=, ?versions_page=)
     /models/{model}/neurons/{neuron_id}            one neuron across versions
-    /models/{model}/compare/{baseline}/{candidate} all neurons, A vs B
+    /models/{model}/compare/{baseline}/{candidate} all neurons, A vs B, any two versions (same filters, ?page=)
+    /models/{model}/compare?baseline=A&candidate=B the version picker's target: redirects to the page above
     /artifacts/{path}                              files inside the artifact root only
     /static/{file}                                 CSS
     /healthz                                       liveness (JSON)
@@ -17,13 +20,17 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.base import BaseHTTPMiddleware
 
 from storage.artifacts import ArtifactStore, placeholder_png
+from storage.errors import StoreUnavailableError
 
-from .views import STATIC_DIR, Links, NotFound, Views, safe_artifact
+from .errors import BadRequest, NotFound
+from .listing import NeuronFilter
+from .views import STATIC_DIR, Links, Views, safe_artifact
 
 _READ_METHODS = ("GET", "HEAD")
 _STATIC_FILES = {p.name for p in STATIC_DIR.iterdir() if p.is_file()} if STATIC_DIR.is_dir() else set()
@@ -80,7 +87,10 @@ def create_app(store: Any, artifacts_root: str | Path, mlflow_ui_url: str | None
     `mlflow_ui_url` / `prefect_ui_url`: base URLs of the MLflow and Prefect UIs for run links.
     """
     views = Views(store, artifacts_root, mlflow_ui_url, prefect_ui_url, thresholds=thresholds, title=title)
-    links = Links(Path(artifacts_root))
+
+    def links() -> Links:   # one per page: it remembers the artifact files it looked up for that page only
+        return Links(Path(artifacts_root))
+
     app = FastAPI(title=f"{title} dashboard", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(_ReadOnly)
     app.state.views = views
@@ -89,8 +99,17 @@ def create_app(store: Any, artifacts_root: str | Path, mlflow_ui_url: str | None
         template, ctx = template_ctx
         return HTMLResponse(views.render(template, ctx), status_code=status)
 
-    def not_found(message: str) -> HTMLResponse:
-        return page(views.not_found(links, message), status=404)
+    def not_found(message: str, status: int = 404) -> HTMLResponse:
+        return page(views.not_found(links(), message), status=status)
+
+    def shown(build) -> HTMLResponse:
+        """The page `build(links)` makes, or the not-found page (404; 400 for parameters that name no page)."""
+        try:
+            return page(build(links()))
+        except NotFound as e:
+            return not_found(str(e))
+        except BadRequest as e:
+            return not_found(str(e), status=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
@@ -99,30 +118,32 @@ def create_app(store: Any, artifacts_root: str | Path, mlflow_ui_url: str | None
         return Response(str(exc.detail), status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.api_route("/", methods=list(_READ_METHODS), response_class=HTMLResponse)
-    def overview():
-        return page(views.overview(links))
+    def overview(alerts_page: str | None = None):
+        return shown(lambda ln: views.overview(ln, alerts_page))
 
     @app.api_route("/models/{model}", methods=list(_READ_METHODS), response_class=HTMLResponse)
-    def model_page(model: str, sort: str | None = None):
-        try:
-            return page(views.model(links, model, sort))
-        except NotFound as e:
-            return not_found(str(e))
+    def model_page(model: str, sort: str | None = None, verdict: str | None = None, kind: str | None = None,
+                   layer: str | None = None, q: str | None = None, page: str | None = None,
+                   comparisons_page: str | None = None, versions_page: str | None = None):
+        filt = NeuronFilter.from_params(verdict, kind, layer, q)
+        return shown(lambda ln: views.model(ln, model, sort, filt, page, comparisons_page, versions_page))
 
     @app.api_route("/models/{model}/neurons/{neuron_id}", methods=list(_READ_METHODS), response_class=HTMLResponse)
     def neuron_page(model: str, neuron_id: str):
-        try:
-            return page(views.neuron(links, model, neuron_id))
-        except NotFound as e:
-            return not_found(str(e))
+        return shown(lambda ln: views.neuron(ln, model, neuron_id))
+
+    @app.api_route("/models/{model}/compare", methods=list(_READ_METHODS), response_class=HTMLResponse)
+    def compare_picker(model: str, baseline: str | None = None, candidate: str | None = None):
+        if not baseline or not candidate:
+            return not_found("pick a baseline (A) and a candidate (B) version to compare", status=400)
+        return RedirectResponse(links().compare(model, baseline, candidate), status_code=303)
 
     @app.api_route("/models/{model}/compare/{baseline}/{candidate}", methods=list(_READ_METHODS),
                    response_class=HTMLResponse)
-    def compare_page(model: str, baseline: str, candidate: str):
-        try:
-            return page(views.compare(links, model, baseline, candidate))
-        except NotFound as e:
-            return not_found(str(e))
+    def compare_page(model: str, baseline: str, candidate: str, verdict: str | None = None, kind: str | None = None,
+                     layer: str | None = None, q: str | None = None, page: str | None = None):
+        filt = NeuronFilter.from_params(verdict, kind, layer, q)
+        return shown(lambda ln: views.compare(ln, model, baseline, candidate, filt, page))
 
     checked = ArtifactCheck(artifacts_root)
 
@@ -153,7 +174,7 @@ def create_app(store: Any, artifacts_root: str | Path, mlflow_ui_url: str | None
     def healthz():
         try:
             n = len(store.list_models())
-        except Exception as e:  # the store is unreachable: not healthy
+        except (SQLAlchemyError, StoreUnavailableError, OSError) as e:  # the store is unreachable: not healthy
             return JSONResponse({"status": "error", "error": type(e).__name__}, status_code=503)
         return {"status": "ok", "models": n}
 

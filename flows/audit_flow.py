@@ -93,13 +93,16 @@ def static_report_task(cfg_path: str, run_id: int, changed: bool = True) -> str:
     per audit and only when something changed (or it is missing). It covers every model, so it is not logged
     into the MLflow runs of single versions."""
     from dashboards.export import export_static
+    from dashboards.ui_links import ui_urls
 
     cfg = runtime.config(cfg_path)
     out_dir = cfg.resolve_path(cfg.store.artifacts) / "static-report"
     index = out_dir / "index.html"
     if not changed and index.is_file():
         return str(index)
-    return str(export_static(runtime.store(cfg_path), str(cfg.resolve_path(cfg.store.artifacts)), out_dir))
+    mlflow_ui, prefect_ui = ui_urls(cfg)      # links to the MLflow and Prefect UIs when they are known
+    return str(export_static(runtime.store(cfg_path), str(cfg.resolve_path(cfg.store.artifacts)), out_dir,
+                             mlflow_ui_url=mlflow_ui, prefect_ui_url=prefect_ui))
 
 
 @task(name="send-alerts", **IO_RETRIES)

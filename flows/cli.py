@@ -389,41 +389,55 @@ def compare(config: str = ConfigOpt, model: str = typer.Option(..., "--model"),
     raise Exit(_print_summary(summary))
 
 
-def _export_report(config: str, out_dir: Path) -> Path:
+MlflowUiOpt = typer.Option(None, "--mlflow-ui", metavar="URL",
+                           help="MLflow UI base URL to link runs to (default: config ui.mlflow, or the tracking URI "
+                                "when it is http).")
+PrefectUiOpt = typer.Option(None, "--prefect-ui", metavar="URL",
+                            help="Prefect UI base URL to link flow runs to (default: config ui.prefect, "
+                                 "PREFECT_UI_URL, or PREFECT_API_URL without /api).")
+
+
+def _export_report(config: str, out_dir: Path, mlflow_ui: str | None = None, prefect_ui: str | None = None) -> Path:
     """The static HTML report, from the store opened read-only."""
     from dashboards.export import export_static
+    from dashboards.ui_links import ui_urls
 
     from . import runtime
 
     cfg = runtime.config(config)
+    mlflow_url, prefect_url = ui_urls(cfg, mlflow_ui, prefect_ui)
     store = runtime.read_store(config)
     try:
-        return export_static(store, str(cfg.resolve_path(cfg.store.artifacts)), out_dir)
+        return export_static(store, str(cfg.resolve_path(cfg.store.artifacts)), out_dir,
+                             mlflow_ui_url=mlflow_url, prefect_ui_url=prefect_url)
     finally:
         store.close()
 
 
 @app.command()
-def report(config: str = ConfigOpt, out_dir: Path = typer.Option(..., "--out", help="Folder for the static HTML.")) -> None:
+def report(config: str = ConfigOpt, out_dir: Path = typer.Option(..., "--out", help="Folder for the static HTML."),
+           mlflow_ui: Optional[str] = MlflowUiOpt, prefect_ui: Optional[str] = PrefectUiOpt) -> None:
     """Write the dashboard's views as static HTML, openable from disk."""
-    index = _export_report(config, out_dir)
+    index = _export_report(config, out_dir, mlflow_ui, prefect_ui)
     out.print(f"static report: {index}")
 
 
 @app.command()
 def dashboard(config: str = ConfigOpt, host: str = typer.Option("127.0.0.1", help="Bind address (loopback by default)."),
-              port: int = typer.Option(8050)) -> None:
+              port: int = typer.Option(8050), mlflow_ui: Optional[str] = MlflowUiOpt,
+              prefect_ui: Optional[str] = PrefectUiOpt) -> None:
     """Serve the read-only web dashboard."""
     from dashboards.app import serve as serve_dashboard
+    from dashboards.ui_links import ui_urls
 
     from . import runtime
 
     cfg = runtime.config(config)
+    mlflow_url, prefect_url = ui_urls(cfg, mlflow_ui, prefect_ui)
     store = runtime.read_store(config)          # read-only: the dashboard never writes
-    mlflow_ui = cfg.store.mlflow_tracking_uri if cfg.store.mlflow_tracking_uri.startswith("http") else None
     out.print(f"dashboard on http://{host}:{port}")
     serve_dashboard(store, str(cfg.resolve_path(cfg.store.artifacts)), host=host, port=port,
-                    mlflow_ui_url=mlflow_ui)
+                    mlflow_ui_url=mlflow_url, prefect_ui_url=prefect_url)
 
 
 @app.command()

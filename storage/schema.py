@@ -232,5 +232,10 @@ class AuditCheck(Base):
 Index("ix_drift_results_candidate", DriftResultRow.candidate_version_id)
 Index("ix_alerts_open", Alert.resolved_at)
 Index("ix_audit_runs_started_at", AuditRun.started_at)
+# Read paths of the dashboard at fleet size (migration 0005_indexes says what each serves).
+Index("ix_drift_results_neuron_latest", DriftResultRow.neuron_id, DriftResultRow.created_at, DriftResultRow.id)
+Index("ix_version_visualizations_visualization", VersionVisualization.visualization_id)
+Index("ix_mlflow_runs_model_version", MlflowRun.model_version_id)
+Index("ix_alerts_open_created", Alert.resolved_at, Alert.created_at)
 
 metadata = Base.metadata

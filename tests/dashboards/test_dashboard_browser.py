@@ -18,26 +18,10 @@ def chromium():
     return path
 
 
-@pytest.fixture(scope="module")
-def populated(tmp_path_factory):
-    """A real AuditStore (SQLite, real PNGs) when storage/ is importable, else the fake store."""
-    from dash_fake_store import FakeStore
-    from dash_real_store import populate_real_store, storage_available
-
-    tmp = tmp_path_factory.mktemp("browser")
-    if storage_available():
-        store, art = populate_real_store(tmp)
-        yield "real", store, art
-        store.close()
-    else:
-        art = tmp / "artifacts"
-        yield "fake", FakeStore(art), art
-
-
 def test_pages_in_chromium(chromium, populated):
     from dashboards.app import create_app
 
-    kind, store, art = populated
+    store, art = populated
     app = create_app(store, art, mlflow_ui_url="http://127.0.0.1:5000", prefect_ui_url="http://127.0.0.1:4200")
     pages = {
         "overview": "/",
@@ -71,6 +55,22 @@ def test_pages_in_chromium(chromium, populated):
         assert browser.evaluate(opacity) == "1"
         browser.screenshot(SCREENSHOT_DIR / "neuron-masks-on.png")
 
+        # the version picker: choose A = v2, B = v1 on the model page and open it (a GET form, redirected)
+        browser.check(base + pages["model"])
+        browser.evaluate("document.querySelector('form.picker select[name=baseline]').value = '2';"
+                         "document.querySelector('form.picker select[name=candidate]').value = '1';"
+                         "document.querySelector('form.picker').submit()")
+        browser.wait_event("Page.loadEventFired")
+        assert browser.evaluate("location.pathname") == "/models/lite0-demo/compare/2/1"
+        assert "No drift verdict is stored" in browser.evaluate("document.body.innerText")
+        # the filter: only FAIL
+        browser.check(base + pages["model"])
+        browser.evaluate("document.querySelector('form.filters select[name=verdict]').value = 'FAIL';"
+                         "document.querySelector('form.filters').submit()")
+        browser.wait_event("Page.loadEventFired")
+        rows = browser.evaluate("Array.from(document.querySelectorAll('table.neurons a.strong')).map(a => a.textContent)")
+        assert rows == ["espresso"], rows
+
         # a traversal attempt answers the friendly 404 page
         r = browser.check(base + "/artifacts/%2e%2e/%2e%2e/etc/passwd")
         assert r["status"] == 404 and "root:" not in r["text"]
@@ -79,7 +79,7 @@ def test_pages_in_chromium(chromium, populated):
 def test_static_export_in_chromium(chromium, populated, tmp_path):
     from dashboards.export import export_static
 
-    kind, store, art = populated
+    store, art = populated
     index = export_static(store, art, tmp_path / "site")
     with Chromium(chromium) as browser:
         for name, page in (("static-overview", index),

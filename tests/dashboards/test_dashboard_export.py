@@ -5,18 +5,17 @@ import re
 from pathlib import Path
 from urllib.parse import unquote
 
-from dash_fake_store import FakeStore
-
 
 def _local_refs(html: str) -> list[str]:
     refs = re.findall(r'(?:href|src)="([^"]+)"', html)
     return [r for r in refs if not re.match(r"^[a-z]+:", r) and not r.startswith("#")]
 
 
-def test_export_static(tmp_path, art_root, fake_store):
+def test_export_static(tmp_path, populated):
     from dashboards.export import export_static
 
-    index = export_static(fake_store, art_root, tmp_path / "site")
+    store, art_root = populated
+    index = export_static(store, art_root, tmp_path / "site")
     assert index == tmp_path / "site" / "index.html" and index.is_file()
     pages = sorted((tmp_path / "site").rglob("*.html"))
     names = {p.relative_to(tmp_path / "site").as_posix() for p in pages}
@@ -25,7 +24,9 @@ def test_export_static(tmp_path, art_root, fake_store):
     n_images = 0
     for page in pages:
         html = page.read_text()
-        assert "s3cr3t-pw" not in html
+        assert str(art_root.parent) not in html          # no machine paths
+        assert "?" not in "".join(_local_refs(html))     # no query links: the files cannot answer them
+        assert "<form" not in html                        # no filter or version picker without a server
         for ref in _local_refs(html):
             assert not ref.startswith("/"), (page, ref)
             target = (page.parent / unquote(ref.split("?")[0])).resolve()
@@ -38,9 +39,10 @@ def test_export_static(tmp_path, art_root, fake_store):
     assert 'badge-fail">FAIL' in (tmp_path / "site/models/lite0-demo/neurons/espresso.html").read_text()
 
 
-def test_export_empty_store(tmp_path):
+def test_export_empty_store(tmp_path, empty_store):
     from dashboards.export import export_static
 
-    index = export_static(FakeStore(tmp_path / "a", empty=True), tmp_path / "a", tmp_path / "out")
+    store, root = empty_store
+    index = export_static(store, root, tmp_path / "out")
     assert "No audits yet" in index.read_text()
     assert (tmp_path / "out/static/style.css").is_file()
