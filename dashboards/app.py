@@ -5,6 +5,7 @@ Stable URLs:
     /models/{model}                                neurons with latest verdict (?sort=severity|neuron|layer|spearman|wasserstein)
     /models/{model}/neurons/{neuron_id}            one neuron across versions
     /models/{model}/compare/{baseline}/{candidate} all neurons, A vs B
+    /models/{model}/batches[/{batch_id}]           production batches (dashboards/watch_views.py)
     /artifacts/{path}                              files inside the artifact root only
     /static/{file}                                 CSS
     /healthz                                       liveness (JSON)
@@ -21,6 +22,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.base import BaseHTTPMiddleware
 
+from . import watch_views
 from .views import STATIC_DIR, Links, NotFound, Views, safe_artifact
 
 _READ_METHODS = ("GET", "HEAD")
@@ -91,6 +93,22 @@ def create_app(store: Any, artifacts_root: str | Path, mlflow_ui_url: str | None
     def compare_page(model: str, baseline: str, candidate: str):
         try:
             return page(views.compare(links, model, baseline, candidate))
+        except NotFound as e:
+            return not_found(str(e))
+
+    watch_views.install(views)
+
+    @app.api_route("/models/{model}/batches", methods=list(_READ_METHODS), response_class=HTMLResponse)
+    def batch_timeline_page(model: str):
+        try:
+            return page(watch_views.timeline_page(views, links, model))
+        except NotFound as e:
+            return not_found(str(e))
+
+    @app.api_route("/models/{model}/batches/{batch_id}", methods=list(_READ_METHODS), response_class=HTMLResponse)
+    def batch_page(model: str, batch_id: str):
+        try:
+            return page(watch_views.batch_page(views, links, model, batch_id))
         except NotFound as e:
             return not_found(str(e))
 

@@ -240,6 +240,20 @@ def compare(config: str = ConfigOpt, model: str = typer.Option(..., "--model"),
     raise Exit(_print_reports([report]))
 
 
+@app.command()
+def watch(config: str = ConfigOpt, model: str = typer.Option(..., "--model"),
+          images: Path = typer.Option(..., "--images", help="Folder of the batch's production images."),
+          version: Optional[str] = typer.Option(None, "--version", help="Model version (default: the champion)."),
+          batch_id: Optional[str] = typer.Option(None, "--batch-id", help="Batch id (default: the folder's name); "
+                                                 "a batch id seen before is updated in place."),
+          json_out: Optional[Path] = typer.Option(None, "--json", help="Write the watch report here.")) -> None:
+    """Feature drift on a production batch: every registered neuron against the reference window.
+    Exit 0 without FAIL, 1 with a FAIL, 2 on bad input."""
+    from .watch import run_watch_command
+
+    raise Exit(run_watch_command(config, model, images, version, batch_id, json_out, out, err))
+
+
 def _export_report(config: str, out_dir: Path) -> Path:
     from dashboards.export import export_static
 
