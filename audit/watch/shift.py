@@ -8,9 +8,9 @@ For one neuron with batch values b [n] and reference values r [m] (with the refe
   reference mean) and a t distribution with Welch-Satterthwaite degrees of freedom over the
   batch's n-1 and the reference's U-1 (U units); its interval uses the batch's own variance.
 - upper tail `above`: the fraction of batch images above the reference's 90th percentile,
-  against the reference's own fraction there (≈ 0.10). Its null variance is f(1-f)/n plus
-  the design variance of the reference's indicator mean, which is how uncertain the quantile's
-  position is in the reference distribution.
+  against the reference's own fraction there (≈ 0.10): the batch's count against a beta-binomial
+  whose fraction varies with the design variance of the reference's indicator mean (how uncertain
+  the quantile's position is in the reference distribution); exact tails.
 - lower tail `below`: the same below the reference's 10th percentile.
 
 Tails catch what a mean misses (the spread grows or shrinks, a neuron fires on a new subset).
@@ -90,18 +90,27 @@ def _welch_df(var_a: float, df_a: float, var_b: float, df_b: float) -> float:
     return float(num / den) if den > 0 else float(max(df_a + df_b, 1))
 
 
-def _tail_part(batch_hit: np.ndarray, ref_hit: np.ndarray, units: np.ndarray, df_ref: float,
+def _tail_part(batch_hit: np.ndarray, ref_hit: np.ndarray, units: np.ndarray,
                level: float) -> tuple[float, float, list[float], float]:
-    """(reference fraction, batch fraction, CI of the batch fraction, p-value of equal fractions)."""
+    """(reference fraction, batch fraction, CI of the batch fraction, p-value of equal fractions).
+
+    The batch's count is compared with its predictive distribution: Binomial(n, f) with f, the
+    population fraction beyond the reference's quantile, uncertain around the reference's fraction
+    with the reference's design variance — a beta-binomial with those two moments. Exact tails
+    matter here: normal approximations of a count of ~10% of 64 images put p < 1e-4 (where Holm's
+    first steps look) 5-50x too often."""
     n = len(batch_hit)
-    f_r, f_b = float(ref_hit.mean()), float(batch_hit.mean())
+    k = int(np.sum(batch_hit))
+    f_r, f_b = float(ref_hit.mean()), k / n
     v_r = float(design_variance(ref_hit.astype(float), units)[0])
-    v_null = f_r * (1 - f_r) / n + v_r
-    if v_null <= _EPS:
-        p = 1.0 if abs(f_b - f_r) <= _EPS else 0.0
+    fr = min(max(f_r, 0.5 / len(ref_hit)), 1 - 0.5 / len(ref_hit))
+    concentration = fr * (1 - fr) / v_r - 1 if np.isfinite(v_r) and v_r > _EPS else np.inf
+    if np.isfinite(concentration):
+        concentration = max(concentration, 1e-3)
+        dist = sps.betabinom(n, fr * concentration, (1 - fr) * concentration)
     else:
-        df = _welch_df(f_r * (1 - f_r) / n, n - 1, v_r, df_ref)
-        p = _two_sided_t((f_b - f_r) / np.sqrt(v_null), df)
+        dist = sps.binom(n, fr)
+    p = float(min(1.0, 2 * min(dist.cdf(k), dist.sf(k - 1))))
     fb = min(max(f_b, 0.5 / n), 1 - 0.5 / n)
     half = sps.norm.ppf(1 - (1 - level) / 2) * np.sqrt(fb * (1 - fb) / n + v_r)
     return f_r, f_b, [max(0.0, f_b - half), min(1.0, f_b + half)], p
@@ -134,8 +143,8 @@ def neuron_shift(batch: np.ndarray, reference: np.ndarray, units: np.ndarray, le
     df_ci = _welch_df(sd_b ** 2 / n, n - 1, v_ref, df_ref) if v_ci > _EPS else float(n - 1)
     half = float(sps.t.ppf(1 - (1 - level) / 2, df_ci) * np.sqrt(max(v_ci, 0.0)))
     q10, q90 = (float(x) for x in np.quantile(r, [TAIL_LOW, TAIL_HIGH]))
-    a_r, a_b, a_ci, p_a = _tail_part(b > q90, r > q90, units, df_ref, level)
-    l_r, l_b, l_ci, p_l = _tail_part(b < q10, r < q10, units, df_ref, level)
+    a_r, a_b, a_ci, p_a = _tail_part(b > q90, r > q90, units, level)
+    l_r, l_b, l_ci, p_l = _tail_part(b < q10, r < q10, units, level)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         ks = float(sps.ks_2samp(b, r).statistic)
