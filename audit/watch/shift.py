@@ -66,7 +66,7 @@ class NeuronShift:
 
     @property
     def direction(self) -> str:
-        """'rose' | 'dropped' | 'spread' | 'narrowed' | 'still': the dominant change."""
+        """'rose' | 'dropped' | 'spread' | 'narrowed' | 'changed shape': the dominant change."""
         tails = (self.above - self.above_reference, self.below - self.below_reference)
         if abs(self.shift) >= 0.25 or abs(tails[0] - tails[1]) >= 0.1:
             up = self.shift if abs(self.shift) >= 0.25 else tails[0] - tails[1]
@@ -75,7 +75,7 @@ class NeuronShift:
             return "spread"
         if tails[0] < -0.05 and tails[1] < -0.05:
             return "narrowed"
-        return "still"
+        return "changed shape"
 
 
 def _two_sided_t(stat: float, df: float) -> float:

@@ -104,7 +104,7 @@ def _reason(t: NeuronTarget, s: NeuronShift, verdict: str, p_holm: float, p_bh: 
     if verdict == "PASS":
         return f"within the reference window: {core}"
     moved = {"rose": "fires higher", "dropped": "fires lower", "spread": "spreads wider",
-             "narrowed": "narrows", "still": "changed shape"}[s.direction]
+             "narrowed": "narrows", "changed shape": "changed shape"}[s.direction]
     if verdict == "FAIL":
         return f"{_what(t)} {moved} on this batch: {core} (Holm p={p_holm:.1e})"
     if _large(s, st):
@@ -153,26 +153,7 @@ def _groups(verdicts: list[NeuronVerdict], targets: list[NeuronTarget], shifts: 
     return sorted(out, key=lambda g: (-len(g["neurons"]), g["layer"]))
 
 
-def _hint(groups: list[dict], targets: list[NeuronTarget]) -> str:
-    """A hedged reading of the pattern (which kinds moved, in which direction)."""
-    inner = [g for g in groups if g["kind"] != "class"]
-    classes = [g for g in groups if g["kind"] == "class"]
-    n_inner = sum(len(g["neurons"]) for g in inner)
-    registered_inner = sum(1 for t in targets if t.kind != "class")
-    down = sum(len(g["neurons"]) for g in inner if g["direction"] in ("dropped", "narrowed"))
-    up = sum(len(g["neurons"]) for g in inner if g["direction"] in ("rose", "spread"))
-    if down and down >= 2 * up:
-        return "inner channels lost activation: fine detail or contrast is missing (blur, downscaling, heavy compression, low contrast?)"
-    if up and up >= 2 * down:
-        return "inner channels fire more: new high-frequency content or contrast (noise, sharpening, compression artefacts?)"
-    if classes and (registered_inner == 0 or n_inner <= registered_inner / 3):
-        return "the class logits moved while the inner channels held: the mix of classes changed (prior shift?)"
-    if n_inner:
-        return "inner channels moved both ways: a colour or preprocessing change?"
-    return ""
-
-
-def _summary(verdict: str, groups: list[dict], joint: dict, hint: str) -> str:
+def _summary(verdict: str, groups: list[dict], joint: dict) -> str:
     if not groups and verdict == "PASS":
         return "every registered neuron responds as on the reference window"
     parts = []
@@ -184,7 +165,7 @@ def _summary(verdict: str, groups: list[dict], joint: dict, hint: str) -> str:
     if joint.get("verdict") != "PASS":
         parts.append(f"the joint distribution of the registered neurons moved (MMD {joint['ratio']:.1f}x its null, "
                      f"p={joint['p_value']:.1e})")
-    return "; ".join(parts) + (f" — {hint}" if hint else "")
+    return "; ".join(parts)
 
 
 def judge_batch(batch_values: np.ndarray, reference: ReferenceWindow, targets: list[NeuronTarget],
@@ -239,7 +220,7 @@ def judge_batch(batch_values: np.ndarray, reference: ReferenceWindow, targets: l
              "statement": _power_statement(n, detect, needed, st)}
     ref = {"kind": reference.kind, "description": reference.description, "sha256": reference.sha256,
            "n_images": int(len(reference.values)), "n_units": reference.n_units}
-    return BatchVerdict(verdict, verdicts, jd, groups, _summary(verdict, groups, jd, _hint(groups, targets)), power,
+    return BatchVerdict(verdict, verdicts, jd, groups, _summary(verdict, groups, jd), power,
                         n, ref)
 
 
