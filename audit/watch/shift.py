@@ -19,11 +19,11 @@ and the KS statistic.
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import stats as sps
+from scipy.special import betaln, gammaln, ndtri, stdtr, stdtrit
 
 from .design import design_variance
 
@@ -81,13 +81,35 @@ class NeuronShift:
 def _two_sided_t(stat: float, df: float) -> float:
     if not np.isfinite(stat):
         return 0.0
-    return float(2 * sps.t.sf(abs(stat), df))
+    return float(2 * stdtr(df, -abs(stat)))
 
 
 def _welch_df(var_a: float, df_a: float, var_b: float, df_b: float) -> float:
     num = (var_a + var_b) ** 2
     den = (var_a ** 2 / max(df_a, 1)) + (var_b ** 2 / max(df_b, 1))
     return float(num / den) if den > 0 else float(max(df_a + df_b, 1))
+
+
+def _count_pmf(n: int, f: float, concentration: float) -> np.ndarray:
+    """[n+1] probabilities of a count of n draws: beta-binomial with mean f and the given
+    concentration (a + b), or binomial(n, f) when the concentration is infinite."""
+    k = np.arange(n + 1)
+    log_choose = gammaln(n + 1) - gammaln(k + 1) - gammaln(n - k + 1)
+    if np.isfinite(concentration):
+        a, b = f * concentration, (1 - f) * concentration
+        logp = log_choose + betaln(k + a, n - k + b) - betaln(a, b)
+    else:
+        logp = log_choose + k * np.log(f) + (n - k) * np.log1p(-f)
+    pmf = np.exp(logp - logp.max())
+    return pmf / pmf.sum()
+
+
+def _ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic (sup of the difference of the empirical CDFs)."""
+    grid = np.concatenate([a, b])
+    cdf_a = np.searchsorted(np.sort(a), grid, side="right") / len(a)
+    cdf_b = np.searchsorted(np.sort(b), grid, side="right") / len(b)
+    return float(np.max(np.abs(cdf_a - cdf_b)))
 
 
 def _tail_part(batch_hit: np.ndarray, ref_hit: np.ndarray, units: np.ndarray,
@@ -105,14 +127,10 @@ def _tail_part(batch_hit: np.ndarray, ref_hit: np.ndarray, units: np.ndarray,
     v_r = float(design_variance(ref_hit.astype(float), units)[0])
     fr = min(max(f_r, 0.5 / len(ref_hit)), 1 - 0.5 / len(ref_hit))
     concentration = fr * (1 - fr) / v_r - 1 if np.isfinite(v_r) and v_r > _EPS else np.inf
-    if np.isfinite(concentration):
-        concentration = max(concentration, 1e-3)
-        dist = sps.betabinom(n, fr * concentration, (1 - fr) * concentration)
-    else:
-        dist = sps.binom(n, fr)
-    p = float(min(1.0, 2 * min(dist.cdf(k), dist.sf(k - 1))))
+    pmf = _count_pmf(n, fr, max(concentration, 1e-3))
+    p = float(min(1.0, 2 * min(pmf[:k + 1].sum(), pmf[k:].sum())))
     fb = min(max(f_b, 0.5 / n), 1 - 0.5 / n)
-    half = sps.norm.ppf(1 - (1 - level) / 2) * np.sqrt(fb * (1 - fb) / n + v_r)
+    half = ndtri(1 - (1 - level) / 2) * np.sqrt(fb * (1 - fb) / n + v_r)
     return f_r, f_b, [max(0.0, f_b - half), min(1.0, f_b + half)], p
 
 
@@ -141,13 +159,11 @@ def neuron_shift(batch: np.ndarray, reference: np.ndarray, units: np.ndarray, le
         p_shift = _two_sided_t(d / np.sqrt(v_null), df)
     v_ci = sd_b ** 2 / n + v_ref
     df_ci = _welch_df(sd_b ** 2 / n, n - 1, v_ref, df_ref) if v_ci > _EPS else float(n - 1)
-    half = float(sps.t.ppf(1 - (1 - level) / 2, df_ci) * np.sqrt(max(v_ci, 0.0)))
+    half = float(stdtrit(df_ci, 1 - (1 - level) / 2) * np.sqrt(max(v_ci, 0.0)))
     q10, q90 = (float(x) for x in np.quantile(r, [TAIL_LOW, TAIL_HIGH]))
     a_r, a_b, a_ci, p_a = _tail_part(b > q90, r > q90, units, level)
     l_r, l_b, l_ci, p_l = _tail_part(b < q10, r < q10, units, level)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        ks = float(sps.ks_2samp(b, r).statistic)
+    ks = _ks_statistic(b, r)
     return NeuronShift(
         n_batch=n, n_reference=m, reference_units=u, mean_reference=mean_r, sd_reference=sd_r, mean_batch=mean_b,
         sd_batch=sd_b, shift=d / scale, shift_ci=[(d - half) / scale, (d + half) / scale], p_shift=p_shift, df=df,
@@ -162,7 +178,7 @@ def detectable_shift(sd_reference: float, design_var_reference: float, n: int, a
     level `alpha`: (z_(1-alpha/2) + z_power) * sqrt(sd²/n + V_r) / sd."""
     if sd_reference <= _EPS:
         return float("inf")
-    z = sps.norm.ppf(1 - alpha / 2) + sps.norm.ppf(power)
+    z = ndtri(1 - alpha / 2) + ndtri(power)
     return float(z * np.sqrt(sd_reference ** 2 / n + design_var_reference) / sd_reference)
 
 
@@ -172,6 +188,6 @@ def images_needed(sd_reference: float, design_var_reference: float, shift: float
     `alpha`; inf when the reference window itself is too uncertain for that shift at any size."""
     if sd_reference <= _EPS:
         return float("inf")
-    z = sps.norm.ppf(1 - alpha / 2) + sps.norm.ppf(power)
+    z = ndtri(1 - alpha / 2) + ndtri(power)
     room = (shift * sd_reference / z) ** 2 - design_var_reference
     return float(np.ceil(sd_reference ** 2 / room)) if room > 0 else float("inf")
