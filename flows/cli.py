@@ -106,11 +106,16 @@ def demo(directory: Path = typer.Option(Path("neuron-audit-demo"), "--dir", help
         summary = run_audit(str(config_path))
     reports = [r for r in summary["reports"] if (r["baseline"], r["candidate"]) == ("1", "2")]
     code = _print_reports(reports)
+    from .demo import watch_demo_batches
+
+    watched = watch_demo_batches(config_path, directory)       # before the export: the report shows the batches
     report_dir = directory / "report"
     _export_report(str(config_path), report_dir)
     planted = next((n for r in reports for n in r["neurons"] if n["id"] == PLANTED_NEURON), None)
     if planted:
         out.print(f"planted neuron [bold]{PLANTED_NEURON}[/]: {planted['verdict']} — {planted['reason']}")
+    for w in watched:
+        out.print(f"watched batch [bold]{w['batch_id']}[/] ({w['n_images']} images): {w['verdict']} — {w['summary']}")
     out.print(f"compare report (JSON): {reports[0].get('report_path') if reports else '-'}")
     out.print(f"static report: {report_dir / 'index.html'}")
     out.print(f"dashboard: neuron-audit dashboard -c {config_path}  (http://127.0.0.1:8050)")
