@@ -65,8 +65,9 @@ from audit.models import load_model, normalize  # noqa: E402
 from audit.probe import SCALE_RANGE, ProbeSet, build_probe_set  # noqa: E402
 from audit.records import NeuronTarget  # noqa: E402
 from audit.stats import layer_activations_full  # noqa: E402
-from audit.watch import (ReferenceWindow, WatchSettings, image_units, judge_batch, load_batch,  # noqa: E402
-                         neuron_values, probe_units)
+from audit.config import WatchConfig  # noqa: E402
+from audit.watch import (ReferenceWindow, image_units, judge_batch, load_batch, neuron_values,  # noqa: E402
+                         probe_units)
 
 INNER_LAYERS = ("blocks.1", "blocks.2", "blocks.3", "blocks.4", "blocks.5", "conv_head")
 EMBEDDING_LAYER = "global_pool"
@@ -242,7 +243,7 @@ def main() -> None:
     ref_values, ref_emb = forward_values(model, probe.images, targets)
     reference = ReferenceWindow(ref_values, probe_units(probe.names), probe.names, "probe")
     naive = ReferenceWindow(ref_values, image_units(len(probe.names)), probe.names, "probe")
-    settings = WatchSettings()
+    settings = WatchConfig()
     print(f"{p} neurons, reference {len(probe.names)} crops ({args.crops} slots), batches of {args.batch_size} "
           f"at {args.resolution} px", flush=True)
 

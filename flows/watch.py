@@ -8,6 +8,7 @@ are written in one transaction; then alerts (one per new FAIL) and MLflow.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import time
@@ -109,8 +110,6 @@ def reference_window(inputs: WatchInputs):
             raise AuditInputError(f"models[{inputs.model}].watch.reference: 'batches' needs earlier PASS batches of "
                                   f"version {inputs.version} with at least {mcfg.watch.min_images} images; the store "
                                   f"has {len(values)} (watch a few batches against the probe set or a folder first)")
-        import hashlib
-
         sha = hashlib.sha256(("|".join(used)).encode()).hexdigest()
         return ReferenceWindow(values, image_units(len(values)), names, "batches",
                                f"the last {len(used)} PASS batches ({', '.join(used[-3:])}{' ...' if len(used) > 3 else ''})",
@@ -138,14 +137,14 @@ def _thumbnails(store, batch, indices: set[int]) -> dict[int, str]:
 
 def compute(inputs: WatchInputs):
     """(batch values [n, p], reference window, BatchVerdict): no store writes."""
-    from audit.watch import WatchSettings, judge_batch, neuron_values
+    from audit.watch import judge_batch, neuron_values
 
     mcfg = runtime.config(inputs.cfg_path).model(inputs.model)
     loaded = runtime.load_version(inputs.cfg_path, inputs.model, inputs.version)
     reference = reference_window(inputs)
     values = neuron_values(loaded.model, inputs.batch, inputs.targets, use_cache=False)
     verdict = judge_batch(values, reference, inputs.targets, list(inputs.batch.names),
-                          WatchSettings.from_config(mcfg.watch))
+                          mcfg.watch)
     return values, reference, verdict
 
 

@@ -12,8 +12,8 @@ from .batch import load_batch, neuron_values
 from .design import ReferenceWindow, design_covariance, image_units, probe_units
 from .joint import JointShift, joint_shift
 from .shift import NeuronShift, detectable_shift, images_needed, neuron_shift
-from .verdicts import JOINT_ID, BatchVerdict, NeuronVerdict, WatchSettings, judge_batch
+from .verdicts import JOINT_ID, BatchVerdict, NeuronVerdict, judge_batch
 
 __all__ = ["load_batch", "neuron_values", "ReferenceWindow", "design_covariance", "image_units", "probe_units",
            "JointShift", "joint_shift", "NeuronShift", "detectable_shift", "images_needed", "neuron_shift",
-           "JOINT_ID", "BatchVerdict", "NeuronVerdict", "WatchSettings", "judge_batch"]
+           "JOINT_ID", "BatchVerdict", "NeuronVerdict", "judge_batch"]

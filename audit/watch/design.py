@@ -63,34 +63,30 @@ def image_units(n: int) -> np.ndarray:
     return np.arange(n)
 
 
+def _unit_sums(values: np.ndarray, units: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """([U, p] each unit's sum of deviations from the column means, m, U)."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[:, None]
+    labels, inverse = np.unique(np.asarray(units), return_inverse=True)
+    sums = np.zeros((len(labels), x.shape[1]))
+    np.add.at(sums, inverse, x - x.mean(axis=0))
+    return sums, len(x), len(labels)
+
+
 def design_covariance(values: np.ndarray, units: np.ndarray) -> np.ndarray:
     """[p, p] CR1 cluster-robust covariance of the column means of `values` [m, p] when the rows
     are grouped in independent `units`: U/(U-1) * sum_u s_u s_u^T / m², with s_u the unit's sum
     of deviations from the mean. With one image per unit it is the usual S/m (ddof 1)."""
-    x = np.asarray(values, dtype=np.float64)
-    if x.ndim == 1:
-        x = x[:, None]
-    m = len(x)
-    labels, inverse = np.unique(np.asarray(units), return_inverse=True)
-    u = len(labels)
+    sums, m, u = _unit_sums(values, units)
     if m < 2 or u < 2:
-        return np.full((x.shape[1], x.shape[1]), np.inf)
-    dev = x - x.mean(axis=0)
-    sums = np.zeros((u, x.shape[1]))
-    np.add.at(sums, inverse, dev)
+        return np.full((sums.shape[1], sums.shape[1]), np.inf)
     return (u / (u - 1)) * (sums.T @ sums) / m ** 2
 
 
 def design_variance(values: np.ndarray, units: np.ndarray) -> np.ndarray:
-    """[p] the diagonal of `design_covariance` (variance of each column mean), computed directly."""
-    x = np.asarray(values, dtype=np.float64)
-    if x.ndim == 1:
-        x = x[:, None]
-    m = len(x)
-    labels, inverse = np.unique(np.asarray(units), return_inverse=True)
-    u = len(labels)
+    """[p] the diagonal of `design_covariance` (variance of each column mean), without the p x p matrix."""
+    sums, m, u = _unit_sums(values, units)
     if m < 2 or u < 2:
-        return np.full(x.shape[1], np.inf)
-    sums = np.zeros((u, x.shape[1]))
-    np.add.at(sums, inverse, x - x.mean(axis=0))
+        return np.full(sums.shape[1], np.inf)
     return (u / (u - 1)) * (sums ** 2).sum(axis=0) / m ** 2

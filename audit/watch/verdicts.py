@@ -15,31 +15,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..config import WatchConfig
 from ..drift import benjamini_hochberg, holm
 from ..records import NeuronTarget
 from .design import ReferenceWindow, design_variance
-from .joint import JointShift, joint_shift
+from .joint import joint_shift
 from .shift import NeuronShift, detectable_shift, images_needed, neuron_shift
 
 JOINT_ID = "(joint)"
-
-
-@dataclass
-class WatchSettings:
-    """The statistical settings of a watch (the `watch:` section of a model's config)."""
-
-    alpha: float = 0.01
-    alpha_warn: float = 0.05
-    shift_fail: float = 0.5
-    tail_fail: float = 0.15
-    power: float = 0.8
-    evidence_images: int = 6
-    n_features: int = 256
-    seed: int = 0
-
-    @classmethod
-    def from_config(cls, cfg) -> "WatchSettings":
-        return cls(**{k: getattr(cfg, k) for k in cls.__dataclass_fields__ if hasattr(cfg, k)})
 
 
 @dataclass
@@ -94,12 +77,12 @@ def _parts(s: NeuronShift) -> list[str]:
     return parts
 
 
-def _large(s: NeuronShift, st: WatchSettings) -> bool:
+def _large(s: NeuronShift, st: WatchConfig) -> bool:
     return (abs(s.shift) >= st.shift_fail or abs(s.above - s.above_reference) >= st.tail_fail
             or abs(s.below - s.below_reference) >= st.tail_fail)
 
 
-def _reason(t: NeuronTarget, s: NeuronShift, verdict: str, p_holm: float, p_bh: float, st: WatchSettings) -> str:
+def _reason(t: NeuronTarget, s: NeuronShift, verdict: str, p_holm: float, p_bh: float, st: WatchConfig) -> str:
     core = "; ".join(_parts(s))
     if verdict == "PASS":
         return f"within the reference window: {core}"
@@ -169,17 +152,19 @@ def _summary(verdict: str, groups: list[dict], joint: dict) -> str:
 
 
 def judge_batch(batch_values: np.ndarray, reference: ReferenceWindow, targets: list[NeuronTarget],
-                batch_names: list[str], settings: WatchSettings | None = None) -> BatchVerdict:
+                batch_names: list[str], settings: WatchConfig | None = None, n_features: int = 256) -> BatchVerdict:
     """Verdicts of a batch (`batch_values` [n, p], columns in the order of `targets`) against the
-    reference window (same columns)."""
-    st = settings or WatchSettings()
+    reference window (same columns), with the statistical settings of a model's `watch:` config (alpha,
+    alpha_warn, shift_fail, tail_fail, power, evidence_images, seed); `n_features`: random features of
+    the joint test."""
+    st = settings or WatchConfig()
     b = np.asarray(batch_values, dtype=np.float64)
     if b.ndim != 2 or b.shape[1] != len(targets) or reference.values.shape[1] != len(targets):
         raise ValueError(f"batch values {b.shape} and reference {reference.values.shape} need one column per "
                          f"neuron ({len(targets)})")
     shifts = {t.neuron_id: neuron_shift(b[:, j], reference.values[:, j], reference.units)
               for j, t in enumerate(targets)}
-    joint = joint_shift(b, reference.values, reference.units, n_features=st.n_features, seed=st.seed)
+    joint = joint_shift(b, reference.values, reference.units, n_features=n_features, seed=st.seed)
     p_all = [shifts[t.neuron_id].p_value for t in targets]
     joint_p = joint.p_value if np.isfinite(joint.p_value) else 1.0
     p_holm = holm(p_all + [joint_p])
@@ -224,7 +209,7 @@ def judge_batch(batch_values: np.ndarray, reference: ReferenceWindow, targets: l
                         n, ref)
 
 
-def _power_statement(n: int, detect: list[float], needed: list[float], st: WatchSettings) -> str:
+def _power_statement(n: int, detect: list[float], needed: list[float], st: WatchConfig) -> str:
     med_d, med_n = float(np.median(detect)), float(np.median(needed))
     need = f"{med_n:.0f} images" if np.isfinite(med_n) else "no batch size (the reference window is too small)"
     return (f"with {n} images a neuron's mean shift of {med_d:.2f} reference SDs is caught with "

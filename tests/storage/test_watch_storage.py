@@ -4,7 +4,6 @@ batches."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from sqlalchemy import inspect
 
 from storage import migrate
