@@ -22,8 +22,9 @@ NEURONS = [
 ]
 
 
-def write_config(directory: Path, webhook: str | None = None, watch: dict | None = None) -> Path:
-    cfg = {"store": {"database": "sqlite:///./store/audit.db", "mlflow_tracking_uri": "sqlite:///./store/mlflow.db",
+def write_config(directory: Path, webhook: str | None = None, watch: dict | None = None,
+                 mlflow: str = "sqlite:///./store/mlflow.db") -> Path:
+    cfg = {"store": {"database": "sqlite:///./store/audit.db", "mlflow_tracking_uri": mlflow,
                      "artifacts": "./store/artifacts"},
            "alerts": {"webhook": webhook},
            "models": [{"name": "lite0", "architecture": "efficientnet_lite0", "champion": "1",
@@ -54,6 +55,12 @@ def write_batch(folder: Path, sample_images: dict, seed: int, n: int = 48, blur:
             crop = crop.filter(ImageFilter.GaussianBlur(blur))
         crop.save(folder / f"img{i:03d}.png")
     return folder
+
+
+@pytest.fixture(scope="session")
+def mlflow_uri(tmp_path_factory) -> str:
+    """One MLflow tracking store for the session (creating its tables costs seconds)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
 
 
 @pytest.fixture(scope="session")

@@ -29,8 +29,8 @@ def _watch_rows(config) -> dict:
     return {k: c[k] for k in ("watch_batches", "watch_results", "watch_alerts")}
 
 
-def test_clean_passes_blurred_fails_and_reruns_update_in_place(tmp_path, batches, webhook):
-    config = write_config(tmp_path / "cfg", webhook=webhook.url)
+def test_clean_passes_blurred_fails_and_reruns_update_in_place(tmp_path, batches, webhook, mlflow_uri):
+    config = write_config(tmp_path / "cfg", webhook=webhook.url, mlflow=mlflow_uri)
     out = tmp_path / "clean.json"
     assert watch(config, "--model", "lite0", "--images", batches["clean"], "--json", out) == 0
     report = json.loads(out.read_text())
@@ -51,8 +51,11 @@ def test_clean_passes_blurred_fails_and_reruns_update_in_place(tmp_path, batches
     fails = [n for n in report["neurons"] if n["verdict"] == "FAIL"]
     assert fails, report["summary"]
     for n in fails:
-        assert n["statistics"]["p_fail_holm"] < 0.01 and "lower" in n["reason"] + " " + n["evidence"]["direction"] \
-            or n["statistics"]["shift"] > 0
+        st = n["statistics"]
+        assert st["p_fail_holm"] < 0.01                                   # watch.alpha
+        assert abs(st["shift"]) >= 0.5 or max(abs(st["above"] - st["above_reference"]),
+                                               abs(st["below"] - st["below_reference"])) >= 0.15
+        assert n["id"] in report["summary"]
         assert len(n["evidence"]["images"]) == 6 and all(im["thumbnail"] for im in n["evidence"]["images"])
     assert report["summary"] and report["power"]["statement"]
     assert report["mlflow_run_id"]
@@ -95,8 +98,8 @@ def test_too_few_usable_images_names_the_skipped(tmp_path, batches, capsys):
     assert not (config.parent / "store" / "audit.db").exists()
 
 
-def test_unknown_layer_is_watched_without_that_neuron_exit_3(tmp_path, batches):
-    config = write_config(tmp_path / "cfg")
+def test_unknown_layer_is_watched_without_that_neuron_exit_3(tmp_path, batches, mlflow_uri):
+    config = write_config(tmp_path / "cfg", mlflow=mlflow_uri)
     cfg = yaml.safe_load(config.read_text())
     cfg["models"][0]["neurons"].append({"id": "ghost", "kind": "inner", "layer": "blocks.99", "index": 1})
     config.write_text(yaml.safe_dump(cfg))
@@ -105,3 +108,20 @@ def test_unknown_layer_is_watched_without_that_neuron_exit_3(tmp_path, batches):
     report = json.loads(out.read_text())
     assert "ghost" in report["errors"] and "blocks.99" in report["errors"]["ghost"]
     assert len(report["neurons"]) == 5
+
+
+def test_reference_window_from_a_folder_and_from_earlier_batches(tmp_path, batches, sample_images, capsys,
+                                                                 mlflow_uri):
+    from conftest import write_batch
+
+    config = write_config(tmp_path / "cfg", watch={"reference": "batches", "reference_batches": 2})
+    assert watch(config, "--model", "lite0", "--images", batches["clean"]) == 2
+    assert "'batches' needs earlier PASS batches" in capsys.readouterr().err
+    assert _watch_rows(config)["watch_batches"] == 0
+
+    reference = write_batch(tmp_path / "reference", sample_images, seed=21, n=60)
+    config = write_config(tmp_path / "cfg2", watch={"reference": str(reference)}, mlflow=mlflow_uri)
+    out = tmp_path / "r.json"
+    assert watch(config, "--model", "lite0", "--images", batches["blurred"], "--json", out) == 1
+    report = json.loads(out.read_text())
+    assert report["reference"]["kind"] == "folder" and report["reference"]["n_units"] == 60

@@ -13,13 +13,13 @@ from conftest import write_config
 
 
 @pytest.mark.slow
-def test_watch_batch_flow_and_inbox_processes_each_folder_once(tmp_path, batches, watch_prefect):
+def test_watch_batch_flow_and_inbox_processes_each_folder_once(tmp_path, batches, watch_prefect, mlflow_uri):
     from flows import runtime
     from flows.watch_flow import watch_batch, watch_inbox
 
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    config = write_config(tmp_path / "cfg", watch={"inbox": str(inbox), "settle_seconds": 60})
+    config = write_config(tmp_path / "cfg", watch={"inbox": str(inbox), "settle_seconds": 3600}, mlflow=mlflow_uri)
     report = watch_batch(str(config), "lite0", str(batches["blurred"]), batch_id="manual")
     assert report["verdict"] == "FAIL" and report["batch_id"] == "manual" and report["mlflow_run_id"]
 
@@ -27,7 +27,7 @@ def test_watch_batch_flow_and_inbox_processes_each_folder_once(tmp_path, batches
     shutil.copytree(batches["blurred"], inbox / "2026-12-02")
     shutil.copytree(batches["clean"], inbox / "2026-12-03")        # still arriving: a file written just now
     os.utime(next((inbox / "2026-12-03").iterdir()), None)
-    old = time.time() - 3600
+    old = time.time() - 7200
     for name in ("2026-12-01", "2026-12-02"):
         for f in [inbox / name, *(inbox / name).iterdir()]:
             os.utime(f, (old, old))
