@@ -56,7 +56,7 @@ def _repo(store):
 def has_batches(store, model: str) -> bool:
     repo = _repo(store)
     try:
-        return bool(repo and repo.list_batches(model))
+        return bool(repo and repo.has_batches(model))
     except DBAPIError:          # a store without the watch tables (older schema) simply has none
         return False
 

@@ -127,6 +127,12 @@ class BatchRepository:
             q = q.where(S.WatchBatch.batch_id == str(batch_id))
         return s.execute(q.order_by(S.WatchBatch.created_at, S.WatchBatch.id)).all()
 
+    def has_batches(self, model: str) -> bool:
+        """Whether any batch of the model was watched (one indexed lookup)."""
+        with self.store._read() as s:
+            return s.execute(select(S.WatchBatch.id).join(S.Model, S.Model.id == S.WatchBatch.model_id)
+                             .where(S.Model.name == model).limit(1)).first() is not None
+
     def get_batch(self, model: str, batch_id: str) -> dict | None:
         """The batch row (dict) or None."""
         with self.store._read() as s:
