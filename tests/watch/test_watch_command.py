@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from conftest import write_config
+from watch_testlib import write_config
 
 
 def watch(config, *args) -> int:
@@ -112,7 +112,7 @@ def test_unknown_layer_is_watched_without_that_neuron_exit_3(tmp_path, batches, 
 
 def test_reference_window_from_a_folder_and_from_earlier_batches(tmp_path, batches, sample_images, capsys,
                                                                  mlflow_uri):
-    from conftest import write_batch
+    from watch_testlib import write_batch
 
     config = write_config(tmp_path / "cfg", watch={"reference": "batches", "reference_batches": 2})
     assert watch(config, "--model", "lite0", "--images", batches["clean"]) == 2

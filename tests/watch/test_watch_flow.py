@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import write_config
+from watch_testlib import write_config
 
 
 @pytest.mark.slow
