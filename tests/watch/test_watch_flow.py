@@ -41,7 +41,8 @@ def test_watch_batch_flow_and_inbox_processes_each_folder_once(tmp_path, batches
 
     (inbox / "2026-12-04").mkdir()                                    # a batch with no images
     (inbox / "2026-12-04" / "readme.txt").write_text("x")
-    for f in [inbox / "2026-12-03", *(inbox / "2026-12-03").iterdir(), inbox / "2026-12-04"]:
+    for f in [inbox / "2026-12-03", *(inbox / "2026-12-03").iterdir(), inbox / "2026-12-04",
+              *(inbox / "2026-12-04").iterdir()]:
         os.utime(f, (old, old))
     with pytest.raises(RuntimeError, match="2026-12-04.*only 0 usable"):
         watch_inbox(str(config))
