@@ -186,6 +186,22 @@ class ThresholdsConfig(_Strict):
     cluster_bootstrap: bool = False
 
 
+class WatchConfig(_Strict):
+    """Feature drift on production batches (`neuron-audit watch`, the inbox flow); see audit/watch/."""
+    inbox: str | None = None                     # folder whose sub-folders are batches, each processed once
+    reference: str = "probe"                     # probe | batches | a folder or builtin:samples spec
+    reference_batches: int = Field(default=8, ge=1, le=1000)   # reference "batches": the last N PASS batches
+    min_images: int = Field(default=20, ge=2)    # fewer usable images in a batch is bad input
+    alpha: float = Field(default=0.01, gt=0, lt=1)       # FAIL: family-wise error per batch (Holm)
+    alpha_warn: float = Field(default=0.05, gt=0, lt=1)  # WARN: false discovery rate (BH)
+    shift_fail: float = Field(default=0.5, gt=0)         # a FAIL's mean shift, in reference SDs ...
+    tail_fail: float = Field(default=0.15, gt=0, lt=1)   # ... or change of the fraction beyond the 10%/90% levels
+    power: float = Field(default=0.8, gt=0, lt=1)        # for "how many images a batch needs"
+    evidence_images: int = Field(default=6, ge=1, le=64)
+    settle_seconds: float = Field(default=30.0, ge=0)    # inbox: a sub-folder changed this recently is still arriving
+    seed: int = 0
+
+
 class ModelConfig(_Strict):
     name: str
     architecture: str
@@ -204,6 +220,7 @@ class ModelConfig(_Strict):
     visualization: VisualizationConfig = Field(default_factory=VisualizationConfig)
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
     thresholds: ThresholdsConfig = Field(default_factory=ThresholdsConfig)
+    watch: WatchConfig = Field(default_factory=WatchConfig)
 
     @field_validator("champion", mode="before")
     @classmethod

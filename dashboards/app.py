@@ -8,6 +8,7 @@ Stable URLs:
     /models/{model}/neurons/{neuron_id}            one neuron across versions
     /models/{model}/compare/{baseline}/{candidate} all neurons, A vs B, any two versions (same filters, ?page=)
     /models/{model}/compare?baseline=A&candidate=B the version picker's target: redirects to the page above
+    /models/{model}/batches[/{batch_id}]           production batches (dashboards/watch_views.py)
     /artifacts/{path}                              files inside the artifact root only
     /static/{file}                                 CSS
     /healthz                                       liveness (JSON)
@@ -28,6 +29,7 @@ from starlette.middleware.base import BaseHTTPMiddleware
 from storage.artifacts import ArtifactStore, placeholder_png
 from storage.errors import StoreUnavailableError
 
+from . import watch_views
 from .errors import BadRequest, NotFound
 from .listing import NeuronFilter
 from .views import STATIC_DIR, Links, Views, safe_artifact
@@ -146,6 +148,22 @@ def create_app(store: Any, artifacts_root: str | Path, mlflow_ui_url: str | None
         return shown(lambda ln: views.compare(ln, model, baseline, candidate, filt, page))
 
     checked = ArtifactCheck(artifacts_root)
+
+    watch_views.install(views)
+
+    @app.api_route("/models/{model}/batches", methods=list(_READ_METHODS), response_class=HTMLResponse)
+    def batch_timeline_page(model: str):
+        try:
+            return page(watch_views.timeline_page(views, links, model))
+        except NotFound as e:
+            return not_found(str(e))
+
+    @app.api_route("/models/{model}/batches/{batch_id}", methods=list(_READ_METHODS), response_class=HTMLResponse)
+    def batch_page(model: str, batch_id: str):
+        try:
+            return page(watch_views.batch_page(views, links, model, batch_id))
+        except NotFound as e:
+            return not_found(str(e))
 
     @app.api_route("/artifacts/{path:path}", methods=list(_READ_METHODS))
     def artifact(path: str):

@@ -7,6 +7,7 @@ Layout of `out_dir`:
     models/<model>/index.html
     models/<model>/neurons/<neuron>.html
     models/<model>/compare/<baseline>_vs_<candidate>.html
+    models/<model>/batches/index.html, models/<model>/batches/<batch>.html   (watched batches)
     artifacts/<path relative to the artifact root>   (only the files the pages show)
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from storage.artifacts import ArtifactStore, placeholder_png
 
+from . import watch_views
 from .views import STATIC_DIR, NotFound, StaticLinks, Views, safe_artifact
 
 
@@ -27,6 +29,7 @@ def export_static(store: Any, artifacts_root: str | Path, out_dir: str | Path, *
     out.mkdir(parents=True, exist_ok=True)
     root = Path(artifacts_root)
     views = Views(store, root, mlflow_ui_url, prefect_ui_url, thresholds=thresholds, title=title)
+    watch_views.install(views)
     used: set[str] = set()
 
     def write(rel: str, depth: int, build) -> None:
@@ -48,6 +51,9 @@ def export_static(store: Any, artifacts_root: str | Path, out_dir: str | Path, *
             write(StaticLinks.neuron_path(*args), 3, lambda links, a=args: views.neuron(links, *a))
         elif kind == "compare":
             write(StaticLinks.compare_path(*args), 3, lambda links, a=args: views.compare(links, *a))
+
+    for rel, depth, build in watch_views.static_pages(views):
+        write(rel, depth, build)
 
     static_out = out / "static"
     static_out.mkdir(parents=True, exist_ok=True)

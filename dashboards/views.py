@@ -114,6 +114,10 @@ class Views:
 
     _require_model = require_model
 
+    def model_names(self) -> list[str]:
+        """The names of the store's models."""
+        return [str(m.get("name")) for m in self.store.list_models()]
+
     # ----------------------------------------------------------------- pages
     def overview(self, links: Links, alerts_page: Any = 1) -> tuple[str, dict]:
         return overview_page(self, links, alerts_page)

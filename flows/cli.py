@@ -194,6 +194,9 @@ def demo(directory: Path = typer.Option(Path("neuron-audit-demo"), "--dir", help
     summary, recomputed = _audit(str(config_path), command="demo", progress=progress)
     shown = {**summary, "reports": [r for r in summary["reports"] if (r["baseline"], r["candidate"]) == ("1", "2")]}
     code = _print_summary(shown)
+    from .demo import watch_demo_batches
+
+    watched = watch_demo_batches(config_path, directory)       # before the export: the report shows the batches
     report_dir = directory / "report"
     if recomputed or not (report_dir / "index.html").is_file():
         _export_report(str(config_path), report_dir)
@@ -201,6 +204,8 @@ def demo(directory: Path = typer.Option(Path("neuron-audit-demo"), "--dir", help
     planted = next((n for r in reports for n in r["neurons"] if n["id"] == PLANTED_NEURON), None)
     if planted:
         out.print(f"planted neuron [bold]{PLANTED_NEURON}[/]: {planted['verdict']} — {planted['reason']}")
+    for w in watched:
+        out.print(f"watched batch [bold]{w['batch_id']}[/] ({w['n_images']} images): {w['verdict']} — {w['summary']}")
     out.print(f"compare report (JSON): {reports[0].get('report_path') if reports else '-'}")
     out.print(f"static report: {report_dir / 'index.html'}")
     out.print(f"dashboard: neuron-audit dashboard -c {config_path}  (http://127.0.0.1:8050)")
@@ -387,6 +392,23 @@ def compare(config: str = ConfigOpt, model: str = typer.Option(..., "--model"),
         err.print(f"wrote {json_out}")
     summary["reports"].append(report)
     raise Exit(_print_summary(summary))
+
+
+@app.command()
+def watch(config: str = ConfigOpt, model: str = typer.Option(..., "--model", metavar="MODEL", help="The model to watch."),
+          images: Path = typer.Option(..., "--images", metavar="DIR", help="Folder of the batch's production images."),
+          version: Optional[str] = typer.Option(None, "--version", metavar="VERSION",
+                                                help="Model version (default: the champion)."),
+          batch_id: Optional[str] = typer.Option(None, "--batch-id", metavar="ID",
+                                                 help="Batch id (default: the folder's name); a batch id seen before "
+                                                      "is updated in place."),
+          json_out: Optional[Path] = typer.Option(None, "--json", metavar="FILE",
+                                                  help="Write the watch report here.")) -> None:
+    """Feature drift on a production batch: every registered neuron against the reference window.
+    Exit 0 without FAIL, 1 with a FAIL, 2 on bad input."""
+    from .watch import run_watch_command
+
+    raise Exit(run_watch_command(config, model, images, version, batch_id, json_out, out, err))
 
 
 MlflowUiOpt = typer.Option(None, "--mlflow-ui", metavar="URL",

@@ -3,7 +3,9 @@
 Builds version 2 of Lite0 with a planted, known change (cat photographs relabelled as
 espresso in a head-only fine-tune: the espresso logit now fires on cats, which the
 probe set contains), writes a config, audits both versions through the Prefect flow,
-compares 2 against 1 and exports the static report."""
+compares 2 against 1 and exports the static report. Then it watches two production batches
+with the champion: fresh crops of the photographs (in distribution: PASS) and the same kind of
+crops blurred (a planted data shift: flagged)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -77,3 +79,50 @@ def prepare_demo(directory: Path, quick: bool) -> tuple[Path, dict | None]:
     config_path = directory / "neuron-audit.yaml"
     config_path.write_text("# written by `neuron-audit demo`\n" + yaml.safe_dump(demo_config(quick), sort_keys=False))
     return config_path, change
+
+
+WATCH_BATCHES = ("clean", "blurred")
+WATCH_IMAGES = 64
+WATCH_BLUR = 0.05           # Gaussian blur radius as a fraction of the image side
+
+
+def write_watch_batches(directory: Path, seed: int = 7, n: int = WATCH_IMAGES, side: int = 256) -> dict[str, Path]:
+    """Two folders of JPEG photographs under directory/batches: random crops and flips of the built-in
+    photographs (the probe set's distribution), and the same recipe blurred."""
+    import numpy as np
+    from PIL import Image, ImageFilter
+
+    from audit.assets import load_rgb_images, resolve_images
+    from audit.probe import SCALE_RANGE
+
+    photos = load_rgb_images(resolve_images("builtin:samples")).images
+    out = {}
+    for k, name in enumerate(WATCH_BATCHES):
+        folder = directory / "batches" / name
+        out[name] = folder
+        if folder.is_dir() and len(list(folder.glob("*.jpg"))) == n:
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(seed + k)
+        for i in range(n):
+            img = photos[int(rng.integers(len(photos)))]
+            w, h = img.size
+            s = int(min(w, h) * rng.uniform(*SCALE_RANGE))
+            x, y = int(rng.uniform() * (w - s)), int(rng.uniform() * (h - s))
+            crop = img.crop((x, y, x + s, y + s)).resize((side, side), Image.BICUBIC)
+            if rng.random() < 0.5:
+                crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+            if name == "blurred":
+                crop = crop.filter(ImageFilter.GaussianBlur(WATCH_BLUR * side))
+            crop.save(folder / f"photo{i:03d}.jpg", quality=92)
+    return out
+
+
+def watch_demo_batches(config_path: Path, directory: Path) -> list[dict]:
+    """Watch the demo's clean and blurred batches with the champion (reports of flows.watch)."""
+    from .watch import watch_batch_run
+
+    cfg = yaml.safe_load(config_path.read_text())
+    model = cfg["models"][0]["name"]
+    return [watch_batch_run(str(config_path), model, folder, batch_id=name)
+            for name, folder in write_watch_batches(directory).items()]

@@ -32,6 +32,7 @@ from audit.records import ActivationStats, DriftResult, Visualization
 
 from . import schema as S
 from .artifacts import ArtifactStore, jsonable
+from .batches import BatchRepository
 from .db import make_engine, mask_url, session_factory, session_scope, sqlite_path
 from .errors import NotFoundError
 from .queries import DashboardQueries
@@ -75,6 +76,11 @@ class AuditStore(DashboardQueries):
         self._write_factory = session_factory(self.engine, write=True)
         if upgrade:
             self.upgrade()
+
+    @property
+    def batches(self) -> BatchRepository:
+        """Production batches watched for feature drift (storage/batches.py)."""
+        return BatchRepository(self)
 
     def __repr__(self) -> str:
         return f"AuditStore({mask_url(self.url)!r}, {str(self.artifacts.root)!r})"

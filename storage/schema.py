@@ -21,6 +21,8 @@ Row meanings:
 - audit_checks: the fingerprint (weights, config, images, software) of the last complete audit of a version
   (kind 'version', subject = the version) or comparison (kind 'compare', subject = 'A..B'), with a manifest of
   the artifacts it produced; an unchanged version is recognised from it before any model is loaded.
+- watch_batches / watch_results / watch_alerts: production batches watched for feature drift
+  (`neuron-audit watch`), each neuron's verdict on a batch, and the webhook alerts of their FAILs.
 """
 from __future__ import annotations
 
@@ -229,6 +231,63 @@ class AuditCheck(Base):
     checked_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
 
 
+class WatchBatch(Base):
+    """A production batch watched with `neuron-audit watch` (one row per model and batch id; a re-run
+    updates it in place). `values_path`: npz of the per-image neuron values (column order: `neuron_ids`)."""
+    __tablename__ = "watch_batches"
+    __table_args__ = (UniqueConstraint("model_id", "batch_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"))
+    batch_id: Mapped[str] = mapped_column(String(200))
+    source: Mapped[Optional[str]] = mapped_column(Text)
+    images_sha256: Mapped[str] = mapped_column(String(64))
+    n_images: Mapped[int] = mapped_column(Integer)
+    n_skipped: Mapped[int] = mapped_column(Integer, default=0)
+    skipped: Mapped[dict[str, Any]] = mapped_column(PortableJSON, default=dict)
+    reference: Mapped[dict[str, Any]] = mapped_column(PortableJSON, default=dict)
+    verdict: Mapped[str] = mapped_column(String(8))
+    joint: Mapped[dict[str, Any]] = mapped_column(PortableJSON, default=dict)
+    summary: Mapped[dict[str, Any]] = mapped_column(PortableJSON, default=dict)
+    neuron_ids: Mapped[list[Any]] = mapped_column(PortableJSON, default=list)
+    image_names: Mapped[list[Any]] = mapped_column(PortableJSON, default=list)
+    values_path: Mapped[Optional[str]] = mapped_column(Text)
+    mlflow_run_id: Mapped[Optional[str]] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+
+
+class WatchResult(Base):
+    """One neuron's verdict on a watched batch (statistics, intervals, evidence images, histograms)."""
+    __tablename__ = "watch_results"
+    __table_args__ = (UniqueConstraint("batch_pk", "neuron_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    batch_pk: Mapped[int] = mapped_column(ForeignKey("watch_batches.id", ondelete="CASCADE"))
+    neuron_id: Mapped[int] = mapped_column(ForeignKey("neurons.id", ondelete="CASCADE"))
+    verdict: Mapped[str] = mapped_column(String(8))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    statistics: Mapped[dict[str, Any]] = mapped_column(PortableJSON, default=dict)
+    evidence: Mapped[dict[str, Any]] = mapped_column(PortableJSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+
+
+class WatchAlert(Base):
+    """A notification of a FAIL on a watched batch: `subject` is the neuron id, or "(joint)" for the
+    joint test. One per (batch, subject, channel), so a re-run never alerts twice."""
+    __tablename__ = "watch_alerts"
+    __table_args__ = (UniqueConstraint("batch_pk", "subject", "channel"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    batch_pk: Mapped[int] = mapped_column(ForeignKey("watch_batches.id", ondelete="CASCADE"))
+    subject: Mapped[str] = mapped_column(String(200))
+    channel: Mapped[str] = mapped_column(String(50))
+    payload: Mapped[dict[str, Any]] = mapped_column(PortableJSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+    sent_at: Mapped[Optional[datetime]] = mapped_column(TS)
+    delivery_status: Mapped[str] = mapped_column(String(20), default="pending")   # pending | sent | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[Optional[str]] = mapped_column(Text)
+
+
 Index("ix_drift_results_candidate", DriftResultRow.candidate_version_id)
 Index("ix_alerts_open", Alert.resolved_at)
 Index("ix_audit_runs_started_at", AuditRun.started_at)
@@ -237,5 +296,6 @@ Index("ix_drift_results_neuron_latest", DriftResultRow.neuron_id, DriftResultRow
 Index("ix_version_visualizations_visualization", VersionVisualization.visualization_id)
 Index("ix_mlflow_runs_model_version", MlflowRun.model_version_id)
 Index("ix_alerts_open_created", Alert.resolved_at, Alert.created_at)
+Index("ix_watch_batches_created_at", WatchBatch.created_at)
 
 metadata = Base.metadata

@@ -12,6 +12,7 @@ from storage.schema import metadata
 TABLES = {"models", "model_versions", "neurons", "probe_sets", "audit_runs", "visualizations", "version_visualizations",
           "activation_stats", "drift_results", "alerts", "mlflow_runs", "mlflow_logged", "audit_checks"}
 TABLES_0001 = TABLES - {"audit_checks", "mlflow_logged"}
+WATCH_TABLES = {"watch_batches", "watch_results", "watch_alerts"}      # 0004_watch
 
 
 def _tables(url):
@@ -26,7 +27,7 @@ def test_upgrade_from_empty_creates_schema_matching_models(db_url):
     assert migrate.current(db_url) is None
     migrate.upgrade(db_url)
     assert migrate.current(db_url) == migrate.head()   # one head: every migration chained
-    assert _tables(db_url) == TABLES
+    assert _tables(db_url) == TABLES | WATCH_TABLES
     migrate.upgrade(db_url)   # idempotent
     # the hand-checked migration and the ORM models agree (no autogenerate diff)
     from alembic.autogenerate import compare_metadata
@@ -46,7 +47,7 @@ def test_downgrade_upgrade_round_trip(db_url):
     migrate.upgrade(db_url, "0001")
     assert migrate.current(db_url) == "0001" and _tables(db_url) == TABLES_0001
     migrate.upgrade(db_url)
-    assert migrate.current(db_url) == migrate.head() and _tables(db_url) == TABLES
+    assert migrate.current(db_url) == migrate.head() and _tables(db_url) == TABLES | WATCH_TABLES
 
 
 def test_sqlite_pragmas(tmp_path):

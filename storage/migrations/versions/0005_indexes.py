@@ -8,14 +8,14 @@
 - alerts (resolved_at, created_at): one page of the open alerts, newest first, without sorting them all.
 
 Revision ID: 0005_indexes
-Revises: 0003_mlflow
+Revises: 0004_watch
 """
 from __future__ import annotations
 
 from alembic import op
 
 revision = '0005_indexes'
-down_revision = '0003_mlflow'
+down_revision = '0004_watch'
 branch_labels = None
 depends_on = None
 

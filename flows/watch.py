@@ -1,0 +1,342 @@
+"""`neuron-audit watch`: feature drift of one production batch, as plain functions of serialisable
+arguments (the CLI calls them directly; flows/watch_flow.py wraps them as Prefect tasks).
+
+Order of work, so that bad input changes nothing: every input is checked first (model, version,
+batch id, the folder and its usable images, the neurons against the model, the reference window);
+then the batch's statistics are computed in memory; then the batch and all its neurons' results
+are written in one transaction; then alerts (one per new FAIL) and MLflow.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from audit.errors import AuditInputError
+from audit.pipeline import neuron_target
+
+from . import runtime
+
+log = logging.getLogger("neuron_audit")
+_BATCH_ID_RE = re.compile(r"^[\w.@:+-][\w .@:+-]{0,199}$")
+THUMBNAIL_PX = 96
+
+
+@dataclass
+class WatchInputs:
+    """Everything a watch needs, checked."""
+
+    cfg_path: str
+    model: str
+    version: str
+    batch_id: str
+    folder: Path
+    batch: object                         # audit.probe.ProbeSet of the batch's whole images
+    targets: list = field(default_factory=list)
+    neuron_errors: dict[str, str] = field(default_factory=dict)
+
+
+def default_version(cfg, mcfg) -> str:
+    """The champion, else the last registered version."""
+    if mcfg.champion:
+        return str(mcfg.champion)
+    versions = runtime.registry_versions(cfg, mcfg)
+    if not versions:
+        raise AuditInputError(f"model {mcfg.name!r} has no versions to watch with")
+    return versions[-1].version
+
+
+def check_batch_id(batch_id: str) -> str:
+    bid = str(batch_id).strip()
+    if not _BATCH_ID_RE.match(bid):
+        raise AuditInputError(f"--batch-id: {batch_id!r} is not a valid batch id (1-200 letters, digits, "
+                              "spaces and . _ - @ : +)")
+    return bid
+
+
+def validate_inputs(cfg_path: str, model: str, images: str | Path, version: str | None = None,
+                    batch_id: str | None = None) -> WatchInputs:
+    """Check every input before any work; raises AuditInputError naming the problem."""
+    from audit.watch import load_batch
+
+    from .work import VersionOutcome, valid_neurons
+
+    cfg = runtime.config(cfg_path)
+    mcfg = cfg.model(model)
+    version = str(version) if version is not None else default_version(cfg, mcfg)
+    runtime.version_config(cfg, mcfg, version)                 # unknown version: the valid ones are named
+    folder = Path(images).expanduser()
+    bid = check_batch_id(batch_id if batch_id is not None else folder.resolve().name)
+    loaded = runtime.load_version(cfg_path, model, version)
+    size = runtime.probe_size(mcfg, loaded.model)
+    batch = load_batch(folder, size, mcfg.watch.min_images)
+    outcome = VersionOutcome(model, version)
+    neurons = valid_neurons(cfg_path, model, version, outcome)
+    if not neurons:
+        raise AuditInputError(f"model {model!r}: no registered neuron can be watched: "
+                              + "; ".join(f"{k}: {v}" for k, v in outcome.neuron_errors.items()))
+    return WatchInputs(str(cfg_path), model, version, bid, folder, batch, [neuron_target(n) for n in neurons],
+                       dict(outcome.neuron_errors))
+
+
+def reference_window(inputs: WatchInputs):
+    """The model's reference window (`watch.reference`): the probe set (units: recipe slots), a folder of
+    photographs, or the last PASS batches of this version (units: images)."""
+    from audit.probe import build_probe_set
+    from audit.watch import ReferenceWindow, image_units, neuron_values, probe_units
+
+    cfg = runtime.config(inputs.cfg_path)
+    mcfg = cfg.model(inputs.model)
+    loaded = runtime.load_version(inputs.cfg_path, inputs.model, inputs.version)
+    spec = mcfg.watch.reference
+    if spec == "probe":
+        probe = runtime.probe_set(cfg, mcfg, loaded.model)
+        values = neuron_values(loaded.model, probe, inputs.targets, weights_key=loaded.weights_sha256)
+        return ReferenceWindow(values, probe_units(probe.names), list(probe.names), "probe",
+                               f"probe set {mcfg.probe_set} ({len(probe.names)} crops, "
+                               f"{mcfg.probe.crops_per_image} recipe slots per photograph)", probe.sha256)
+    if spec == "batches":
+        ids = [t.neuron_id for t in inputs.targets]
+        store = runtime.store(inputs.cfg_path)
+        values, names, used = store.batches.reference_values(inputs.model, inputs.version, ids,
+                                                             mcfg.watch.reference_batches, inputs.batch_id)
+        if len(values) < mcfg.watch.min_images:
+            raise AuditInputError(f"models[{inputs.model}].watch.reference: 'batches' needs earlier PASS batches of "
+                                  f"version {inputs.version} with at least {mcfg.watch.min_images} images; the store "
+                                  f"has {len(values)} (watch a few batches against the probe set or a folder first)")
+        sha = hashlib.sha256(("|".join(used)).encode()).hexdigest()
+        return ReferenceWindow(values, image_units(len(values)), names, "batches",
+                               f"the last {len(used)} PASS batches ({', '.join(used[-3:])}{' ...' if len(used) > 3 else ''})",
+                               sha, {"batches": used})
+    size = runtime.probe_size(mcfg, loaded.model)
+    ref = build_probe_set(spec, size=size, crops_per_image=1, base_dir=cfg.base_dir, min_images=mcfg.watch.min_images)
+    values = neuron_values(loaded.model, ref, inputs.targets, weights_key=loaded.weights_sha256)
+    return ReferenceWindow(values, image_units(len(values)), [n.split("#", 1)[0] for n in ref.names], "folder",
+                           f"folder {spec} ({len(ref.names)} photographs)", ref.sha256)
+
+
+def _thumbnails(store, batch, indices: set[int]) -> dict[int, str]:
+    from PIL import Image
+
+    from audit.models import to_uint8_image
+
+    out = {}
+    for i in sorted(indices):
+        img = Image.fromarray(to_uint8_image(batch.images[i]))
+        if img.width > THUMBNAIL_PX:
+            img = img.resize((THUMBNAIL_PX, THUMBNAIL_PX), Image.BICUBIC)
+        out[i] = store.artifacts.put_image(np.asarray(img))
+    return out
+
+
+def compute(inputs: WatchInputs):
+    """(batch values [n, p], reference window, BatchVerdict): no store writes."""
+    from audit.watch import judge_batch, neuron_values
+
+    mcfg = runtime.config(inputs.cfg_path).model(inputs.model)
+    loaded = runtime.load_version(inputs.cfg_path, inputs.model, inputs.version)
+    reference = reference_window(inputs)
+    values = neuron_values(loaded.model, inputs.batch, inputs.targets, use_cache=False)
+    verdict = judge_batch(values, reference, inputs.targets, list(inputs.batch.names),
+                          mcfg.watch)
+    return values, reference, verdict
+
+
+def store_batch(inputs: WatchInputs, values: np.ndarray, verdict) -> int:
+    """Thumbnails of the evidence images, then the batch and its results in one transaction."""
+    store = runtime.store(inputs.cfg_path)
+    loaded = runtime.load_version(inputs.cfg_path, inputs.model, inputs.version)
+    store.upsert_model_version(inputs.model, inputs.version, loaded.source, loaded.weights_sha256)
+    shown = {im["index"] for n in verdict.neurons for im in n.evidence.get("images", [])}
+    thumbs = _thumbnails(store, inputs.batch, shown)
+    for n in verdict.neurons:
+        for im in n.evidence.get("images", []):
+            im["thumbnail"] = thumbs.get(im["index"])
+    summary = {"text": verdict.summary, "groups": verdict.groups, "power": verdict.power, "counts": verdict.counts(),
+               "errors": inputs.neuron_errors}
+    return store.batches.save_batch(
+        inputs.model, inputs.version, inputs.batch_id, source=str(inputs.folder.resolve()),
+        images_sha256=inputs.batch.sha256, n_images=len(inputs.batch.names), skipped=inputs.batch.skipped,
+        reference=verdict.reference, verdict=verdict.verdict, joint=verdict.joint, summary=summary,
+        neuron_ids=[t.neuron_id for t in inputs.targets], image_names=list(inputs.batch.names), values=values,
+        results=[{"neuron_id": n.neuron_id, "verdict": n.verdict, "reason": n.reason, "statistics": n.statistics,
+                  "evidence": n.evidence} for n in verdict.neurons])
+
+
+def build_report(inputs: WatchInputs, verdict, batch_pk: int | None) -> dict:
+    """The watch report (SPEC.md: model, version, batch_id, n_images, neurons[id, verdict, reason, ...])."""
+    return {"model": inputs.model, "version": inputs.version, "batch_id": inputs.batch_id,
+            "n_images": len(inputs.batch.names), "n_skipped": len(inputs.batch.skipped),
+            "skipped": {Path(k).name: v for k, v in inputs.batch.skipped.items()},
+            "images_sha256": inputs.batch.sha256, "verdict": verdict.verdict, "summary": verdict.summary,
+            "groups": verdict.groups, "joint": verdict.joint, "power": verdict.power, "reference": verdict.reference,
+            "counts": verdict.counts(), "errors": dict(inputs.neuron_errors), "batch_pk": batch_pk,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "neurons": [n.as_dict() for n in verdict.neurons]}
+
+
+def alert_payload(report: dict, subject: str, reason: str, links: dict | None = None) -> dict:
+    what = "the joint test" if subject == "(joint)" else f"neuron `{subject}`"
+    text = (f":rotating_light: neuron-audit watch FAIL — {report['model']} v{report['version']}, batch "
+            f"`{report['batch_id']}` ({report['n_images']} images): {what} — {reason}")
+    return {"text": text, "kind": "watch", "model": report["model"], "version": report["version"],
+            "batch_id": report["batch_id"], "subject": subject, "reason": reason, "summary": report["summary"],
+            "links": links or {}}
+
+
+def send_alerts(cfg_path: str, report: dict, links: dict | None = None) -> list[dict]:
+    """One webhook POST per FAIL that is new for this batch (neurons and the joint test); deliveries that
+    failed earlier are retried."""
+    from .alerts import post_json
+
+    cfg = runtime.config(cfg_path)
+    store = runtime.store(cfg_path)
+    fails = [(n["id"], n["reason"]) for n in report["neurons"] if n["verdict"] == "FAIL"]
+    if report["joint"].get("verdict") == "FAIL":
+        fails.append(("(joint)", report["joint"]["reason"]))
+    sent = []
+    for subject, reason in fails:
+        payload = alert_payload(report, subject, reason, links)
+        alert_id = store.batches.create_alert_if_new(report["batch_pk"], subject, "webhook", payload)
+        if alert_id is None or not cfg.alerts.webhook:
+            continue
+        ok, err = post_json(cfg.alerts.webhook, payload)
+        store.batches.mark_alert(alert_id, ok, err)
+        sent.append({"alert_id": alert_id, "subject": subject, "delivered": ok, "error": err})
+    if cfg.alerts.webhook:
+        attempted = {s["alert_id"] for s in sent}
+        for alert in store.batches.undelivered_alerts():
+            if alert["id"] not in attempted:
+                ok, err = post_json(cfg.alerts.webhook, alert["payload"])
+                store.batches.mark_alert(alert["id"], ok, err)
+    return sent
+
+
+def log_mlflow(cfg_path: str, report: dict) -> str:
+    """One MLflow run per watched batch in the model's experiment (found again by its content key)."""
+    from storage.tracking import MlflowTracker
+
+    cfg = runtime.config(cfg_path)
+    store = runtime.store(cfg_path)
+    tracker = MlflowTracker(cfg.store.mlflow_tracking_uri)
+    metrics = {f"watch.{n['id']}.shift": n["statistics"]["shift"] for n in report["neurons"]}
+    metrics.update({f"watch.{n['id']}.p_value": n["statistics"]["p_value"] for n in report["neurons"]})
+    metrics.update({f"watch.count.{k}": float(v) for k, v in report["counts"].items()})
+    metrics["watch.joint.ratio"] = report["joint"].get("ratio")
+    metrics["watch.n_images"] = float(report["n_images"])
+    key = f"watch-{report['batch_id']}-{report['version']}-{report['images_sha256'][:12]}-{report['reference']['sha256'][:12]}"
+    rid, _ = tracker.log_run(model=report["model"], version=report["version"], audit_run_id=int(report["batch_pk"]),
+                             params={"batch_id": report["batch_id"], "reference": report["reference"]["description"],
+                                     "kind": "watch"},
+                             metrics={k: v for k, v in metrics.items() if v is not None}, report=report,
+                             tags={"neuron_audit.kind": "watch", "neuron_audit.batch_id": report["batch_id"],
+                                   "neuron_audit.verdict": report["verdict"]}, run_key=key[:250])
+    store.batches.set_mlflow_run(report["batch_pk"], rid)
+    return rid
+
+
+def exit_code(report: dict) -> int:
+    """0 no FAIL; 1 a FAIL; 3 some neuron could not be watched (SPEC.md)."""
+    code = 1 if report["verdict"] == "FAIL" else 0
+    return max(code, 3) if report.get("errors") else code
+
+
+def watch_batch_run(cfg_path: str, model: str, images: str | Path, version: str | None = None,
+                    batch_id: str | None = None, *, alerts: bool = True, mlflow: bool = True) -> dict:
+    """Watch one batch end to end (validate, compute, store, alert, MLflow); returns the report.
+    MLflow and webhook failures are recorded in `report['problems']`, never lose the stored result."""
+    t0 = time.perf_counter()
+    inputs = validate_inputs(cfg_path, model, images, version, batch_id)
+    values, _reference, verdict = compute(inputs)
+    pk = store_batch(inputs, values, verdict)
+    report = build_report(inputs, verdict, pk)
+    report["problems"] = []
+    if alerts:
+        try:
+            report["alerts"] = send_alerts(cfg_path, report)
+        except OSError as exc:
+            report["problems"].append(f"alerts: {exc}")
+    if mlflow:
+        from storage.errors import TrackingUnavailableError
+
+        try:
+            report["mlflow_run_id"] = log_mlflow(cfg_path, report)
+        except TrackingUnavailableError as exc:
+            report["problems"].append(str(exc))
+            log.warning("watch %s: MLflow logging failed: %s", inputs.batch_id, exc)
+    report["seconds"] = time.perf_counter() - t0
+    return report
+
+
+def inbox_folders(cfg_path: str, model: str, now: float | None = None) -> list[Path]:
+    """The model's inbox sub-folders not yet watched (each a batch named by the folder), oldest name
+    first; folders changed within `watch.settle_seconds` are still arriving and wait for the next run."""
+    cfg = runtime.config(cfg_path)
+    mcfg = cfg.model(model)
+    if not mcfg.watch.inbox:
+        return []
+    inbox = cfg.resolve_path(mcfg.watch.inbox)
+    if not inbox.is_dir():
+        raise AuditInputError(f"models[{model}].watch.inbox: {str(inbox)!r} is not a folder")
+    store = runtime.store(cfg_path)
+    now = time.time() if now is None else now
+    out = []
+    for sub in sorted(p for p in inbox.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if store.batches.get_batch(model, sub.name) is not None:
+            continue
+        newest = max([sub.stat().st_mtime] + [f.stat().st_mtime for f in sub.rglob("*") if f.is_file()])
+        if now - newest < mcfg.watch.settle_seconds:
+            continue
+        out.append(sub)
+    return out
+
+
+def verdict_table(report: dict):
+    """A rich table of the batch's verdicts, FAIL first."""
+    from rich.table import Table
+
+    order = {"FAIL": 0, "WARN": 1, "PASS": 2}
+    colour = {"FAIL": "bold red", "WARN": "yellow", "PASS": "green"}
+    table = Table(title=f"{report['model']} v{report['version']} — batch {report['batch_id']} "
+                        f"({report['n_images']} images, {report['n_skipped']} skipped): {report['verdict']}")
+    for col in ("neuron", "verdict", "shift (SD)", "above q90", "below q10", "reason"):
+        table.add_column(col, overflow="fold")
+    for n in sorted(report["neurons"], key=lambda n: (order[n["verdict"]], n["id"])):
+        st = n["statistics"]
+        table.add_row(n["id"], f"[{colour[n['verdict']]}]{n['verdict']}[/]", f"{st['shift']:+.2f}",
+                      f"{st['above']:.0%}", f"{st['below']:.0%}", n["reason"])
+    j = report["joint"]
+    table.add_row("(joint)", f"[{colour[j['verdict']]}]{j['verdict']}[/]", "", "", "", j.get("reason", ""))
+    return table
+
+
+def run_watch_command(config: str, model: str, images, version, batch_id, json_out, out, err) -> int:
+    """The body of `neuron-audit watch`: watch, print the table and the batch's summary, write --json;
+    returns the exit code."""
+    import json
+
+    report = watch_batch_run(config, model, images, version, batch_id)
+    out.print(verdict_table(report))
+    out.print(f"summary: {report['summary']}")
+    out.print(f"power: {report['power']['statement']}")
+    if report["n_skipped"]:
+        err.print(f"skipped {report['n_skipped']} file(s): "
+                  + "; ".join(f"{k}: {v}" for k, v in list(report["skipped"].items())[:5]))
+    for nid, problem in report["errors"].items():
+        err.print(f"neuron {nid} not watched: {problem}")
+    for problem in report["problems"]:
+        err.print(f"warning: {problem}")
+    if json_out:
+        json_out = Path(json_out)
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        from storage.artifacts import jsonable
+
+        json_out.write_text(json.dumps(jsonable(report), indent=2))
+        err.print(f"wrote {json_out}")
+    return exit_code(report)

@@ -1,0 +1,65 @@
+"""Fixtures of the watch tests: batch folders written from the built-in photographs, one MLflow
+store per session, a loopback webhook receiver and Prefect under prefect_test_harness."""
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from watch_testlib import write_batch  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def mlflow_uri(tmp_path_factory) -> str:
+    """One MLflow tracking store for the session (creating its tables costs seconds)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def batches(tmp_path_factory, sample_images) -> dict[str, Path]:
+    """clean (in distribution), blurred (radius 4 on 96 px crops, 2 bad files added), empty."""
+    root = tmp_path_factory.mktemp("batches")
+    out = {"clean": write_batch(root / "clean", sample_images, seed=11),
+           "blurred": write_batch(root / "blurred", sample_images, seed=12, blur=4.0)}
+    (out["blurred"] / "broken.jpg").write_bytes(b"not an image")
+    Image.new("L", (40, 40), 128).save(out["blurred"] / "grey.png")
+    out["empty"] = root / "empty"
+    out["empty"].mkdir()
+    (out["empty"] / "notes.txt").write_text("no images here")
+    return out
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    def do_POST(self):  # noqa: N802
+        self.server.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def webhook():
+    """A real HTTP server on 127.0.0.1 that records the JSON posted to it."""
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    srv.received = []
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv.url = f"http://127.0.0.1:{srv.server_address[1]}/hook"
+    yield srv
+    srv.shutdown()
+
+
+@pytest.fixture(scope="session")
+def watch_prefect():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
