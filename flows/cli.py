@@ -17,14 +17,16 @@ from typing import Optional  # noqa: E402
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# rich_markup_mode=None: click's plain help, in which a flag takes no value; typer's rich help prints
+# a `<bool>` type after every flag (`--quick <bool>`), as if it needed one.
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="neuron-audit: nightly audits of what the critical neurons of vision models look for.")
-db_app = typer.Typer(no_args_is_help=True, help="Database maintenance.")
+db_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Database maintenance.")
 app.add_typer(db_app, name="db")
 out = Console()
 err = Console(stderr=True)
 
-ConfigOpt = typer.Option("neuron-audit.yaml", "-c", "--config", help="Path of neuron-audit.yaml.")
+ConfigOpt = typer.Option("neuron-audit.yaml", "-c", "--config", metavar="CONFIG", help="Path of neuron-audit.yaml.")
 
 
 class Exit(Exception):
@@ -83,7 +85,7 @@ def _print_reports(reports: list[dict]) -> int:
 
 
 @app.command()
-def demo(directory: Path = typer.Option(Path("neuron-audit-demo"), "--dir", help="Where the demo writes its config, checkpoint and store."),
+def demo(directory: Path = typer.Option(Path("neuron-audit-demo"), "--dir", metavar="DIR", help="Where the demo writes its config, checkpoint and store."),
          quick: bool = typer.Option(False, "--quick", help="Lower resolution and fewer steps: same verdicts, a first look in minutes."),
          progress: bool = typer.Option(True, help="Show a progress display.")) -> None:
     """The main job on the built-in model: plant a known change in a second version of
@@ -120,8 +122,8 @@ def demo(directory: Path = typer.Option(Path("neuron-audit-demo"), "--dir", help
 
 @app.command()
 def run(config: str = ConfigOpt,
-        model: Optional[str] = typer.Option(None, "--model", help="Audit only this model."),
-        version: Optional[str] = typer.Option(None, "--version", help="Audit only this version."),
+        model: Optional[str] = typer.Option(None, "--model", metavar="MODEL", help="Audit only this model (models[].name)."),
+        version: Optional[str] = typer.Option(None, "--version", metavar="VERSION", help="Audit only this version of the model."),
         no_visuals: bool = typer.Option(False, "--no-visuals", help="Verdicts from probe-set statistics alone.")) -> None:
     """One audit now: the same Prefect flow the schedule runs."""
     cfg = _config(config)
@@ -136,7 +138,8 @@ def run(config: str = ConfigOpt,
 
 @app.command()
 def serve(config: str = ConfigOpt,
-          port: int = typer.Option(4200, help="Port of the Prefect server started when PREFECT_API_URL answers nothing.")) -> None:
+          port: int = typer.Option(4200, metavar="PORT",
+                                   help="Port of the Prefect server started when PREFECT_API_URL answers nothing.")) -> None:
     """Serve the nightly deployment (the config's cron and timezone)."""
     cfg = _config(config)
     from .deploy import serve_nightly
@@ -147,11 +150,15 @@ def serve(config: str = ConfigOpt,
 
 @app.command()
 def visualize(config: str = ConfigOpt,
-              model: str = typer.Option(..., "--model"), version: str = typer.Option(..., "--version"),
-              neuron: str = typer.Option(..., "--neuron"),
-              out_png: Path = typer.Option(Path("visualization.png"), "--out"),
-              seed: int = typer.Option(0, "--seed"), steps: Optional[int] = typer.Option(None, "--steps"),
-              method: str = typer.Option("vital", "--method", help="vital | fourier | maco")) -> None:
+              model: str = typer.Option(..., "--model", metavar="MODEL", help="Model name from the config (models[].name)."),
+              version: str = typer.Option(..., "--version", metavar="VERSION", help="Version of the model to render."),
+              neuron: str = typer.Option(..., "--neuron", metavar="NEURON", help="Neuron id from the config (neurons[].id)."),
+              out_png: Path = typer.Option(Path("visualization.png"), "--out", metavar="PNG",
+                                           help="PNG file to write; a mask, when the method gives one, goes to NAME_mask.png."),
+              seed: int = typer.Option(0, "--seed", metavar="SEED", help="Random seed of the visualization."),
+              steps: Optional[int] = typer.Option(None, "--steps", metavar="N",
+                                                  help="Optimization steps (default: visualization.steps of the config)."),
+              method: str = typer.Option("vital", "--method", metavar="METHOD", help="vital | fourier | maco")) -> None:
     """Render one visualization, without storage."""
     from PIL import Image
 
@@ -213,9 +220,12 @@ def _render_one(cfg, mcfg, n, model, settings, size, seed, method):
 
 
 @app.command()
-def compare(config: str = ConfigOpt, model: str = typer.Option(..., "--model"),
-            baseline: str = typer.Option(..., "--baseline"), candidate: str = typer.Option(..., "--candidate"),
-            json_out: Optional[Path] = typer.Option(None, "--json", help="Write the compare report (SPEC.md) here."),
+def compare(config: str = ConfigOpt,
+            model: str = typer.Option(..., "--model", metavar="MODEL", help="Model name from the config (models[].name)."),
+            baseline: str = typer.Option(..., "--baseline", metavar="V1", help="The version compared against (the older one)."),
+            candidate: str = typer.Option(..., "--candidate", metavar="V2", help="The version under audit (the newer one)."),
+            json_out: Optional[Path] = typer.Option(None, "--json", metavar="OUT",
+                                                    help="Write the compare report here (JSON, docs/compare-report.md)."),
             no_visuals: bool = typer.Option(False, "--no-visuals", help="Skip the statistics that need visualizations.")) -> None:
     """Compare two versions of one model, computing what the store lacks. Exit 1 on any FAIL."""
     cfg = _config(config)
@@ -250,15 +260,17 @@ def _export_report(config: str, out_dir: Path) -> Path:
 
 
 @app.command()
-def report(config: str = ConfigOpt, out_dir: Path = typer.Option(..., "--out", help="Folder for the static HTML.")) -> None:
+def report(config: str = ConfigOpt,
+           out_dir: Path = typer.Option(..., "--out", metavar="DIR", help="Folder for the static HTML.")) -> None:
     """Write the dashboard's views as static HTML, openable from disk."""
     index = _export_report(config, out_dir)
     out.print(f"static report: {index}")
 
 
 @app.command()
-def dashboard(config: str = ConfigOpt, host: str = typer.Option("127.0.0.1", help="Bind address (loopback by default)."),
-              port: int = typer.Option(8050)) -> None:
+def dashboard(config: str = ConfigOpt,
+              host: str = typer.Option("127.0.0.1", metavar="HOST", help="Bind address (loopback by default)."),
+              port: int = typer.Option(8050, metavar="PORT", help="Port to listen on.")) -> None:
     """Serve the read-only web dashboard."""
     from dashboards.app import serve as serve_dashboard
 
@@ -272,9 +284,10 @@ def dashboard(config: str = ConfigOpt, host: str = typer.Option("127.0.0.1", hel
 
 
 @app.command()
-def layers(config: Optional[str] = typer.Option(None, "-c", "--config"),
-           model: Optional[str] = typer.Option(None, "--model"),
-           architecture: Optional[str] = typer.Option(None, "--architecture", help="A timm architecture name.")) -> None:
+def layers(config: Optional[str] = typer.Option(None, "-c", "--config", metavar="CONFIG",
+                                                help="Path of neuron-audit.yaml (with --model, instead of --architecture)."),
+           model: Optional[str] = typer.Option(None, "--model", metavar="MODEL", help="Use this model's architecture from the config."),
+           architecture: Optional[str] = typer.Option(None, "--architecture", metavar="NAME", help="A timm architecture name.")) -> None:
     """List the layer names neurons and taps may use, with their channel counts."""
     from audit.models import create_architecture
     from audit.taps import default_taps, layer_channels, layer_names
@@ -296,7 +309,10 @@ def layers(config: Optional[str] = typer.Option(None, "-c", "--config"),
 
 
 @app.command()
-def evaluate(config: str = ConfigOpt, model: str = typer.Option(..., "--model"), version: str = typer.Option(..., "--version")) -> None:
+def evaluate(config: str = ConfigOpt,
+             model: str = typer.Option(..., "--model", metavar="MODEL", help="Model name from the config (models[].name)."),
+             version: str = typer.Option(..., "--version", metavar="VERSION",
+                                         help="Version whose stored visualizations are scored.")) -> None:
     """Quality of the stored class visualizations: self top-1, transfer top-1/top-5 on the
     other built-in models, Fréchet distance to the reference images."""
     from audit.quality import evaluate_class_visualizations
