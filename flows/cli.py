@@ -341,7 +341,7 @@ def db_upgrade(config: str = ConfigOpt) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry: maps errors to the exit codes of SPEC.md."""
+    """Console-script entry: maps errors to the exit codes of docs/cli.md."""
     from audit.errors import AuditInputError
 
     try:
