@@ -132,7 +132,8 @@ def sections(model: type[BaseModel], path: str = "") -> list[tuple[str, type[Bas
         if field.exclude:
             continue
         key = f"{path}.{name}" if path else name
-        kind = " ".join([type_label(field.annotation), *(f"({b})" for b in bounds(field))])
+        limits = bounds(field)
+        kind = type_label(field.annotation) + (f" ({', '.join(limits)})" if limits else "")
         rows.append((key, kind, default_text(field), field.description or ""))
         nested = nested_model(field.annotation)
         if nested:
