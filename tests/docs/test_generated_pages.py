@@ -97,3 +97,10 @@ def test_contract_commands_offer_the_promised_flags():
         ctx = cmd.context_class(cmd, info_name=name, parent=root)
         lacking = set(promised.flags) - cli_reference.flags_of(cmd, ctx)
         assert not lacking, f"neuron-audit {name} lacks the contract's flags {sorted(lacking)}"
+
+
+def test_generate_check_mode(monkeypatch, capsys):
+    assert generate.main(["--check"]) == 0
+    monkeypatch.setattr(generate, "PAGES", {"cli.md": lambda: "a different page\n"})
+    assert generate.main(["--check"]) == 1
+    assert "docs/cli.md is out of date" in capsys.readouterr().err
