@@ -26,6 +26,7 @@ def real_report(tmp_path_factory) -> tuple[dict, int]:
     import torch
     from safetensors.torch import save_file
 
+    from audit.stats import activation_cache, set_cache_dir
     from audit.surgery import swap_class_rows
     from flows.cli import main
 
@@ -50,9 +51,13 @@ def real_report(tmp_path_factory) -> tuple[dict, int]:
             "probe": {"crops_per_image": 4, "resolution": 48}}]}
     (d / "neuron-audit.yaml").write_text(yaml.safe_dump(config))
     out = d / "report.json"
-    with pytest.raises(SystemExit) as ended:
-        main(["compare", "-c", str(d / "neuron-audit.yaml"), "--model", "tiny", "--baseline", "1",
-              "--candidate", "2", "--json", str(out)])
+    cache_dir = activation_cache().directory        # the store points the activation cache at itself
+    try:
+        with pytest.raises(SystemExit) as ended:
+            main(["compare", "-c", str(d / "neuron-audit.yaml"), "--model", "tiny", "--baseline", "1",
+                  "--candidate", "2", "--json", str(out)])
+    finally:
+        set_cache_dir(cache_dir)
     return json.loads(out.read_text()), ended.value.code
 
 
