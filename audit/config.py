@@ -224,6 +224,12 @@ class ModelConfig(_Strict):
         "The versions, oldest first; each is compared with the one before it."))
     mlflow_registered_model: str | None = Field(default=None, description=(
         "Name of a model in the MLflow registry (`store.mlflow_tracking_uri`): its versions are audited too."))
+    mlflow_aliases: list[str] | None = Field(
+        default=None, description="With `mlflow_registered_model`: audit only the versions these aliases point "
+                                  "to (e.g. [champion, challenger]); absent: every registered version.")
+    allow_pickle: bool = Field(
+        default=False, description="Load registered versions logged with serialization_format='pickle'. "
+                                   "Unpickling runs code from the file: opt in only for models you trust.")
     probe_set: str = Field(default="builtin:samples", description="Probe images: `builtin:samples` or a folder of images.")
     neurons: list[NeuronConfig] = Field(description="The registered neurons (at least one).")
     enabled: bool = Field(default=True, description="false: the nightly audit skips the model (`--model` still audits it).")
@@ -240,6 +246,14 @@ class ModelConfig(_Strict):
     def _consistent(self) -> "ModelConfig":
         if not self.versions and not self.mlflow_registered_model:
             raise ValueError("give `versions` or `mlflow_registered_model`")
+        if self.mlflow_aliases is not None:
+            if not self.mlflow_registered_model:
+                raise ValueError("`mlflow_aliases` needs `mlflow_registered_model`")
+            if not self.mlflow_aliases:
+                raise ValueError("`mlflow_aliases` is empty: name at least one alias, or drop the key")
+            bad = [a for a in self.mlflow_aliases if not re.match(r"^[\w-]+$", a)]
+            if bad:
+                raise ValueError(f"mlflow_aliases: {bad[0]!r} is not an alias name (letters, digits, '_', '-')")
         names = [v.version for v in self.versions]
         dup = {n for n in names if names.count(n) > 1}
         if dup:

@@ -9,6 +9,8 @@ apply_offline_env()
 import os  # noqa: E402
 import time  # noqa: E402
 
+import httpx  # noqa: E402
+
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.context import get_run_context  # noqa: E402
@@ -17,27 +19,40 @@ import audit  # noqa: E402
 
 from . import runtime, work  # noqa: E402
 from .alerts import alert_payload, post_json  # noqa: E402
+from .prefect_names import (RENDER_BATCH_SIZE, artifact_key, compare_task_name, flow_run_name,  # noqa: E402
+                            model_markdown, neuron_batches, render_task_name, verdict_state,
+                            version_task_name)
 
 IO_RETRIES = dict(retries=3, retry_delay_seconds=[1, 4, 10])
 
 
-@task(name="register-version", **IO_RETRIES)
+@task(name="register-version", task_run_name=version_task_name("register"), **IO_RETRIES)
 def register_version_task(cfg_path: str, model: str, version: str) -> str:
     return work.register_version(cfg_path, model, version)
 
 
-@task(name="probe-statistics", tags=["neuron-audit-heavy"])
+@task(name="probe-statistics", task_run_name=version_task_name("probe statistics"), tags=["neuron-audit-heavy"])
 def probe_statistics_task(cfg_path: str, model: str, version: str) -> work.VersionOutcome:
     return work.probe_statistics(cfg_path, model, version, work.VersionOutcome(model, version))
 
 
-@task(name="render-visualizations", tags=["neuron-audit-heavy"])
+@task(name="render-visualizations", task_run_name=render_task_name, tags=["neuron-audit-heavy"])
 def render_task(cfg_path: str, model: str, version: str, run_id: int,
-                outcome: work.VersionOutcome) -> work.VersionOutcome:
-    return work.render_visualizations(cfg_path, model, version, run_id, outcome)
+                outcome: work.VersionOutcome, neuron_ids: list[str] | None = None) -> work.VersionOutcome:
+    return work.render_visualizations(cfg_path, model, version, run_id, outcome, neuron_ids=neuron_ids)
 
 
-@task(name="audit-version", tags=["neuron-audit-heavy"])
+def render_in_batches(cfg_path: str, model: str, version: str, run_id: int,
+                      outcome: work.VersionOutcome) -> work.VersionOutcome:
+    """One render task per batch of RENDER_BATCH_SIZE registered neurons, so that the Prefect UI shows (and
+    retries) the rendering of a model version batch by batch."""
+    neuron_ids = [n.id for n in runtime.config(cfg_path).model(model).neurons]
+    for batch in neuron_batches(neuron_ids, RENDER_BATCH_SIZE):
+        outcome = render_task(cfg_path, model, version, run_id, outcome, neuron_ids=batch)
+    return outcome
+
+
+@task(name="audit-version", task_run_name=version_task_name("audit"), tags=["neuron-audit-heavy"])
 def audit_version_task(cfg_path: str, model: str, version: str, run_id: int) -> work.VersionOutcome:
     """One version end to end (used on Dask workers, where one submission per version scales out)."""
     t0 = time.perf_counter()
@@ -48,39 +63,43 @@ def audit_version_task(cfg_path: str, model: str, version: str, run_id: int) -> 
     return out
 
 
-@task(name="log-to-mlflow", **IO_RETRIES)
-def log_mlflow_task(cfg_path: str, model: str, version: str, run_id: int, outcome: work.VersionOutcome) -> str:
-    from storage.tracking import log_version_audit
+@task(name="log-to-mlflow", task_run_name=version_task_name("log to MLflow"), **IO_RETRIES)
+def log_mlflow_task(cfg_path: str, model: str, version: str, run_id: int, outcome: work.VersionOutcome) -> dict:
+    """Sync the version's MLflow run (only what is new); {"mlflow_run_id", "logged": number of items logged}."""
+    from storage.tracking import sync_version_audit
 
-    return log_version_audit(cfg_path, model, version, run_id, outcome)
+    result = sync_version_audit(cfg_path, model, version, run_id, neuron_errors=outcome.neuron_errors)
+    return {"mlflow_run_id": result.mlflow_run_id, "logged": len(result.logged)}
 
 
-@task(name="compare-versions", tags=["neuron-audit-heavy"])
+@task(name="compare-versions", task_run_name=compare_task_name, tags=["neuron-audit-heavy"])
 def compare_task(cfg_path: str, model: str, baseline: str, candidate: str, run_id: int,
                  with_visuals: bool = True) -> dict:
     return work.compare_pair(cfg_path, model, baseline, candidate, run_id, with_visuals)
 
 
-@task(name="log-report-to-mlflow", **IO_RETRIES)
-def log_report_task(cfg_path: str, model: str, run_id: int, report: dict) -> None:
-    from storage.tracking import log_compare_report
+@task(name="log-report-to-mlflow", task_run_name=compare_task_name, **IO_RETRIES)
+def log_report_task(cfg_path: str, model: str, run_id: int, report: dict) -> dict:
+    """Sync the candidate's MLflow run: drift metrics, verdict tags, the compare report as JSON and HTML."""
+    from storage.tracking import sync_version_audit
 
-    log_compare_report(cfg_path, model, run_id, report)
+    result = sync_version_audit(cfg_path, model, str(report["candidate"]), run_id)
+    return {"mlflow_run_id": result.mlflow_run_id, "logged": len(result.logged)}
 
 
 @task(name="static-report", **IO_RETRIES)
-def static_report_task(cfg_path: str, run_id: int, versions: list[tuple[str, str]]) -> str:
-    """The dashboard's views as static HTML under the artifact store, logged to the MLflow
-    run of each audited version."""
+def static_report_task(cfg_path: str, run_id: int, changed: bool = True) -> str:
+    """The dashboard's views as static HTML under the artifact store (`static-report/index.html`), written once
+    per audit and only when something changed (or it is missing). It covers every model, so it is not logged
+    into the MLflow runs of single versions."""
     from dashboards.export import export_static
-    from storage.tracking import log_static_report
 
     cfg = runtime.config(cfg_path)
     out_dir = cfg.resolve_path(cfg.store.artifacts) / "static-report"
-    index = export_static(runtime.store(cfg_path), str(cfg.resolve_path(cfg.store.artifacts)), out_dir)
-    for model, version in versions:
-        log_static_report(cfg_path, model, run_id, version, out_dir)
-    return str(index)
+    index = out_dir / "index.html"
+    if not changed and index.is_file():
+        return str(index)
+    return str(export_static(runtime.store(cfg_path), str(cfg.resolve_path(cfg.store.artifacts)), out_dir))
 
 
 @task(name="send-alerts", **IO_RETRIES)
@@ -134,7 +153,7 @@ def _flow_run_info() -> tuple[str | None, str | None]:
         return None, None
 
 
-@flow(name="nightly-audit", log_prints=True)
+@flow(name="nightly-audit", flow_run_name=flow_run_name, log_prints=True)
 def nightly_audit(config_path: str, model: str | None = None, version: str | None = None,
                   with_visuals: bool = True) -> dict:
     """Audit the registered neurons of every enabled model (or one model / one version):
@@ -149,6 +168,7 @@ def nightly_audit(config_path: str, model: str | None = None, version: str | Non
     run_id = store.start_run(flow_run_id, cfg.sha256(), audit.__version__)
     summary: dict = {"run_id": run_id, "flow_run_id": flow_run_id, "versions": [], "reports": [], "errors": []}
     t0 = time.perf_counter()
+    changed = False          # did this audit compute or log anything new? (else the static report stands)
     dask = cfg.executor.dask is not None
     try:
         models = [cfg.model(model)] if model else [m for m in cfg.models if m.enabled]
@@ -167,16 +187,18 @@ def nightly_audit(config_path: str, model: str | None = None, version: str | Non
                     t1 = time.perf_counter()
                     register_version_task(cfg_path, mcfg.name, v)
                     out = probe_statistics_task(cfg_path, mcfg.name, v)
-                    out = render_task(cfg_path, mcfg.name, v, run_id, out)
+                    out = render_in_batches(cfg_path, mcfg.name, v, run_id, out)
                     out.seconds = time.perf_counter() - t1
                     outcomes.append(out)
             for out in outcomes:
                 summary["versions"].append(vars(out))
                 for nid, err in out.neuron_errors.items():
                     logger.warning("neuron %s of %s v%s skipped: %s", nid, out.model, out.version, err)
+                changed = changed or bool(out.stats_computed or out.viz_rendered)
                 try:
-                    log_mlflow_task(cfg_path, out.model, out.version, run_id, out)
+                    changed = bool(log_mlflow_task(cfg_path, out.model, out.version, run_id, out)["logged"]) or changed
                 except Exception as exc:
+                    changed = True
                     summary["errors"].append(f"MLflow logging of {out.model} v{out.version}: {exc}")
             for baseline, candidate in work.comparison_pairs(versions, mcfg.champion, only=version):
                 report = compare_task(cfg_path, mcfg.name, baseline, candidate, run_id, with_visuals)
@@ -186,12 +208,12 @@ def nightly_audit(config_path: str, model: str | None = None, version: str | Non
                 except Exception as exc:
                     summary["errors"].append(f"alerts: {exc}")
                 try:
-                    log_report_task(cfg_path, mcfg.name, run_id, report)
+                    changed = bool(log_report_task(cfg_path, mcfg.name, run_id, report)["logged"]) or changed
                 except Exception as exc:
+                    changed = True
                     summary["errors"].append(f"MLflow report logging: {exc}")
         try:
-            summary["static_report"] = static_report_task(
-                cfg_path, run_id, [(v["model"], v["version"]) for v in summary["versions"]])
+            summary["static_report"] = static_report_task(cfg_path, run_id, changed)
         except Exception as exc:
             summary["errors"].append(f"static report: {exc}")
         status = "completed" if not summary["errors"] else "completed_with_errors"
@@ -200,28 +222,24 @@ def nightly_audit(config_path: str, model: str | None = None, version: str | Non
         store.finish_run(run_id, "failed", f"{exc.__class__.__name__}: {exc}")
         raise
     summary["seconds"] = time.perf_counter() - t0
-    _publish_summary(summary)
+    _publish_summary(cfg_path, summary)
     if summary["errors"]:
         # Finished results stay stored; the run is marked failed with the reason.
         raise RuntimeError("; ".join(summary["errors"]))
-    return summary
+    return verdict_state(summary)
 
 
-def _publish_summary(summary: dict) -> None:
-    lines = [f"# neuron-audit run {summary['run_id']}", "", "| model | baseline | candidate | PASS | WARN | FAIL |",
-             "|---|---|---|---|---|---|"]
-    for r in summary["reports"]:
-        s = r["summary"]
-        lines.append(f"| {r['model']} | {r['baseline']} | {r['candidate']} | {s['PASS']} | {s['WARN']} | {s['FAIL']} |")
-    fails = [(r, n) for r in summary["reports"] for n in r["neurons"] if n["verdict"] == "FAIL"]
-    if fails:
-        lines += ["", "## FAIL"] + [f"- **{r['model']}** {r['baseline']}→{r['candidate']} `{n['id']}`: {n['reason']} "
-                                    f"(report: `{r.get('report_path')}`)" for r, n in fails]
-    try:
-        create_markdown_artifact(markdown="\n".join(lines), key=f"neuron-audit-run-{summary['run_id']}",
-                                 description="neuron-audit verdicts")
-    except Exception:
-        pass
+def _publish_summary(cfg_path: str, summary: dict) -> None:
+    """One markdown artifact per audited model (its verdicts and work done), under a key unique to this store
+    and model: Prefect keeps each key's history across runs."""
+    store_id = runtime.store(cfg_path).store_id
+    models = dict.fromkeys([v["model"] for v in summary["versions"]] + [r["model"] for r in summary["reports"]])
+    for model in models:
+        try:
+            create_markdown_artifact(markdown=model_markdown(summary, model), key=artifact_key(store_id, model),
+                                     description=f"neuron-audit verdicts of {model}")
+        except httpx.HTTPError:  # the artifact is a convenience: never fail the audit for it
+            pass
 
 
 def run_audit(config_path: str, model: str | None = None, version: str | None = None,

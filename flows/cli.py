@@ -139,10 +139,45 @@ def run(config: str = ConfigOpt,
 @app.command()
 def serve(config: str = ConfigOpt,
           port: int = typer.Option(4200, metavar="PORT",
-                                   help="Port of the Prefect server started when PREFECT_API_URL answers nothing.")) -> None:
-    """Serve the nightly deployment (the config's cron and timezone)."""
+                                   help="Port of the Prefect server started when PREFECT_API_URL answers nothing."),
+          work_pool: Optional[str] = typer.Option(None, "--work-pool", metavar="NAME",
+                                                  help="Register the deployment on this Prefect work pool and exit; "
+                                                       "the pool's workers run it.")) -> None:
+    """Run the nightly audit on the config's schedule (Prefect deployment
+    `nightly-audit/nightly`).
+
+    \b
+    The deployment: flow `nightly-audit`, deployment `nightly`, tag
+    `neuron-audit`, parameter config_path = CONFIG's absolute path. Each run
+    audits every enabled model, like `neuron-audit run`. The schedule is the
+    config's `schedule: {cron, timezone}` (default "0 2 * * *", UTC). Heavy
+    tasks run one at a time per worker (concurrency tag neuron-audit-heavy).
+
+    \b
+    Without --work-pool, this process serves the deployment and runs each
+    scheduled flow run itself: it blocks until Ctrl-C. It uses the Prefect
+    server in PREFECT_API_URL, or starts one on 127.0.0.1:PORT (UI at
+    http://127.0.0.1:PORT, data in .neuron-audit/ next to the config).
+
+    \b
+    On a work pool (other machines, several workers):
+      export PREFECT_API_URL=http://prefect-host:4200/api
+      prefect work-pool create neuron-audit --type process
+      neuron-audit serve -c neuron-audit.yaml --work-pool neuron-audit
+      prefect worker start --pool neuron-audit
+    The third line registers the deployment and returns; run the worker on
+    each machine that has neuron-audit installed and reaches the config's
+    paths and store.
+    """
     cfg = _config(config)
-    from .deploy import serve_nightly
+    from .deploy import deploy_to_work_pool, serve_nightly
+
+    if work_pool:
+        deployment_id = deploy_to_work_pool(config, work_pool)
+        out.print(f"deployment nightly-audit/nightly ({deployment_id}) registered on work pool {work_pool!r}: "
+                  f"cron {cfg.schedule.cron!r} ({cfg.schedule.timezone}); start workers with "
+                  f"`prefect worker start --pool {work_pool}`")
+        return
 
     err.print(f"serving deployment nightly-audit/nightly: cron {cfg.schedule.cron!r} ({cfg.schedule.timezone})")
     serve_nightly(config, port=port, home=cfg.resolve_path(".neuron-audit"))

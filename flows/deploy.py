@@ -1,5 +1,11 @@
-"""`neuron-audit serve`: the nightly deployment. A schedule needs a real Prefect
-server, so serve reaches the one in PREFECT_API_URL or starts one on 127.0.0.1."""
+"""`neuron-audit serve`: the nightly deployment `nightly-audit/nightly` with the config's cron schedule.
+
+Two ways to run it, both Prefect's own:
+- `serve_nightly`: this process serves the deployment and runs each scheduled flow run itself (it blocks). A
+  schedule needs a real Prefect server, so it reaches the one in PREFECT_API_URL or starts one on 127.0.0.1.
+- `deploy_to_work_pool`: the deployment is registered on a work pool of the server in PREFECT_API_URL and the
+  command returns; `prefect worker start --pool NAME` on any machine with neuron-audit installed runs the
+  scheduled flow runs (the entrypoint is the module path `flows.audit_flow.nightly_audit`)."""
 from __future__ import annotations
 
 from flows.env import apply_offline_env
@@ -68,7 +74,10 @@ def ensure_heavy_concurrency_limit(config_path: str) -> int:
     return limit
 
 
-def build_deployment(config_path: str):
+def build_deployment(config_path: str, module_entrypoint: bool = False):
+    """The nightly deployment of the flow for this config (its absolute path is the flow's parameter).
+    module_entrypoint: refer to the flow by module path (for workers, which import the installed package)."""
+    from prefect.deployments.runner import EntrypointType
     from prefect.schedules import Cron
 
     from audit.config import load_config
@@ -82,7 +91,32 @@ def build_deployment(config_path: str):
         parameters={"config_path": str(Path(config_path).resolve())},
         description="neuron-audit: nightly audit of the registered neurons",
         tags=["neuron-audit"],
+        entrypoint_type=EntrypointType.MODULE_PATH if module_entrypoint else EntrypointType.FILE_PATH,
     )
+
+
+def deploy_to_work_pool(config_path: str, work_pool: str) -> str:
+    """Register the nightly deployment on `work_pool` of the Prefect server in PREFECT_API_URL (created on that
+    server beforehand, e.g. `prefect work-pool create NAME --type process`); returns the deployment id. The
+    pool's workers run the scheduled flow runs."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL
+
+    from audit.errors import AuditInputError
+
+    api = PREFECT_API_URL.value()
+    if not api or not api_healthy(api):
+        raise AuditInputError(f"serve --work-pool {work_pool}: set PREFECT_API_URL to the Prefect server the pool's "
+                              f"workers poll (now {api or 'unset'}{'' if not api else ', not answering'})")
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(work_pool)
+        except ObjectNotFound:
+            raise AuditInputError(f"serve --work-pool: work pool {work_pool!r} does not exist on {api}; create it "
+                                  f"with `prefect work-pool create {work_pool} --type process`") from None
+    ensure_heavy_concurrency_limit(config_path)
+    return str(build_deployment(config_path, module_entrypoint=True).apply(work_pool_name=work_pool))
 
 
 def serve_nightly(config_path: str, host: str = "127.0.0.1", port: int = 4200, home: Path | None = None) -> None:

@@ -56,7 +56,8 @@ def _load(path: str, model_name: str, version: str) -> LoadedVersion:
     if vcfg.source.startswith("models:/"):
         from storage.resolve import resolve_registry_source
 
-        state, registry = resolve_registry_source(vcfg.source, cfg.store.mlflow_tracking_uri)
+        state, registry = resolve_registry_source(vcfg.source, cfg.store.mlflow_tracking_uri,
+                                                  allow_pickle=mcfg.allow_pickle, model_key=f"models[{mcfg.name}]")
         model = load_model(mcfg.architecture, state_dict=state, device=device())
     else:
         model = load_model(mcfg.architecture, vcfg.source, device=device(), base_dir=cfg.base_dir)
@@ -77,13 +78,15 @@ def version_config(cfg: AuditConfig, mcfg: ModelConfig, version: str) -> Version
 
 
 def registry_versions(cfg: AuditConfig, mcfg: ModelConfig) -> list[VersionConfig]:
-    """The config's versions, plus the MLflow registry's for `mlflow_registered_model` models."""
+    """The config's versions, plus the MLflow registry's for `mlflow_registered_model` models (every version, or
+    those `mlflow_aliases` point to)."""
     versions = list(mcfg.versions)
     if mcfg.mlflow_registered_model:
         from storage.resolve import list_registry_versions
 
         known = {v.version for v in versions}
-        for v in list_registry_versions(mcfg.mlflow_registered_model, cfg.store.mlflow_tracking_uri):
+        for v in list_registry_versions(mcfg.mlflow_registered_model, cfg.store.mlflow_tracking_uri,
+                                        mcfg.mlflow_aliases):
             if v not in known:
                 versions.append(VersionConfig(version=v, source=f"models:/{mcfg.mlflow_registered_model}/{v}"))
     return versions

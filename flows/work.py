@@ -121,8 +121,8 @@ def visualization_settings(cfg_path: str, model_name: str):
 
 
 def render_visualizations(cfg_path: str, model_name: str, version: str, run_id: int | None,
-                          outcome: VersionOutcome) -> VersionOutcome:
-    """VITAL images of the registered neurons, batched per seed; reuses any stored
+                          outcome: VersionOutcome, neuron_ids: list[str] | None = None) -> VersionOutcome:
+    """VITAL images of the registered neurons (or of `neuron_ids` only), batched per seed; reuses any stored
     visualization with the same content key (upstream weights, references, settings, seed)."""
     from audit.vital import VitalRequest, render_vital
 
@@ -136,9 +136,12 @@ def render_visualizations(cfg_path: str, model_name: str, version: str, run_id: 
     size = settings.resolution or runtime.probe_size(mcfg, model)
     settings_dict = settings.to_dict() if hasattr(settings, "to_dict") else dict(vars(settings))
     taps = model_taps(mcfg, model)
+    wanted = None if neuron_ids is None else set(neuron_ids)
     for seed in mcfg.visualization.seeds:
         requests, keys, pending = [], [], []
         for n in valid_neurons(cfg_path, model_name, version, outcome):
+            if wanted is not None and n.id not in wanted:
+                continue
             try:
                 stored = store.load_stats(model_name, version, n.id, probe.sha256)
                 values = stored[1]["max"] if stored else np.zeros(len(probe.names))

@@ -426,7 +426,7 @@ class AuditStore:
         returns its absolute path."""
         rel = f"reports/{_safe_name(model)}/{_safe_name(baseline)}-vs-{_safe_name(candidate)}.json"
         data = json.dumps(jsonable(report), indent=2, sort_keys=False, allow_nan=False).encode()
-        return self.artifacts.write_named(rel, data)
+        return self.artifacts.write_named(rel, data)   # = report_file(model, baseline, candidate)
 
     def create_alert_if_new(self, drift_result_id: int, channel: str) -> int | None:
         """A new alert for a drift result, or None when an open alert (resolved_at NULL) already exists on this
@@ -500,24 +500,28 @@ class AuditStore:
         return out
 
     # ------------------------------------------------------------------ MLflow bookkeeping
+    @property
+    def store_id(self) -> str:
+        """A short stable id of this store (hash of its URL, password masked): tags the MLflow runs and keys the
+        Prefect artifacts of this store, so that stores sharing one MLflow or Prefect server never collide."""
+        return hashlib.sha256(mask_url(self.url).encode()).hexdigest()[:12]
+
     def mark_mlflow(self, run_id: int, model: str, version: str, mlflow_run_id: str | None = None,
-                    error: str | None = None, params: Mapping | None = None, report_path: str | None = None) -> int:
-        """Record the MLflow run of (audit run, version): 'logged' when mlflow_run_id is given, else 'pending'
-        (error counts an attempt). params/report_path are kept so a later run can log the pending one."""
+                    error: str | None = None, experiment_id: str | None = None) -> int:
+        """Record what audit run `run_id` logged for (model, version): 'logged' into `mlflow_run_id` (in experiment
+        `experiment_id`), or 'pending' (an error counts an attempt; the next run logs what is missing)."""
         def tx(s: Session) -> int:
             vid = self._version_id(s, model, version)
             t = S.MlflowRun.__table__
             row_id = self._upsert(s, t, {"audit_run_id": run_id, "model_version_id": vid, "mlflow_run_id": None,
-                                         "status": "pending", "params": jsonable(dict(params or {})),
-                                         "report_path": report_path, "attempts": 0, "updated_at": _now()},
+                                         "status": "pending", "params": {}, "report_path": None, "attempts": 0,
+                                         "updated_at": _now()},
                                   ["audit_run_id", "model_version_id"])
             values: dict[str, Any] = {"updated_at": _now()}
-            if params is not None:
-                values["params"] = jsonable(dict(params))
-            if report_path is not None:
-                values["report_path"] = report_path
             if mlflow_run_id:
                 values.update(mlflow_run_id=mlflow_run_id, status="logged", last_error=None)
+                if experiment_id:
+                    values["mlflow_experiment_id"] = experiment_id
             elif error is not None:
                 values.update(status="pending", attempts=t.c.attempts + 1, last_error=str(error)[:5000])
             s.execute(update(t).where(t.c.id == row_id).values(**values))
@@ -525,7 +529,8 @@ class AuditStore:
         return self._write(tx)
 
     def mlflow_run(self, run_id: int, model: str, version: str) -> dict | None:
-        """The MLflow bookkeeping row of (audit run, version): dict(id, status, mlflow_run_id, attempts, last_error)."""
+        """What audit run `run_id` logged for (model, version): dict(id, status, mlflow_run_id, mlflow_experiment_id,
+        attempts, last_error), or None when it logged nothing (e.g. nothing was new)."""
         with self._read() as s:
             row = s.execute(select(S.MlflowRun).join(S.ModelVersion, S.ModelVersion.id == S.MlflowRun.model_version_id)
                             .join(S.Model, S.Model.id == S.ModelVersion.model_id)
@@ -533,12 +538,13 @@ class AuditStore:
                                    S.ModelVersion.version == str(version))).scalar_one_or_none()
         if row is None:
             return None
-        return {"id": row.id, "status": row.status, "mlflow_run_id": row.mlflow_run_id, "attempts": row.attempts,
+        return {"id": row.id, "status": row.status, "mlflow_run_id": row.mlflow_run_id,
+                "mlflow_experiment_id": row.mlflow_experiment_id, "attempts": row.attempts,
                 "last_error": row.last_error}
 
     def pending_mlflow(self) -> list[dict]:
-        """Results not yet in MLflow: dict(id, audit_run_id, model, version, model_version_id, params, report_path,
-        attempts, last_error)."""
+        """Versions with results not yet in MLflow: dict(id, audit_run_id, model, version, model_version_id,
+        attempts, last_error), oldest first."""
         with self._read() as s:
             rows = s.execute(
                 select(S.MlflowRun, S.Model.name, S.ModelVersion.version)
@@ -546,62 +552,87 @@ class AuditStore:
                 .join(S.Model, S.Model.id == S.ModelVersion.model_id)
                 .where(S.MlflowRun.status == "pending").order_by(S.MlflowRun.id)).all()
         return [{"id": r.id, "audit_run_id": r.audit_run_id, "model": name, "version": version,
-                 "model_version_id": r.model_version_id, "params": r.params, "report_path": r.report_path,
-                 "attempts": r.attempts, "last_error": r.last_error} for r, name, version in rows]
+                 "model_version_id": r.model_version_id, "attempts": r.attempts, "last_error": r.last_error}
+                for r, name, version in rows]
 
-    def mlflow_payload(self, run_id: int, model: str, version: str) -> dict:
-        """Everything the MLflow run of (audit run, version) shows, read from the store:
-        dict(model_version_id, source, weights_sha256, metrics{key: float}, visualizations[dict(id, neuron_id,
-        method, seed, image, mask)] with absolute file paths, drift[dict]), params, report_path, run_key (identifies
-        this (audit run, version) of this store in MLflow, so a re-created database never matches old runs)."""
+    def mlflow_ledger(self, model: str, version: str) -> tuple[str | None, dict[str, str]]:
+        """(MLflow run id, {key: digest}) of what the newest MLflow run of (model, version) holds according to the
+        ledger; (None, {}) when nothing was logged yet."""
+        L = S.MlflowLogged
+        with self._read() as s:
+            vid = self._version_id(s, model, version)
+            run = s.execute(select(L.mlflow_run_id).where(L.model_version_id == vid)
+                            .order_by(L.id.desc()).limit(1)).scalar_one_or_none()
+            if run is None:
+                return None, {}
+            rows = s.execute(select(L.key, L.digest).where(L.mlflow_run_id == run)).all()
+        return run, {k: d for k, d in rows}
+
+    def record_mlflow_logged(self, model: str, version: str, mlflow_run_id: str, entries: Mapping[str, str],
+                             audit_run_id: int | None = None) -> None:
+        """Add to the ledger what was just logged into `mlflow_run_id` ({key: digest}; a key logged again gets its
+        new digest)."""
+        if not entries:
+            return
+        def tx(s: Session) -> None:
+            vid = self._version_id(s, model, version)
+            t = S.MlflowLogged.__table__
+            for key, digest in entries.items():
+                self._upsert(s, t, {"model_version_id": vid, "mlflow_run_id": mlflow_run_id, "key": key[:500],
+                                    "digest": str(digest)[:128], "audit_run_id": audit_run_id, "logged_at": _now()},
+                             ["mlflow_run_id", "key"], ["digest", "audit_run_id", "logged_at"])
+        self._write(tx)
+
+    def report_file(self, model: str, baseline: str, candidate: str) -> Path:
+        """Where `save_report` writes the compare report of (baseline, candidate)."""
+        return self.artifacts.path(f"reports/{_safe_name(model)}/{_safe_name(baseline)}-vs-{_safe_name(candidate)}.json")
+
+    def mlflow_version_content(self, model: str, version: str) -> dict:
+        """Everything the MLflow run of (model, version) shows, read from the store: dict(model_version_id, source,
+        weights_sha256, registered_at, stats{neuron: stats dict} (newest probe set), drift[dict(neuron_id, baseline,
+        baseline_registered_at, verdict, reason, statistics, matched_index)] (newest per neuron and baseline),
+        visualizations[dict(id, neuron_id, method, seed, image, mask (absolute paths), image_rel, mask_rel,
+        final_loss, seconds)], reports{baseline: absolute path of its stored compare report})."""
         with self._read() as s:
             vid = self._version_id(s, model, version)
             mv = s.get(S.ModelVersion, vid)
-            metrics: dict[str, float] = {}
-            stats_rows = s.execute(select(S.ActivationStatsRow, S.Neuron.neuron_id)
-                                   .join(S.Neuron, S.Neuron.id == S.ActivationStatsRow.neuron_id)
-                                   .where(S.ActivationStatsRow.model_version_id == vid)
-                                   .order_by(S.ActivationStatsRow.created_at, S.ActivationStatsRow.id)).all()
-            for row, nid in stats_rows:   # latest probe set last: it wins
-                st = row.stats or {}
-                for k in ("mean", "std", "frac_active", "n"):
-                    metrics[f"{nid}.{k}"] = st.get(k)
-                for q, val in (st.get("quantiles") or {}).items():
-                    metrics[f"{nid}.q{q}"] = val
+            stats: dict[str, dict] = {}
+            for row, nid in s.execute(select(S.ActivationStatsRow, S.Neuron.neuron_id)
+                                      .join(S.Neuron, S.Neuron.id == S.ActivationStatsRow.neuron_id)
+                                      .where(S.ActivationStatsRow.model_version_id == vid)
+                                      .order_by(S.ActivationStatsRow.created_at, S.ActivationStatsRow.id)).all():
+                stats[nid] = dict(row.stats or {})          # the newest probe set wins
             B = aliased(S.ModelVersion)
-            drift = []
-            for d, nid, base in s.execute(select(S.DriftResultRow, S.Neuron.neuron_id, B.version)
-                                          .join(S.Neuron, S.Neuron.id == S.DriftResultRow.neuron_id)
-                                          .join(B, B.id == S.DriftResultRow.baseline_version_id)
-                                          .where(S.DriftResultRow.candidate_version_id == vid)
-                                          .order_by(S.DriftResultRow.created_at, S.DriftResultRow.id)).all():
-                prefix = f"{nid}.vs{_safe_name(base)}"
-                for k, val in (d.statistics or {}).items():
-                    metrics[f"{prefix}.{k}"] = val
-                metrics[f"{prefix}.verdict"] = float(VERDICTS.index(d.verdict)) if d.verdict in VERDICTS else None
-                drift.append({"neuron_id": nid, "baseline": base, "verdict": d.verdict, "reason": d.reason})
+            drift: dict[tuple[str, str], dict] = {}
+            for d, nid, base, base_at in s.execute(
+                    select(S.DriftResultRow, S.Neuron.neuron_id, B.version, B.registered_at)
+                    .join(S.Neuron, S.Neuron.id == S.DriftResultRow.neuron_id)
+                    .join(B, B.id == S.DriftResultRow.baseline_version_id)
+                    .where(S.DriftResultRow.candidate_version_id == vid)
+                    .order_by(S.DriftResultRow.created_at, S.DriftResultRow.id)).all():
+                drift[(nid, base)] = {"neuron_id": nid, "baseline": base, "baseline_registered_at": _iso(base_at),
+                                      "verdict": d.verdict, "reason": d.reason, "statistics": dict(d.statistics or {}),
+                                      "matched_index": d.matched_index}
             vizs = []
             for v, nid in s.execute(select(S.Visualization, S.Neuron.neuron_id)
                                     .join(S.VersionVisualization, S.VersionVisualization.visualization_id == S.Visualization.id)
                                     .join(S.Neuron, S.Neuron.id == S.Visualization.neuron_id)
                                     .where(S.VersionVisualization.model_version_id == vid)
-                                    .order_by(S.Neuron.neuron_id, S.Visualization.method, S.Visualization.seed)).all():
+                                    .order_by(S.Neuron.neuron_id, S.Visualization.method, S.Visualization.seed,
+                                              S.Visualization.id)).all():
                 vizs.append({"id": v.id, "neuron_id": nid, "method": v.method, "seed": v.seed,
-                             "image": str(self.artifacts.path(v.image_path)),
-                             "mask": str(self.artifacts.path(v.mask_path)) if v.mask_path else None})
-                if v.loss_history:
-                    metrics[f"{nid}.{v.method}.s{v.seed}.final_loss"] = v.loss_history[-1]
-                metrics[f"{nid}.{v.method}.s{v.seed}.seconds"] = v.seconds
-            row = s.execute(select(S.MlflowRun).where(S.MlflowRun.audit_run_id == run_id,
-                                                      S.MlflowRun.model_version_id == vid)).scalar_one_or_none()
-            run = s.get(S.AuditRun, run_id)
-            if run is None:
-                raise NotFoundError(f"audit run {run_id} does not exist")
-            run_key = _sha([mask_url(self.url), run_id, _iso(run.started_at), run.flow_run_id, vid])[:24]
-        metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and np.isfinite(v)}
-        return {"model_version_id": vid, "source": mv.source, "weights_sha256": mv.weights_sha256, "metrics": metrics,
-                "visualizations": vizs, "drift": drift, "params": (row.params if row else {}) or {},
-                "report_path": row.report_path if row else None, "run_key": run_key}
+                             "image": str(self.artifacts.path(v.image_path)), "image_rel": v.image_path,
+                             "mask": str(self.artifacts.path(v.mask_path)) if v.mask_path else None,
+                             "mask_rel": v.mask_path,
+                             "final_loss": v.loss_history[-1] if v.loss_history else None, "seconds": v.seconds})
+        reports = {}
+        for base in sorted({b for _, b in drift}):
+            path = self.report_file(model, base, version)
+            if path.is_file():
+                reports[base] = str(path)
+        return {"model_version_id": vid, "source": mv.source, "weights_sha256": mv.weights_sha256,
+                "registered_at": _iso(mv.registered_at), "stats": stats, "drift": list(drift.values()),
+                "visualizations": vizs, "reports": reports}
 
     # ------------------------------------------------------------------ read queries (dashboard)
     def list_models(self) -> list[dict]:

@@ -14,7 +14,10 @@ Row meanings:
 - drift_results: comparison of one neuron between a baseline and a candidate version on a probe set.
 - alerts: a notification of a FAIL drift result on a channel (e.g. "webhook"), with its delivery state;
   open while `resolved_at` is NULL.
-- mlflow_runs: the MLflow run of one (audit run, model version): 'logged' with its id, or 'pending'.
+- mlflow_runs: what one audit run logged to the MLflow run of a model version: 'logged' with the MLflow run (and
+  experiment) id, or 'pending' when MLflow could not be reached (the next run logs it).
+- mlflow_logged: the ledger of what an MLflow run of a model version holds (one row per metric, tag, image or
+  report, with a digest of its content), so that a re-audit logs only what is new.
 """
 from __future__ import annotations
 
@@ -182,12 +185,25 @@ class MlflowRun(Base):
     audit_run_id: Mapped[int] = mapped_column(ForeignKey("audit_runs.id", ondelete="CASCADE"))
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"))
     mlflow_run_id: Mapped[Optional[str]] = mapped_column(String(64))
+    mlflow_experiment_id: Mapped[Optional[str]] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(10), default="pending")   # logged | pending
     params: Mapped[dict[str, Any]] = mapped_column(PortableJSON, default=dict)
     report_path: Mapped[Optional[str]] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[Optional[str]] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+
+
+class MlflowLogged(Base):
+    __tablename__ = "mlflow_logged"
+    __table_args__ = (UniqueConstraint("mlflow_run_id", "key"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"), index=True)
+    mlflow_run_id: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(500))          # "metric:<key>", "image:<key>", "report:<path>", ...
+    digest: Mapped[str] = mapped_column(String(128))       # what was logged: a value or a content hash
+    audit_run_id: Mapped[Optional[int]] = mapped_column(ForeignKey("audit_runs.id", ondelete="SET NULL"))
+    logged_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
 
 
 Index("ix_drift_results_candidate", DriftResultRow.candidate_version_id)

@@ -1,44 +1,43 @@
-"""MLflow logging of audit results.
+"""The MLflow mirror of the store: one MLflow run per model version, updated idempotently.
 
-One experiment per model (`neuron-audit/<model>`), one MLflow run per (audit run, model version):
-config as params, per-neuron statistics as metrics with stable keys (`<neuron_id>.mean`,
-`<neuron_id>.q0.5`, `<neuron_id>.vs<baseline>.spearman`, ...), visualizations / masks / top-k grids
-as image artifacts, the compare report as a JSON artifact, tags linking the database ids and the
-registered model version (for `models:/` sources).
+- One experiment per model (`neuron-audit/<model>`); in it one run per model version, tagged
+  `neuron_audit.store` / `.model` / `.version` and found again by those tags (or by the ledger).
+- A sync logs only what is new: every metric, tag, image and report logged is recorded in the store's ledger
+  (`mlflow_logged`) with a digest of its content; an item whose digest is unchanged is never logged again. An
+  unchanged version costs one read of the database and no MLflow call at all (MLflow is not even imported).
+- Audits appear as metric steps: what an audit logs carries `step = audit run id`, so metric and image
+  histories chart a version across audits. Outcomes are metrics and tags (storage/mlflow_content.py names
+  them); the audit configuration is logged as params when the run is created and as `config.json` thereafter
+  (MLflow params cannot change).
+- The compare report is a JSON and an HTML artifact of the candidate's run; a registered model version (a
+  `models:/` source) gets tags with the audit outcome.
+- The whole-store static HTML report is NOT logged to MLflow (it covers every model and would be copied into
+  each version's run); flows write it once per audit, when something changed, under the artifact store.
 
-Only the MlflowClient API with explicit run ids is used (no fluent global state), so trackers are
-safe to use from several threads. Every call is retried with exponential backoff; when MLflow stays
-unreachable `TrackingUnavailableError` is raised and the database row stays `pending`, and
-`log_pending(store)` logs it later from what the database holds.
+Only the MlflowClient API with explicit run ids is used (no fluent global state). Every call is retried with
+backoff; when MLflow stays unreachable `TrackingUnavailableError` is raised, the audit run's row is marked
+`pending`, and `log_pending(store)` (or any later sync of that version) logs what the ledger lacks.
 """
 from __future__ import annotations
 
 import functools
 import json
-import os
-import re
-import shutil
-import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DO_NOT_TRACK", "true")
-# MLflow's own HTTP retries default to 7 with backoff factor 2 (minutes of waiting); we retry ourselves.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")   # an int
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+from .errors import TrackingUnavailableError
+from .links import mlflow_experiment_url, mlflow_run_url, prefect_flow_run_url  # noqa: F401  (re-exported)
+from .mlflow_content import (TAG, digest, flatten_params, image_items, metric_key, name_part,
+                             registered_version_tags, report_html, stable_report, version_metrics, version_tags)
+from .mlflow_env import apply_mlflow_env
 
-import numpy as np  # noqa: E402
-
-from .errors import TrackingUnavailableError  # noqa: E402
+apply_mlflow_env()
 
 T = TypeVar("T")
-TAG = "neuron_audit"
-_MAX_PARAM_LEN = 6000
-_KEY_RE = re.compile(r"[^\w\-. /]")
+_NOT_RETRYABLE = ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS",
+                  "PERMISSION_DENIED", "UNAUTHENTICATED")
 
 
 def default_artifact_location(tracking_uri: str) -> str | None:
@@ -54,51 +53,44 @@ def experiment_name(model: str) -> str:
     return f"neuron-audit/{model}"
 
 
-def metric_key(key: str) -> str:
-    """MLflow accepts letters, digits, _ - . space and /; anything else becomes _."""
-    return _KEY_RE.sub("_", key)[:250]
-
-
-def flatten_params(obj: Any, prefix: str = "") -> dict[str, str]:
-    """Nested config -> {'models.0.name': 'x', ...} with string values (truncated to MLflow's limit)."""
-    out: dict[str, str] = {}
-    if isinstance(obj, Mapping):
-        for k, v in obj.items():
-            out.update(flatten_params(v, f"{prefix}{k}."))
-    elif isinstance(obj, (list, tuple)) and obj and all(isinstance(v, Mapping) for v in obj):
-        for i, v in enumerate(obj):
-            name = v.get("name") or v.get("id") or v.get("version") or i
-            out.update(flatten_params(v, f"{prefix}{name}."))
-    else:
-        val = json.dumps(obj) if isinstance(obj, (list, tuple)) else ("" if obj is None else str(obj))
-        out[metric_key(prefix.rstrip("."))] = val[:_MAX_PARAM_LEN]
-    return out
-
-
-def _parse_registered(source: str | None) -> dict[str, str]:
-    """Tags naming the registered model version of a models:/ source."""
+def _registered(source: str | None) -> tuple[str, str | None, str | None] | None:
+    """(name, version, alias) of a models:/ source, else None."""
     if not source or not source.startswith("models:/"):
-        return {}
-    rest = source[len("models:/"):]
-    if "@" in rest:
-        name, alias = rest.split("@", 1)
-        return {f"{TAG}.registered_model": name, f"{TAG}.registered_alias": alias}
-    name, _, version = rest.partition("/")
-    return {f"{TAG}.registered_model": name, f"{TAG}.registered_version": version}
+        return None
+    from .resolve import parse_models_uri
+
+    return parse_models_uri(source)
+
+
+@dataclass
+class SyncResult:
+    """What one sync of a version did: the version's MLflow run, and the ledger keys it logged ([] = nothing new)."""
+    mlflow_run_id: str | None
+    experiment_id: str | None
+    logged: list[str] = field(default_factory=list)
+    created: bool = False
 
 
 class MlflowTracker:
     def __init__(self, tracking_uri: str, artifact_location: str | None = None, *, registry_uri: str | None = None,
                  retries: int = 3, backoff_s: float = 0.5):
-        from mlflow.tracking import MlflowClient
-
         self.tracking_uri = str(tracking_uri)
-        if self.tracking_uri.startswith("sqlite:///"):
-            Path(self.tracking_uri[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        self.registry_uri = registry_uri or self.tracking_uri
         self.artifact_location = artifact_location or default_artifact_location(self.tracking_uri)
         self.retries, self.backoff_s = retries, backoff_s
-        self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=registry_uri or self.tracking_uri)
+        self._client = None
         self._experiments: dict[str, str] = {}
+
+    @property
+    def client(self):
+        """The MlflowClient, created on first use (importing MLflow costs seconds: an unchanged sync never does)."""
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            if self.tracking_uri.startswith("sqlite:///"):
+                Path(self.tracking_uri[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
+        return self._client
 
     # ------------------------------------------------------------------ plumbing
     def _retry(self, what: str, fn: Callable[[], T]) -> T:
@@ -110,16 +102,10 @@ class MlflowTracker:
                 return fn()
             except MlflowException as exc:
                 # a 4xx answer is not a connectivity problem: do not retry it
-                code = getattr(exc, "error_code", "")
-                if code in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS",
-                            "PERMISSION_DENIED", "UNAUTHENTICATED") and "connection" not in str(exc).lower():
+                if getattr(exc, "error_code", "") in _NOT_RETRYABLE and "connection" not in str(exc).lower():
                     raise
                 last = exc
-            except (OSError, ConnectionError) as exc:
-                last = exc
-            except Exception as exc:  # requests / urllib3 / sqlalchemy errors from the store
-                if type(exc).__module__.split(".")[0] not in ("requests", "urllib3", "sqlalchemy"):
-                    raise
+            except OSError as exc:   # connection errors (requests' errors are OSErrors too)
                 last = exc
             if attempt < self.retries:
                 time.sleep(delay)
@@ -153,140 +139,203 @@ class MlflowTracker:
         self._experiments[model] = self._retry("experiment", get_or_create)
         return self._experiments[model]
 
-    # ------------------------------------------------------------------ logging
-    def log_run(self, *, model: str, version: str, audit_run_id: int, params: Mapping[str, Any] | None = None,
-                metrics: Mapping[str, float] | None = None, visualizations: list[dict] = (),
-                images: Mapping[str, np.ndarray | str | os.PathLike] | None = None, report: dict | None = None,
-                tags: Mapping[str, str] | None = None, source: str | None = None,
-                run_key: str | None = None) -> tuple[str, dict[int, str]]:
-        """Log one (audit run, version) as an MLflow run; returns (mlflow run id, {visualization id: artifact uri}).
+    def _live_run(self, run_id: str) -> bool:
+        from mlflow.exceptions import MlflowException
 
-        visualizations: [dict(id, neuron_id, method, seed, image: path, mask: path|None)];
-        images: extra images (e.g. top-k patch grids) {artifact name: uint8 array or PNG path}.
-        An existing FINISHED run with the same run_key (default: audit run id + version) is returned as is.
-        """
-        from mlflow.entities import Metric, Param
-
-        exp_id = self.experiment_id(model)
-        run_key = run_key or f"{audit_run_id}-{version}"
-        run_tags = {f"{TAG}.audit_run_id": str(audit_run_id), f"{TAG}.model": model, f"{TAG}.version": str(version),
-                    f"{TAG}.run_key": run_key,
-                    "mlflow.runName": f"{model} v{version} (audit run {audit_run_id})"}
-        if source:
-            run_tags[f"{TAG}.source"] = source
-        run_tags.update(_parse_registered(source))
-        run_tags.update({k: str(v) for k, v in (tags or {}).items()})
-
-        def find_existing() -> str | None:
-            runs = self.client.search_runs(
-                [exp_id], filter_string=f"tags.`{TAG}.run_key` = '{run_key}'",
-                max_results=10)
-            for r in runs:
-                if r.info.status == "FINISHED":
-                    return r.info.run_id
-                self.client.delete_run(r.info.run_id)   # a half-logged earlier attempt
-            return None
-
-        existing = self._retry("search runs", find_existing)
-        if existing:
-            return existing, {}
-        run = self._retry("create run", lambda: self.client.create_run(exp_id, tags=run_tags,
-                                                                       run_name=run_tags["mlflow.runName"]))
-        rid, art_uri = run.info.run_id, run.info.artifact_uri.rstrip("/")
-        now = int(time.time() * 1000)
-        flat = flatten_params(params or {})
-        plist = [Param(k, v) for k, v in sorted(flat.items())]
-        mlist = [Metric(metric_key(k), float(v), now, 0) for k, v in sorted((metrics or {}).items())
-                 if v is not None and np.isfinite(float(v))]
-        for i in range(0, len(plist), 100):          # MLflow: at most 100 params per batch
-            self._retry("log params", lambda p=plist[i:i + 100]: self.client.log_batch(rid, params=p))
-        for i in range(0, len(mlist), 1000):         # and at most 1000 metrics
-            self._retry("log metrics", lambda m=mlist[i:i + 1000]: self.client.log_batch(rid, metrics=m))
-
-        uris: dict[int, str] = {}
-        with tempfile.TemporaryDirectory(prefix="neuron-audit-mlflow-") as tmp:
-            tmpd = Path(tmp) / "visualizations"
-            tmpd.mkdir()
-            for v in visualizations:
-                base = metric_key(f"{v['neuron_id']}__{v['method']}_seed{v['seed']}").replace(" ", "_").replace("/", "_")
-                shutil.copyfile(v["image"], tmpd / f"{base}.png")
-                if v.get("mask"):
-                    shutil.copyfile(v["mask"], tmpd / f"{base}__mask.png")
-                if v.get("id") is not None:
-                    uris[int(v["id"])] = f"{art_uri}/visualizations/{base}.png"
-            for name, img in (images or {}).items():
-                dest = tmpd / (re.sub(r"[^\w.-]+", "_", name) + ("" if str(name).endswith(".png") else ".png"))
-                if isinstance(img, (str, os.PathLike)):
-                    shutil.copyfile(img, dest)
-                else:
-                    from PIL import Image
-
-                    Image.fromarray(np.asarray(img, dtype=np.uint8)).save(dest)
-            if any(tmpd.iterdir()):
-                self._retry("log images", lambda: self.client.log_artifacts(rid, str(tmpd), "visualizations"))
-        if report is not None:
-            self._retry("log report", lambda: self.client.log_dict(rid, report, "compare_report.json"))
-        self._retry("finish run", lambda: self.client.set_terminated(rid, "FINISHED"))
-        self._tag_registered_version(source, rid)
-        return rid, uris
-
-    def _tag_registered_version(self, source: str | None, mlflow_run_id: str) -> None:
-        """Best effort: tag the registered model version with the audit's MLflow run."""
-        tags = _parse_registered(source)
-        name = tags.get(f"{TAG}.registered_model")
-        if not name:
-            return
         try:
-            version = tags.get(f"{TAG}.registered_version")
-            if version is None:
-                version = self.client.get_model_version_by_alias(name, tags[f"{TAG}.registered_alias"]).version
-            self.client.set_model_version_tag(name, str(version), f"{TAG}.last_audit_mlflow_run", mlflow_run_id)
-        except Exception:  # the registry may live elsewhere; the run's tags carry the link anyway
-            pass
-
-    def log_report(self, mlflow_run_id: str, report: dict, artifact_file: str = "compare_report.json") -> None:
-        """Add the compare report (JSON) to an MLflow run."""
-        self._retry("log report", lambda: self.client.log_dict(mlflow_run_id, report, artifact_file))
-
-    def log_directory(self, mlflow_run_id: str, directory: str | Path, artifact_path: str) -> None:
-        """Add a folder (e.g. the static HTML report) to an MLflow run."""
-        self._retry("log directory", lambda: self.client.log_artifacts(mlflow_run_id, str(directory), artifact_path))
-
-    def log_version(self, store, audit_run_id: int, model: str, version: str, params: Mapping[str, Any] | None = None,
-                    report: dict | None = None, images: Mapping[str, np.ndarray | str] | None = None) -> str:
-        """Log what the store holds for (audit run, version) and record the MLflow run id in the store.
-
-        On TrackingUnavailableError the store's row stays 'pending' (with params and the report kept) and the
-        error is raised; `log_pending(store)` retries it later.
-        """
-        report_path = None
-        if report is not None:
-            report_path = str(store.artifacts.put_json(report, kind="reports"))
-        store.mark_mlflow(audit_run_id, model, version, params=params if params is not None else None,
-                          report_path=report_path)
-        return self._log_from_store(store, audit_run_id, model, version, images=images)
-
-    def _log_from_store(self, store, audit_run_id: int, model: str, version: str, images=None) -> str:
-        payload = store.mlflow_payload(audit_run_id, model, version)
-        report = store.artifacts.get_json(payload["report_path"]) if payload["report_path"] else None
-        try:
-            rid, uris = self.log_run(model=model, version=version, audit_run_id=audit_run_id, params=payload["params"],
-                                     metrics=payload["metrics"], visualizations=payload["visualizations"], images=images,
-                                     report=report, source=payload["source"], run_key=payload["run_key"],
-                                     tags={f"{TAG}.model_version_id": str(payload["model_version_id"]),
-                                           f"{TAG}.weights_sha256": payload["weights_sha256"] or ""})
-        except TrackingUnavailableError as exc:
-            store.mark_mlflow(audit_run_id, model, version, error=str(exc))
+            run = self._retry("get run", lambda: self.client.get_run(run_id))
+        except MlflowException as exc:
+            if getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return False
             raise
-        store.mark_mlflow(audit_run_id, model, version, mlflow_run_id=rid)
-        for viz_id, uri in uris.items():
-            store.set_visualization_uri(viz_id, uri)
-        return rid
+        return run.info.lifecycle_stage == "active"
 
-    def log_pending(self, store) -> list[str]:
-        """Log every (audit run, version) the store still marks 'pending'; returns the new MLflow run ids.
-        Raises TrackingUnavailableError (after retries) if MLflow is still unreachable."""
-        return [self._log_from_store(store, p["audit_run_id"], p["model"], p["version"]) for p in store.pending_mlflow()]
+    def _find_run(self, exp_id: str, store_id: str, model: str, version: str) -> str | None:
+        flt = (f"tags.`{TAG}.store` = '{store_id}' and tags.`{TAG}.model` = '{model}' "
+               f"and tags.`{TAG}.version` = '{version}'")
+        runs = self._retry("search runs", lambda: self.client.search_runs([exp_id], filter_string=flt, max_results=50,
+                                                                          order_by=["attributes.start_time ASC"]))
+        return runs[0].info.run_id if runs else None
+
+    def _ensure_run(self, store, model: str, version: str, content: Mapping, known: str | None) -> tuple[str, bool]:
+        """(run id, created) of the version's run: the ledger's when it still exists, else the one its tags find,
+        else a new one (a race with another process creating it too resolves to the oldest)."""
+        exp_id = self.experiment_id(model)
+        if known and self._live_run(known):
+            return known, False
+        store_id = store.store_id
+        found = self._find_run(exp_id, store_id, model, version)
+        if found:
+            return found, False
+        tags = {f"{TAG}.store": store_id, f"{TAG}.model": model, f"{TAG}.version": str(version),
+                f"{TAG}.source": content.get("source") or "", "mlflow.runName": f"{model} v{version}"}
+        reg = _registered(content.get("source"))
+        if reg:
+            tags[f"{TAG}.registered_model"] = reg[0]
+            tags[f"{TAG}.registered_" + ("version" if reg[1] else "alias")] = reg[1] or reg[2]
+        run = self._retry("create run", lambda: self.client.create_run(exp_id, tags=tags,
+                                                                       run_name=tags["mlflow.runName"]))
+        oldest = self._find_run(exp_id, store_id, model, version)
+        if oldest and oldest != run.info.run_id:
+            self._retry("delete duplicate run", lambda: self.client.delete_run(run.info.run_id))
+            return oldest, False
+        return run.info.run_id, True
+
+    # ------------------------------------------------------------------ the sync
+    def desired_items(self, content: Mapping, *, config: Mapping | None = None,
+                      neuron_errors: Mapping[str, str] | None = None) -> dict[str, tuple[str, Any]]:
+        """{ledger key: (digest, payload)} of everything the version's run should hold."""
+        items: dict[str, tuple[str, Any]] = {}
+        for k, v in version_metrics(content, neuron_errors).items():
+            items[f"metric:{k}"] = (repr(v), v)
+        for k, v in version_tags(content, neuron_errors).items():
+            items[f"tag:{k}"] = (digest(v), v)
+        for it in image_items(content):
+            items[f"image:{it['key']}"] = (it["digest"], it)
+        for base, path in content["reports"].items():
+            report = json.loads(Path(path).read_text())
+            stem = f"compare/{name_part(base)}_vs_{name_part(report.get('candidate', ''))}"
+            items[f"report:{stem}"] = (digest(stable_report(report)), (stem, report))
+        if config is not None:
+            items["artifact:config.json"] = (digest(config), config)
+            items[f"tag:{TAG}.config_sha256"] = (digest(config), digest(config))
+            for k, v in flatten_params(config).items():
+                items[f"param:{k}"] = (v, v)
+        return items
+
+    def sync_version(self, store, model: str, version: str, audit_run_id: int | None = None, *,
+                     config: Mapping | None = None, neuron_errors: Mapping[str, str] | None = None) -> SyncResult:
+        """Bring the MLflow run of (model, version) up to the store's content, logging only what the ledger says
+        the run lacks (with step = audit_run_id). config: the model's audit configuration (params at creation,
+        config.json after); neuron_errors: the neurons this audit could not audit (None: unknown, left as is)."""
+        content = store.mlflow_version_content(model, version)
+        desired = self.desired_items(content, config=config, neuron_errors=neuron_errors)
+        known_run, ledger = store.mlflow_ledger(model, version)
+        todo = self._todo(desired, ledger)
+        if known_run and not todo:
+            return SyncResult(known_run, None, [])
+        run_id, created = self._ensure_run(store, model, version, content, known_run)
+        if run_id != known_run:
+            todo = self._todo(desired, self._params_already_in(store, model, version, run_id, created, audit_run_id))
+        logged = self._log_items(store, model, version, run_id, todo, audit_run_id)
+        reg = _registered(content.get("source"))
+        if reg:
+            logged += self._tag_registered_version(store, model, version, run_id, content, reg, ledger
+                                                   if run_id == known_run else {}, audit_run_id)
+        return SyncResult(run_id, self.experiment_id(model), logged, created)
+
+    def _params_already_in(self, store, model: str, version: str, run_id: str, created: bool,
+                           audit_run_id: int | None) -> dict[str, str]:
+        """Ledger entries for the params a run found by its tags already holds (MLflow refuses to log them
+        again with another value); {} for a new run."""
+        if created:
+            return {}
+        params = self._retry("get run", lambda: self.client.get_run(run_id)).data.params
+        entries = {f"param:{k}": v for k, v in params.items()}
+        store.record_mlflow_logged(model, version, run_id, entries, audit_run_id)
+        return entries
+
+    @staticmethod
+    def _todo(desired: Mapping[str, tuple[str, Any]], ledger: Mapping[str, str]) -> dict[str, tuple[str, Any]]:
+        # a param is logged once per key: MLflow refuses to change a param's value
+        return {k: v for k, v in desired.items()
+                if (k not in ledger if k.startswith("param:") else ledger.get(k) != v[0])}
+
+    def _log_items(self, store, model: str, version: str, rid: str, todo: Mapping[str, tuple[str, Any]],
+                   step: int | None) -> list[str]:
+        from mlflow.entities import Metric, Param, RunTag
+
+        step = int(step or 0)
+        now = int(time.time() * 1000)
+        done: list[str] = []
+
+        def record(keys: list[str]) -> None:
+            store.record_mlflow_logged(model, version, rid, {k: todo[k][0] for k in keys}, step or None)
+            done.extend(keys)
+
+        def batch(kind: str, size: int, make: Callable[[str, Any], Any], arg: str) -> None:
+            keys = sorted(k for k in todo if k.startswith(kind + ":"))
+            for i in range(0, len(keys), size):
+                chunk = keys[i:i + size]
+                entities = [make(k.split(":", 1)[1], todo[k][1]) for k in chunk]
+                self._retry(f"log {kind}s", lambda e=entities: self.client.log_batch(rid, **{arg: e}))
+                record(chunk)
+
+        batch("param", 100, lambda k, v: Param(k, str(v)), "params")
+        batch("metric", 1000, lambda k, v: Metric(k, float(v), now, step), "metrics")
+        batch("tag", 100, lambda k, v: RunTag(k, str(v)), "tags")
+        images = sorted(k for k in todo if k.startswith("image:"))
+        if images:
+            from PIL import Image
+
+            for k in images:
+                it = todo[k][1]
+                with Image.open(it["path"]) as img:
+                    pil = img.convert("L" if it["mask"] else "RGB")
+                self._retry("log image", lambda p=pil, key=it["key"]: self.client.log_image(rid, p, key=key, step=step,
+                                                                                            synchronous=True))
+            record(images)
+            self._record_image_uris(store, rid, [todo[k][1] for k in images], step)
+        for k in sorted(k for k in todo if k.startswith("report:")):
+            stem, report = todo[k][1]
+            clean = stable_report(report)
+            self._retry("log report", lambda: self.client.log_dict(rid, clean, f"{stem}.json"))
+            self._retry("log report", lambda: self.client.log_text(rid, report_html(clean), f"{stem}.html"))
+            record([k])
+        if "artifact:config.json" in todo:
+            self._retry("log config", lambda: self.client.log_dict(rid, todo["artifact:config.json"][1], "config.json"))
+            record(["artifact:config.json"])
+        if done:
+            self._retry("tag run", lambda: self.client.set_tag(rid, f"{TAG}.last_audit_run_id", str(step)))
+            self._retry("finish run", lambda: self.client.set_terminated(rid, "FINISHED"))
+        return done
+
+    def _record_image_uris(self, store, rid: str, items: list[dict], step: int) -> None:
+        """Point each visualization row at its image in the run (the newest file logged under its key)."""
+        listing = self._retry("list images", lambda: self.client.list_artifacts(rid, "images"))
+        base = self._retry("get run", lambda: self.client.get_run(rid)).info.artifact_uri.rstrip("/")
+        for it in items:
+            if it["mask"]:
+                continue
+            prefix = f"images/{it['key'].replace('/', '~')}+step+{step}+"
+            files = [f.path for f in listing if f.path.startswith(prefix) and f.path.endswith(".png")]
+            if files:
+                store.set_visualization_uri(it["viz_id"], f"{base}/{sorted(files)[-1]}")
+
+    def _tag_registered_version(self, store, model: str, version: str, rid: str, content: Mapping,
+                                reg: tuple[str, str | None, str | None], ledger: Mapping[str, str],
+                                step: int | None) -> list[str]:
+        """Tag the registered model version with the audit outcome (only tags whose value changed). A registry
+        that refuses (e.g. another store) leaves the run's own tags as the link."""
+        from mlflow.exceptions import MlflowException
+
+        name, number, alias = reg
+        try:
+            if number is None:
+                number = str(self._retry("alias", lambda: self.client.get_model_version_by_alias(name, alias)).version)
+            tags = registered_version_tags(content, rid)
+            todo = {f"mvtag:{name}/{number}:{k}": v for k, v in tags.items()
+                    if ledger.get(f"mvtag:{name}/{number}:{k}") != digest(v)}
+            for key, value in todo.items():
+                tag = key.rsplit(":", 1)[1]
+                self._retry("tag model version", lambda t=tag, v=value: self.client.set_model_version_tag(
+                    name, number, t, v))
+        except MlflowException:
+            return []
+        store.record_mlflow_logged(model, version, rid, {k: digest(v) for k, v in todo.items()}, step)
+        return list(todo)
+
+    def log_pending(self, store, config_of: Callable[[str], Mapping | None] | None = None) -> list[str]:
+        """Sync every version the store still marks 'pending'; returns their MLflow run ids. Raises
+        TrackingUnavailableError (after retries) if MLflow is still unreachable."""
+        out = []
+        for p in store.pending_mlflow():
+            result = self.sync_version(store, p["model"], p["version"], p["audit_run_id"],
+                                       config=config_of(p["model"]) if config_of else None)
+            store.mark_mlflow(p["audit_run_id"], p["model"], p["version"], mlflow_run_id=result.mlflow_run_id,
+                              experiment_id=result.experiment_id or self.experiment_id(p["model"]))
+            out.append(result.mlflow_run_id)
+        return out
 
 
 # ---------------------------------------------------------------------- glue used by flows/ (config path based)
@@ -301,47 +350,46 @@ def _for_config(cfg_path: str):
     return cfg, store, MlflowTracker(cfg.store.mlflow_tracking_uri)
 
 
-def log_version_audit(cfg_path: str, model: str, version: str, run_id: int, outcome: Any = None) -> str:
-    """Log (audit run `run_id`, `model` `version`) to MLflow from the store of the config at cfg_path:
-    params = the model's config + config hash + package version (+ outcome counts), metrics/images from the store.
-    Then logs results left pending by earlier runs (best effort). Raises TrackingUnavailableError (row stays pending)."""
-    import audit
+def model_config_json(cfg, model: str) -> dict:
+    """The model's audit configuration as MLflow sees it (params, config.json, config_sha256 tag)."""
+    return cfg.model(model).model_dump(mode="json")
 
+
+def sync_version_audit(cfg_path: str, model: str, version: str, run_id: int | None,
+                       neuron_errors: Mapping[str, str] | None = None) -> SyncResult:
+    """Sync (model, version) from the store of the config at cfg_path and record it for audit run `run_id`
+    ('logged' when anything was logged, 'pending' with the error when MLflow is unreachable, nothing when nothing
+    was new). Then syncs versions left pending by earlier runs (best effort)."""
     cfg, store, tracker = _for_config(str(cfg_path))
-    mcfg = cfg.model(model)
-    params: dict[str, Any] = {"model": mcfg.model_dump(mode="json"), "config_sha256": cfg.sha256(),
-                              "package_version": audit.__version__}
-    if outcome is not None:
-        for k in ("stats_computed", "stats_cached", "viz_rendered", "viz_reused", "neuron_errors"):
-            v = getattr(outcome, k, None)
-            if v is not None:
-                params[f"outcome.{k}"] = len(v)
-    rid = tracker.log_version(store, run_id, model, version, params=params)
     try:
-        tracker.log_pending(store)
-    except TrackingUnavailableError:
-        pass
-    return rid
+        result = tracker.sync_version(store, model, version, run_id, config=model_config_json(cfg, model),
+                                      neuron_errors=neuron_errors)
+    except TrackingUnavailableError as exc:
+        if run_id is not None:
+            store.mark_mlflow(run_id, model, version, error=str(exc))
+        raise
+    if run_id is not None and result.logged:
+        store.mark_mlflow(run_id, model, version, mlflow_run_id=result.mlflow_run_id, experiment_id=result.experiment_id)
+    if store.pending_mlflow():
+        try:
+            tracker.log_pending(store, config_of=lambda m: model_config_json(cfg, m) if _has_model(cfg, m) else None)
+        except TrackingUnavailableError:
+            pass
+    return result
 
 
-def log_compare_report(cfg_path: str, model: str, run_id: int, report: dict) -> str:
-    """Attach the compare report to the MLflow run of (audit run, candidate version): logged directly when that run
-    exists, else the candidate's run is logged now with the report (pending on failure). Returns the MLflow run id."""
-    cfg, store, tracker = _for_config(str(cfg_path))
-    baseline, candidate = str(report["baseline"]), str(report["candidate"])
-    row = store.mlflow_run(run_id, model, candidate)
-    clean = {k: v for k, v in report.items() if k != "drift_ids"}
-    if row and row["status"] == "logged" and row["mlflow_run_id"]:
-        tracker.log_report(row["mlflow_run_id"], clean, f"compare_{baseline}_vs_{candidate}.json")
-        return row["mlflow_run_id"]
-    return tracker.log_version(store, run_id, model, candidate, report=clean)
+def _has_model(cfg, model: str) -> bool:
+    return any(m.name == model for m in cfg.models)
 
 
-def log_static_report(cfg_path: str, model: str, run_id: int, version: str, directory: str | Path) -> str | None:
-    """Attach the static HTML report to the MLflow run of (audit run, version); None when that run was not logged."""
-    cfg, store, tracker = _for_config(str(cfg_path))
-    row = store.mlflow_run(run_id, model, version)
-    if not row or row["status"] != "logged" or not row["mlflow_run_id"]:
-        return None
-    tracker.log_directory(row["mlflow_run_id"], directory, "static-report")
-    return row["mlflow_run_id"]
+def log_version_audit(cfg_path: str, model: str, version: str, run_id: int, outcome: Any = None) -> str | None:
+    """Flow task body: sync a freshly audited version; returns its MLflow run id. The outcome's neuron errors
+    become the `unaudited_*` tag and metric."""
+    errors = getattr(outcome, "neuron_errors", None) if outcome is not None else None
+    return sync_version_audit(cfg_path, model, version, run_id, neuron_errors=errors).mlflow_run_id
+
+
+def log_compare_report(cfg_path: str, model: str, run_id: int, report: dict) -> str | None:
+    """Flow task body after a compare: sync the candidate's run (drift metrics, verdict tags and the stored
+    compare report as JSON/HTML artifacts). Returns the candidate's MLflow run id."""
+    return sync_version_audit(cfg_path, model, str(report["candidate"]), run_id).mlflow_run_id

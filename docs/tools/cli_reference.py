@@ -94,8 +94,28 @@ def flags_of(cmd: Any, ctx: Any) -> set[str]:
 
 
 def _paragraphs(text: str | None) -> list[str]:
-    text = inspect.cleandoc(text or "").replace("\b\n", "")
-    return [" ".join(p.split()) for p in text.split("\n\n") if p.strip()]
+    """Markdown paragraphs of a docstring. In a paragraph that starts with click's `\\b`, each
+    indented line (a command, by convention) becomes inline code on a line of its own."""
+    out = []
+    for p in inspect.cleandoc(text or "").split("\n\n"):
+        if not p.strip():
+            continue
+        if p.startswith("\b\n"):
+            segments: list[str] = []
+            prose = False
+            for line in (l for l in p[2:].splitlines() if l.strip()):
+                if line[:1].isspace():
+                    segments.append(f"`{line.strip()}`")
+                    prose = False
+                elif prose:
+                    segments[-1] += " " + line.strip()
+                else:
+                    segments.append(line.strip())
+                    prose = True
+            out.append("\\\n".join(segments))
+        else:
+            out.append(" ".join(p.split()))
+    return out
 
 
 def _cell(text: str) -> str:

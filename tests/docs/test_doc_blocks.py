@@ -15,13 +15,14 @@ import cli_reference
 from tests.docs.doc_pages import ROOT, Block, anchors, fenced_blocks, inline_code, links, markdown_files
 
 SHELL = {"bash", "sh", "shell", "console"}
-CHECKED = SHELL | {"yaml", "yml", "json"}
+CHECKED = SHELL | {"yaml", "yml", "json", "python"}
 ALL_BLOCKS = [b for path in markdown_files() for b in fenced_blocks(path)]
 
 
 YAML_BLOCKS = [b for b in ALL_BLOCKS if b.lang in ("yaml", "yml")]
 SHELL_BLOCKS = [b for b in ALL_BLOCKS if b.lang in SHELL]
 JSON_BLOCKS = [b for b in ALL_BLOCKS if b.lang == "json"]
+PYTHON_BLOCKS = [b for b in ALL_BLOCKS if b.lang == "python"]
 
 
 def _ids(blocks: list[Block]) -> list[str]:
@@ -92,7 +93,7 @@ def _shell_lines(text: str) -> list[str]:
 
 def test_every_block_has_a_checked_language():
     unchecked = [f"{b.where} ({b.lang or 'no language'})" for b in ALL_BLOCKS if b.lang not in CHECKED]
-    assert not unchecked, f"tag each block yaml, bash or json (text that is not run: `# illustration`): {unchecked}"
+    assert not unchecked, f"tag each block yaml, bash, json or python (not run: `# illustration`): {unchecked}"
 
 
 @pytest.mark.parametrize("block", YAML_BLOCKS, ids=_ids(YAML_BLOCKS))
@@ -120,6 +121,21 @@ def test_json_block_is_a_valid_compare_report(block):
     schema = json.loads((ROOT / "docs" / "compare-report.schema.json").read_text())
     report = json.loads(block.text)
     jsonschema.validate(report, schema, cls=jsonschema.Draft202012Validator)
+
+
+@pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=_ids(PYTHON_BLOCKS))
+def test_python_block_compiles_and_its_imports_exist(block):
+    """A Python snippet is Python, and the packages it imports are installed (or are this repository's)."""
+    import ast
+    import importlib.util
+
+    if block.is_illustration:
+        pytest.skip("marked as an illustration")
+    tree = ast.parse(block.text, filename=block.where)
+    modules = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    modules |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and not n.level}
+    missing = sorted(m for m in modules if importlib.util.find_spec(m.split(".")[0]) is None)
+    assert not missing, f"{block.where} imports what is not installed: {missing}"
 
 
 def _inline_calls() -> list[tuple[str, str]]:

@@ -45,22 +45,27 @@ def test_flow_flags_planted_change_and_rerun_is_all_cache_hits(tiny_config):
     assert sorted({k.split("#")[0] for k in v2["viz_rendered"]}) == ["espresso"]
     db = tiny_config.parent / "store" / "audit.db"
     before = row_counts(db)
-    # The static report is written under the artifact store and logged to each version's MLflow run.
-    from mlflow.tracking import MlflowClient
-
+    # MLflow: one run per version; the static report is written under the artifact store, not into the runs.
+    # Prefect: names, the FAIL state message and tag, per-store artifact keys.
     from flows import runtime
+    from tests.flows.mlflow_prefect_checks import check_prefect_view, mlflow_footprint, prefect_view
 
-    assert summary["static_report"].endswith("index.html")
     cfg = runtime.config(str(tiny_config))
-    row = runtime.store(str(tiny_config)).mlflow_run(summary["run_id"], "lite0-demo", "2")
-    client = MlflowClient(cfg.store.mlflow_tracking_uri)
-    logged = [a.path for a in client.list_artifacts(row["mlflow_run_id"], "static-report")]
-    assert "static-report/index.html" in logged
+    index = summary["static_report"]
+    assert index.endswith("index.html")
+    footprint = mlflow_footprint(cfg)
+    assert sorted(v for _, v, _ in footprint["runs"].values()) == ["1", "2"]
+    check_prefect_view(prefect_view(summary["flow_run_id"]), "lite0-demo", runtime.store(str(tiny_config)).store_id,
+                       "espresso")
+    report_mtime = os.stat(index).st_mtime_ns
 
     again = run_audit(str(tiny_config))
     for out in again["versions"]:
         assert out["stats_computed"] == [] and out["viz_rendered"] == []
     assert row_counts(db) == before
+    # an unchanged re-run logs nothing to MLflow and leaves the static report as it was
+    assert mlflow_footprint(cfg) == footprint
+    assert os.stat(again["static_report"]).st_mtime_ns == report_mtime
     assert {n["id"]: n["verdict"] for n in report_1_to_2(again)["neurons"]} == verdicts
 
 

@@ -10,7 +10,7 @@ from storage.errors import StoreUnavailableError
 from storage.schema import metadata
 
 TABLES = {"models", "model_versions", "neurons", "probe_sets", "audit_runs", "visualizations", "version_visualizations",
-          "activation_stats", "drift_results", "alerts", "mlflow_runs"}
+          "activation_stats", "drift_results", "alerts", "mlflow_runs", "mlflow_logged"}
 
 
 def _tables(url):
@@ -24,7 +24,7 @@ def _tables(url):
 def test_upgrade_from_empty_creates_schema_matching_models(db_url):
     assert migrate.current(db_url) is None
     migrate.upgrade(db_url)
-    assert migrate.current(db_url) == migrate.head() == "0001"
+    assert migrate.current(db_url) == migrate.head() == "0003_mlflow"
     assert _tables(db_url) == TABLES
     migrate.upgrade(db_url)   # idempotent
     # the hand-checked migration and the ORM models agree (no autogenerate diff)
@@ -43,7 +43,9 @@ def test_downgrade_upgrade_round_trip(db_url):
     migrate.downgrade(db_url, "base")
     assert migrate.current(db_url) is None and _tables(db_url) == set()
     migrate.upgrade(db_url, "0001")
-    assert migrate.current(db_url) == "0001" and _tables(db_url) == TABLES
+    assert migrate.current(db_url) == "0001" and _tables(db_url) == TABLES - {"mlflow_logged"}
+    migrate.upgrade(db_url)
+    assert migrate.current(db_url) == migrate.head() and _tables(db_url) == TABLES
 
 
 def test_sqlite_pragmas(tmp_path):
