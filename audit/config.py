@@ -23,14 +23,25 @@ class _Strict(BaseModel):
 
 
 class StoreConfig(_Strict):
-    database: str = "sqlite:///./.neuron-audit/audit.db"
-    mlflow_tracking_uri: str = "sqlite:///./.neuron-audit/mlflow.db"
-    artifacts: str = "./.neuron-audit/artifacts"
+    """Where results are kept. Relative paths and relative `sqlite:///./...` URLs are read
+    against the folder of the config file."""
+
+    database: str = Field(default="sqlite:///./.neuron-audit/audit.db", description=(
+        "SQLAlchemy URL of the results database (registry, runs, statistics, drift results, alerts); "
+        "SQLite, or PostgreSQL as `postgresql+psycopg://user:pass@host:5432/db`."))
+    mlflow_tracking_uri: str = Field(default="sqlite:///./.neuron-audit/mlflow.db", description=(
+        "MLflow tracking URI: one experiment per model, one run per (audit run, version); "
+        "a `sqlite:///` file or an `http://host:5000` server. Also the registry that `models:/` sources are read from."))
+    artifacts: str = Field(default="./.neuron-audit/artifacts", description=(
+        "Folder of the content-addressed files: visualization PNGs and masks, raw activations, "
+        "compare reports, the static report."))
 
 
 class ScheduleConfig(_Strict):
-    cron: str = "0 2 * * *"
-    timezone: str = "UTC"
+    """When `neuron-audit serve` runs the nightly audit."""
+
+    cron: str = Field(default="0 2 * * *", description="5-field cron expression of the nightly run.")
+    timezone: str = Field(default="UTC", description="IANA time zone the cron expression is read in (e.g. `Europe/Berlin`).")
 
     @field_validator("cron")
     @classmethod
@@ -52,8 +63,13 @@ class ScheduleConfig(_Strict):
 
 
 class AlertsConfig(_Strict):
-    webhook: str | None = None
-    timeout_s: float = Field(default=5.0, gt=0, le=120)   # per delivery attempt; a hanging webhook costs ~3x this per run
+    """Where a new FAIL is announced."""
+
+    webhook: str | None = Field(default=None, description=(
+        "http(s) URL that receives one JSON POST per new FAIL (retried; undelivered alerts are retried by "
+        "the next run). null: alerts are only recorded in the database and shown on the dashboard."))
+    timeout_s: float = Field(default=5.0, gt=0, le=120, description=(
+        "Seconds per delivery attempt; a webhook that hangs costs about three times this per run."))
 
     @field_validator("webhook")
     @classmethod
@@ -80,17 +96,27 @@ class UIConfig(_Strict):
 
 
 class DaskConfig(_Strict):
-    address: str | None = None          # None: a local cluster
-    n_workers: int = 2
+    """A Dask cluster that audits one version per worker."""
+
+    address: str | None = Field(default=None, description=(
+        "Scheduler address (`tcp://host:8786`) of a running Dask cluster; null starts a local cluster."))
+    n_workers: int = Field(default=2, description="Worker processes of the local cluster (used when `address` is null).")
 
 
 class ExecutorConfig(_Strict):
-    dask: DaskConfig | None = None
+    """Where the audit's heavy tasks run."""
+
+    dask: DaskConfig | None = Field(default=None, description=(
+        "null: in the flow's own process. A mapping: on a Dask cluster (see `executor.dask.*`)."))
 
 
 class VersionConfig(_Strict):
-    version: str
-    source: str
+    """One version of a model and where its weights come from."""
+
+    version: str = Field(description="Version name (numbers are read as strings); unique within the model.")
+    source: str = Field(description=(
+        "Weights: `builtin:efficientnet_lite0|1|2`, `file:PATH` (a `.safetensors` file or a torch state dict, "
+        "loaded with weights_only=True), `models:/NAME/VERSION` or `models:/NAME@ALIAS` (MLflow registry)."))
 
     @field_validator("version", mode="before")
     @classmethod
@@ -107,15 +133,25 @@ class VersionConfig(_Strict):
 
 
 class NeuronConfig(_Strict):
-    id: str
-    kind: Literal["class", "inner"]
-    layer: str
-    index: int = Field(ge=0)
-    label: str | None = None
-    # Class neurons: photographs of the class (a folder, a file, builtin:samples/NAME, or a list of them),
-    # or "top-k" (the data-driven form: the top-activating probe images); inner: mined from the probe set.
-    references: str | list[str] | None = None
-    critical: bool = True
+    """One registered neuron: a class logit or a channel of an inner layer. Layer names and
+    channel counts are checked against the model before any work (`neuron-audit layers`)."""
+
+    id: str = Field(description=(
+        "Name of the neuron in reports, the dashboard and the database: letters, digits, `.`, `_`, `-`; "
+        "unique within the model."))
+    kind: Literal["class", "inner"] = Field(description=(
+        "`class`: a logit of the classifier (`layer` must be the model's head). "
+        "`inner`: a channel of an inner layer (its spatial max is the neuron's value on an image)."))
+    layer: str = Field(description="Module name of the layer, as `neuron-audit layers` lists them (`classifier`, `blocks.5`).")
+    index: int = Field(ge=0, description="Class index (for `class`) or channel index (for `inner`) within `layer`.")
+    label: str | None = Field(default=None, description="Human-readable name shown on the dashboard (e.g. `Egyptian cat`).")
+    references: str | list[str] | None = Field(default=None, description=(
+        "Class neurons: photographs of the class that the visualization matches: a folder, an image file, "
+        "`builtin:samples/NAME`, or a list of them (the VITAL paper uses 50 distinct photographs; fewer than 5 "
+        "are warned about). `top-k` or null: the neuron's top-activating probe images of each version, with "
+        "relevance weighting (this project's data-driven form, which also sees head-only changes). "
+        "Inner neurons ignore it: their references are the probe images that fire the channel most."))
+    critical: bool = Field(default=True, description="Stored with the neuron in the registry; no effect on verdicts yet.")
 
     @field_validator("id")
     @classmethod
@@ -145,82 +181,127 @@ class NeuronConfig(_Strict):
 
 
 class VisualizationConfig(_Strict):
-    method: Literal["vital", "fourier", "maco"] = "vital"
-    # "fast": this project's default (measured against the authors' settings in the README's ablation
-    # table); "paper": the authors' settings exactly (adagorgun/VITAL: 2,000 steps, lr 1.0, ...).
-    preset: Literal["fast", "paper"] = "fast"
-    resolution: int | None = Field(default=None, ge=32, le=1024)   # None: the model's input size
-    steps: int | None = Field(default=None, ge=1, le=20000)        # None: the preset's
-    seeds: list[int] = Field(default_factory=lambda: [0])
-    lr: float | None = Field(default=None, gt=0)                   # None: the preset's
-    taps: list[str] | None = None                                  # None: the preset's tap set for the model
-    tap_weights: list[float] | None = None                         # None: the preset's
-    n_references: int | None = Field(default=None, ge=1, le=512)   # None: the preset's
-    reference_form: Literal["full", "crops"] | None = None         # None: the preset's
+    """How each neuron's feature visualization is rendered (VITAL). Keys left null take the preset's value."""
+
+    method: Literal["vital", "fourier", "maco"] = Field(default="vital", description=(
+        "Visualization method. The nightly flow and `compare` render VITAL whatever this says; "
+        "`fourier` (Lucid) and `maco` are available from `neuron-audit visualize --method`."))
+    preset: Literal["fast", "paper"] = Field(default="fast", description=(
+        "`fast`: this project's default (fewer steps; measured against the authors' settings in the README's "
+        "ablation table). `paper`: the authors' settings (adagorgun/VITAL: 2,000 Adam steps at lr 1.0 with "
+        "warm-up and cosine decay, full reference photographs, no flip)."))
+    resolution: int | None = Field(default=None, ge=32, le=1024, description=(
+        "Side of the square image in pixels; null: the model's input size."))
+    steps: int | None = Field(default=None, ge=1, le=20000, description="Optimization steps per visualization; null: the preset's.")
+    seeds: list[int] = Field(default_factory=lambda: [0], description=(
+        "One visualization per seed. Two or more seeds give the `visual_distance` statistic "
+        "(distance between versions relative to the seed-to-seed spread)."))
+    lr: float | None = Field(default=None, gt=0, description="Adam learning rate; null: the preset's.")
+    taps: list[str] | None = Field(default=None, description=(
+        "Layers whose sorted feature distributions are matched; null: the preset's tap set for the model "
+        "(the stem, the feature stages and the feature map the classifier pools)."))
+    tap_weights: list[float] | None = Field(default=None, description="Weight of each tap in the loss, one per tap; null: the preset's.")
+    n_references: int | None = Field(default=None, ge=1, le=512, description=(
+        "Reference images per neuron (photographs or crops for class neurons, probe images for inner ones); "
+        "null: the preset's."))
+    reference_form: Literal["full", "crops"] | None = Field(default=None, description=(
+        "`full`: whole reference images (class photographs resized and centre-cropped; inner: the top probe "
+        "images uncropped, relevance localizes). `crops`: random crops / receptive-field patches. null: the preset's."))
 
 
 class ProbeConfig(_Strict):
-    crops_per_image: int = Field(default=12, ge=1, le=256)
-    resolution: int | None = Field(default=None, ge=32, le=1024)
+    """The fixed probe set: deterministic crops of the `probe_set` images on which every
+    version's activations are measured and compared."""
+
+    crops_per_image: int = Field(default=12, ge=1, le=256, description=(
+        "Probe images cut from each source image (crop 0 is the whole image). More crops give the statistics "
+        "the power to see a change confined to a few photographs."))
+    resolution: int | None = Field(default=None, ge=32, le=1024, description="Side of the probe images in pixels; null: the model's input size.")
 
 
 class ThresholdsConfig(_Strict):
-    spearman_fail: float = 0.80
-    spearman_warn: float = 0.95
-    topk_jaccard_fail: float = 0.30
-    topk_jaccard_warn: float = 0.60
-    wasserstein_fail: float = 1.0
-    wasserstein_warn: float = 0.35
-    visual_distance_warn: float = 2.0     # in units of the seed-to-seed spread
-    top_k: int = Field(default=20, ge=2)
-    alpha: float = Field(default=0.05, gt=0, lt=1)
-    bootstrap: int = Field(default=500, ge=50, le=100000)
+    """Drift verdicts (audit/drift.py). A neuron FAILs when it is significantly beyond a FAIL
+    threshold after Holm correction across neurons, WARNs when it is significantly beyond a
+    WARN threshold after Benjamini-Hochberg correction (or a visual statistic is beyond its
+    WARN threshold), and PASSes otherwise."""
+
+    spearman_fail: float = Field(default=0.80, description=(
+        "FAIL below this Spearman correlation of the two versions' values over the probe images (function)."))
+    spearman_warn: float = Field(default=0.95, description="WARN below this Spearman correlation.")
+    topk_jaccard_fail: float = Field(default=0.30, description=(
+        "FAIL below this Jaccard overlap of the two versions' top-k probe images (selectivity)."))
+    topk_jaccard_warn: float = Field(default=0.60, description="WARN below this top-k Jaccard overlap.")
+    wasserstein_fail: float = Field(default=1.0, description=(
+        "FAIL above this Wasserstein distance between the value distributions, divided by the baseline's "
+        "standard deviation (magnitude)."))
+    wasserstein_warn: float = Field(default=0.35, description="WARN above this normalized Wasserstein distance.")
+    visual_distance_warn: float = Field(default=2.0, description=(
+        "WARN above this distance between the versions' visualizations, in units of the seed-to-seed spread."))
+    top_k: int = Field(default=20, ge=2, description="k of the top-k overlap (capped at 10 % of the probe set).")
+    alpha: float = Field(default=0.05, gt=0, lt=1, description=(
+        "Error level: family-wise across neurons for FAIL (Holm), false discovery rate for WARN (Benjamini-Hochberg); "
+        "also the level of the reported bootstrap intervals."))
+    bootstrap: int = Field(default=500, ge=50, le=100000, description="Paired bootstrap resamples of the probe set per neuron.")
     # Added for audit/drift.py (see its module docstring for how each is used).
-    cross_activation_warn: float = Field(default=0.5, ge=0, le=1)   # percentile of a version's visualization in the other's probe distribution
-    identity_match_spearman: float = Field(default=0.90, ge=0, le=1)  # a moved channel counts as "the same" above this
-    bootstrap_seed: int = 0
+    cross_activation_warn: float = Field(default=0.5, ge=0, le=1, description=(
+        "WARN when a version's visualization, placed among the other version's probe values, ranks below this "
+        "percentile (0-1) while each visualization still excites its own version at least this much."))
+    identity_match_spearman: float = Field(default=0.90, ge=0, le=1, description=(
+        "An inner channel whose function moved to another index counts as the same neuron (reported as "
+        "`matched_index`) when the matched channel's Spearman is at least this."))
+    bootstrap_seed: int = Field(default=0, description="Seed of the bootstrap resamples (verdicts are reproducible).")
     # The bootstrap unit. False (default): single probe images. The audit asks whether the neuron's function on
     # this fixed probe set changed, and a change confined to one source photograph must still be able to FAIL;
     # resampling whole photographs can never make a one-photograph effect significant (~37% of resamples omit it).
     # True: whole source photographs (all their crops), for claims about images beyond the probe set.
-    cluster_bootstrap: bool = False
+    cluster_bootstrap: bool = Field(default=False, description=(
+        "false: resample single probe images (a change confined to one source photograph can still FAIL). "
+        "true: resample whole source photographs with all their crops, for claims about images beyond the probe set."))
 
 
 class WatchConfig(_Strict):
     """Feature drift on production batches (`neuron-audit watch`, the inbox flow); see audit/watch/."""
-    inbox: str | None = None                     # folder whose sub-folders are batches, each processed once
-    reference: str = "probe"                     # probe | batches | a folder or builtin:samples spec
-    reference_batches: int = Field(default=8, ge=1, le=1000)   # reference "batches": the last N PASS batches
-    min_images: int = Field(default=20, ge=2)    # fewer usable images in a batch is bad input
-    alpha: float = Field(default=0.01, gt=0, lt=1)       # FAIL: family-wise error per batch (Holm)
-    alpha_warn: float = Field(default=0.05, gt=0, lt=1)  # WARN: false discovery rate (BH)
-    shift_fail: float = Field(default=0.5, gt=0)         # a FAIL's mean shift, in reference SDs ...
-    tail_fail: float = Field(default=0.15, gt=0, lt=1)   # ... or change of the fraction beyond the 10%/90% levels
-    power: float = Field(default=0.8, gt=0, lt=1)        # for "how many images a batch needs"
-    evidence_images: int = Field(default=6, ge=1, le=64)
-    settle_seconds: float = Field(default=30.0, ge=0)    # inbox: a sub-folder changed this recently is still arriving
-    seed: int = 0
-
+    inbox: str | None = Field(default=None, description="Folder whose sub-folders are batches, each processed once by the inbox flow.")
+    reference: str = Field(default="probe", description=(
+        "What a batch is compared with: `probe` (the probe set), `batches` (the last `reference_batches` PASS "
+        "batches), or a folder / `builtin:samples` spec."))
+    reference_batches: int = Field(default=8, ge=1, le=1000, description="With `reference: batches`: how many recent PASS batches.")
+    min_images: int = Field(default=20, ge=2, description="Fewer usable images in a batch is bad input.")
+    alpha: float = Field(default=0.01, gt=0, lt=1, description="FAIL: family-wise error per batch across neurons (Holm).")
+    alpha_warn: float = Field(default=0.05, gt=0, lt=1, description="WARN: false discovery rate across neurons (Benjamini-Hochberg).")
+    shift_fail: float = Field(default=0.5, gt=0, description="A FAIL's mean shift, in reference standard deviations ...")
+    tail_fail: float = Field(default=0.15, gt=0, lt=1, description=(
+        "... or change of the fraction of images beyond the reference's 10 % / 90 % levels."))
+    power: float = Field(default=0.8, gt=0, lt=1, description="Power used to say how many images a batch needs to see a FAIL-sized shift.")
+    evidence_images: int = Field(default=6, ge=1, le=64, description="Batch images shown as evidence per flagged neuron.")
+    settle_seconds: float = Field(default=30.0, ge=0, description="Inbox: a sub-folder changed this recently is still arriving.")
+    seed: int = Field(default=0, description="Seed of the permutation and resampling tests (verdicts are reproducible).")
 
 class ModelConfig(_Strict):
-    name: str
-    architecture: str
-    champion: str | None = None
-    versions: list[VersionConfig] = Field(default_factory=list)
-    mlflow_registered_model: str | None = None
+    """One audited model. Give `versions`, `mlflow_registered_model`, or both; version names and
+    neuron ids are unique; the champion is one of the versions."""
+
+    name: str = Field(description="Name of the model in reports, the dashboard, the database and MLflow; unique.")
+    architecture: str = Field(description="timm architecture name (e.g. `efficientnet_lite0`); every version's weights must fit it.")
+    champion: str | None = Field(default=None, description=(
+        "Version that every later version is also compared with (besides its predecessor); null: predecessors only."))
+    versions: list[VersionConfig] = Field(default_factory=list, description=(
+        "The versions, oldest first; each is compared with the one before it."))
+    mlflow_registered_model: str | None = Field(default=None, description=(
+        "Name of a model in the MLflow registry (`store.mlflow_tracking_uri`): its versions are audited too."))
     mlflow_aliases: list[str] | None = Field(
         default=None, description="With `mlflow_registered_model`: audit only the versions these aliases point "
                                   "to (e.g. [champion, challenger]); absent: every registered version.")
     allow_pickle: bool = Field(
         default=False, description="Load registered versions logged with serialization_format='pickle'. "
                                    "Unpickling runs code from the file: opt in only for models you trust.")
-    probe_set: str = "builtin:samples"
-    neurons: list[NeuronConfig]
-    enabled: bool = True
-    visualization: VisualizationConfig = Field(default_factory=VisualizationConfig)
-    probe: ProbeConfig = Field(default_factory=ProbeConfig)
-    thresholds: ThresholdsConfig = Field(default_factory=ThresholdsConfig)
-    watch: WatchConfig = Field(default_factory=WatchConfig)
+    probe_set: str = Field(default="builtin:samples", description="Probe images: `builtin:samples` or a folder of images.")
+    neurons: list[NeuronConfig] = Field(description="The registered neurons (at least one).")
+    enabled: bool = Field(default=True, description="false: the nightly audit skips the model (`--model` still audits it).")
+    visualization: VisualizationConfig = Field(default_factory=VisualizationConfig, description="How visualizations are rendered.")
+    probe: ProbeConfig = Field(default_factory=ProbeConfig, description="How the probe set is cut.")
+    thresholds: ThresholdsConfig = Field(default_factory=ThresholdsConfig, description="When a neuron PASSes, WARNs or FAILs.")
+    watch: WatchConfig = Field(default_factory=WatchConfig, description="Feature drift on production batches (`neuron-audit watch`).")
 
     @field_validator("champion", mode="before")
     @classmethod
@@ -267,12 +348,14 @@ class ModelConfig(_Strict):
 
 
 class AuditConfig(_Strict):
-    store: StoreConfig = Field(default_factory=StoreConfig)
-    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
-    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
-    ui: UIConfig = Field(default_factory=UIConfig)
-    models: list[ModelConfig]
+    """The whole `neuron-audit.yaml`. Only `models` is required; model names are unique."""
+
+    store: StoreConfig = Field(default_factory=StoreConfig, description="Where results are kept.")
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="When the nightly audit runs.")
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="Where new FAILs are announced.")
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig, description="Where the heavy tasks run.")
+    ui: UIConfig = Field(default_factory=UIConfig, description="Web UI base URLs for links (display only).")
+    models: list[ModelConfig] = Field(description="The audited models.")
     # Directory the relative paths of the file are resolved against (not part of the YAML).
     base_dir: Path = Field(default=Path("."), exclude=True)
 

@@ -3,7 +3,7 @@ logit fire on photographs of another class (cats relabelled as espresso).
 
 Only the target row of the classifier moves, so every other class neuron and every
 inner neuron is untouched by construction, and the change shows on the probe set
-(which contains the cat photograph), as SPEC.md's design notes require.
+(which contains the cat photograph), as docs/DESIGN.md's design notes require.
 """
 from __future__ import annotations
 

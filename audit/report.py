@@ -1,4 +1,4 @@
-"""The compare report of SPEC.md (`neuron-audit compare --json`) and its table."""
+"""The compare report (`neuron-audit compare --json`, docs/compare-report.md) and its table."""
 from __future__ import annotations
 
 import math
@@ -40,7 +40,7 @@ def build_report(model_name: str, baseline: str, candidate: str, probe_sha256: s
 
 
 def exit_code(report: dict) -> int:
-    """1 if any neuron FAILs, else 0 (SPEC.md exit codes)."""
+    """1 if any neuron FAILs, else 0 (the exit codes of docs/cli.md)."""
     return 1 if any(n.get("verdict") == "FAIL" for n in report.get("neurons", [])) else 0
 
 

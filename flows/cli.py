@@ -21,15 +21,17 @@ from rich.console import Console  # noqa: E402
 
 from flows.outcome import EXIT_CODES_HELP  # noqa: E402
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# rich_markup_mode=None: click's plain help, in which a flag takes no value; typer's rich help prints
+# a `<bool>` type after every flag (`--quick <bool>`), as if it needed one.
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="neuron-audit: nightly audits of what the critical neurons of vision models look for.",
                   epilog=EXIT_CODES_HELP)
-db_app = typer.Typer(no_args_is_help=True, help="Database maintenance.")
+db_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Database maintenance.")
 app.add_typer(db_app, name="db")
 out = Console()
 err = Console(stderr=True)
 
-ConfigOpt = typer.Option("neuron-audit.yaml", "-c", "--config", help="Path of neuron-audit.yaml.")
+ConfigOpt = typer.Option("neuron-audit.yaml", "-c", "--config", metavar="CONFIG", help="Path of neuron-audit.yaml.")
 
 
 class Exit(Exception):
@@ -175,7 +177,7 @@ def _quiet_prefect_console() -> None:
 
 
 @app.command(epilog=EXIT_CODES_HELP)
-def demo(directory: Path = typer.Option(Path("neuron-audit-demo"), "--dir", help="Where the demo writes its config, checkpoint and store."),
+def demo(directory: Path = typer.Option(Path("neuron-audit-demo"), "--dir", metavar="DIR", help="Where the demo writes its config, checkpoint and store."),
          quick: bool = typer.Option(False, "--quick", help="Lower resolution and fewer steps: same verdicts, a first look in minutes."),
          progress: bool = typer.Option(True, help="Show a progress display.")) -> None:
     """The main job on the built-in model: plant a known change in a second version of
@@ -215,8 +217,8 @@ def demo(directory: Path = typer.Option(Path("neuron-audit-demo"), "--dir", help
 
 @app.command(epilog=EXIT_CODES_HELP)
 def run(config: str = ConfigOpt,
-        model: Optional[str] = typer.Option(None, "--model", help="Audit only this model."),
-        version: Optional[str] = typer.Option(None, "--version", help="Audit only this version."),
+        model: Optional[str] = typer.Option(None, "--model", metavar="MODEL", help="Audit only this model (models[].name)."),
+        version: Optional[str] = typer.Option(None, "--version", metavar="VERSION", help="Audit only this version of the model."),
         no_visuals: bool = typer.Option(False, "--no-visuals", help="Verdicts from probe-set statistics alone.")) -> None:
     """One audit now: the same Prefect flow the schedule runs, after the preflight. Versions whose
     weights, config, images and software match their last complete audit are recognised before any
@@ -244,7 +246,8 @@ def check(config: str = ConfigOpt,
 
 @app.command(epilog=EXIT_CODES_HELP)
 def serve(config: str = ConfigOpt,
-          port: int = typer.Option(4200, help="Port of the Prefect server started when PREFECT_API_URL answers nothing."),
+          port: int = typer.Option(4200, metavar="PORT",
+                                   help="Port of the Prefect server started when PREFECT_API_URL answers nothing."),
           work_pool: Optional[str] = typer.Option(None, "--work-pool", metavar="NAME",
                                                   help="Register the deployment on this Prefect work pool and exit; "
                                                        "the pool's workers run it.")) -> None:
@@ -291,11 +294,15 @@ def serve(config: str = ConfigOpt,
 
 @app.command()
 def visualize(config: str = ConfigOpt,
-              model: str = typer.Option(..., "--model"), version: str = typer.Option(..., "--version"),
-              neuron: str = typer.Option(..., "--neuron"),
-              out_png: Path = typer.Option(Path("visualization.png"), "--out"),
-              seed: int = typer.Option(0, "--seed"), steps: Optional[int] = typer.Option(None, "--steps"),
-              method: str = typer.Option("vital", "--method", help="vital | fourier | maco")) -> None:
+              model: str = typer.Option(..., "--model", metavar="MODEL", help="Model name from the config (models[].name)."),
+              version: str = typer.Option(..., "--version", metavar="VERSION", help="Version of the model to render."),
+              neuron: str = typer.Option(..., "--neuron", metavar="NEURON", help="Neuron id from the config (neurons[].id)."),
+              out_png: Path = typer.Option(Path("visualization.png"), "--out", metavar="PNG",
+                                           help="PNG file to write; a mask, when the method gives one, goes to NAME_mask.png."),
+              seed: int = typer.Option(0, "--seed", metavar="SEED", help="Random seed of the visualization."),
+              steps: Optional[int] = typer.Option(None, "--steps", metavar="N",
+                                                  help="Optimization steps (default: visualization.steps of the config)."),
+              method: str = typer.Option("vital", "--method", metavar="METHOD", help="vital | fourier | maco")) -> None:
     """Render one visualization, without storage."""
     from PIL import Image
 
@@ -362,9 +369,12 @@ def _render_one(cfg, mcfg, n, model, settings, seed, method):
 
 
 @app.command(epilog=EXIT_CODES_HELP)
-def compare(config: str = ConfigOpt, model: str = typer.Option(..., "--model"),
-            baseline: str = typer.Option(..., "--baseline"), candidate: str = typer.Option(..., "--candidate"),
-            json_out: Optional[Path] = typer.Option(None, "--json", help="Write the compare report (SPEC.md) here."),
+def compare(config: str = ConfigOpt,
+            model: str = typer.Option(..., "--model", metavar="MODEL", help="Model name from the config (models[].name)."),
+            baseline: str = typer.Option(..., "--baseline", metavar="V1", help="The version compared against (the older one)."),
+            candidate: str = typer.Option(..., "--candidate", metavar="V2", help="The version under audit (the newer one)."),
+            json_out: Optional[Path] = typer.Option(None, "--json", metavar="OUT",
+                                                    help="Write the compare report here (JSON, docs/compare-report.md)."),
             no_visuals: bool = typer.Option(False, "--no-visuals", help="Skip the statistics that need visualizations.")) -> None:
     """Compare two versions of one model, computing what the store lacks. Exit 1 on any FAIL,
     3 when some neuron could not be compared."""
@@ -437,7 +447,8 @@ def _export_report(config: str, out_dir: Path, mlflow_ui: str | None = None, pre
 
 
 @app.command()
-def report(config: str = ConfigOpt, out_dir: Path = typer.Option(..., "--out", help="Folder for the static HTML."),
+def report(config: str = ConfigOpt,
+           out_dir: Path = typer.Option(..., "--out", metavar="DIR", help="Folder for the static HTML."),
            mlflow_ui: Optional[str] = MlflowUiOpt, prefect_ui: Optional[str] = PrefectUiOpt) -> None:
     """Write the dashboard's views as static HTML, openable from disk."""
     index = _export_report(config, out_dir, mlflow_ui, prefect_ui)
@@ -445,9 +456,10 @@ def report(config: str = ConfigOpt, out_dir: Path = typer.Option(..., "--out", h
 
 
 @app.command()
-def dashboard(config: str = ConfigOpt, host: str = typer.Option("127.0.0.1", help="Bind address (loopback by default)."),
-              port: int = typer.Option(8050), mlflow_ui: Optional[str] = MlflowUiOpt,
-              prefect_ui: Optional[str] = PrefectUiOpt) -> None:
+def dashboard(config: str = ConfigOpt,
+              host: str = typer.Option("127.0.0.1", metavar="HOST", help="Bind address (loopback by default)."),
+              port: int = typer.Option(8050, metavar="PORT", help="Port to listen on."),
+              mlflow_ui: Optional[str] = MlflowUiOpt, prefect_ui: Optional[str] = PrefectUiOpt) -> None:
     """Serve the read-only web dashboard."""
     from dashboards.app import serve as serve_dashboard
     from dashboards.ui_links import ui_urls
@@ -463,9 +475,10 @@ def dashboard(config: str = ConfigOpt, host: str = typer.Option("127.0.0.1", hel
 
 
 @app.command()
-def layers(config: Optional[str] = typer.Option(None, "-c", "--config"),
-           model: Optional[str] = typer.Option(None, "--model"),
-           architecture: Optional[str] = typer.Option(None, "--architecture", help="A timm architecture name.")) -> None:
+def layers(config: Optional[str] = typer.Option(None, "-c", "--config", metavar="CONFIG",
+                                                help="Path of neuron-audit.yaml (with --model, instead of --architecture)."),
+           model: Optional[str] = typer.Option(None, "--model", metavar="MODEL", help="Use this model's architecture from the config."),
+           architecture: Optional[str] = typer.Option(None, "--architecture", metavar="NAME", help="A timm architecture name.")) -> None:
     """List the layer names neurons and taps may use, with their channel counts."""
     from audit.models import create_architecture
     from audit.taps import default_taps, layer_channels, layer_names
@@ -487,10 +500,14 @@ def layers(config: Optional[str] = typer.Option(None, "-c", "--config"),
 
 
 @app.command()
-def evaluate(config: str = ConfigOpt, model: str = typer.Option(..., "--model"), version: str = typer.Option(..., "--version"),
+def evaluate(config: str = ConfigOpt,
+             model: str = typer.Option(..., "--model", metavar="MODEL", help="Model name from the config (models[].name)."),
+             version: str = typer.Option(..., "--version", metavar="VERSION",
+                                         help="Version whose stored visualizations are scored."),
              baselines: bool = typer.Option(False, "--baselines",
                                             help="Also render Fourier and MACO (seed 0) and score them the same way."),
-             steps: Optional[int] = typer.Option(None, "--steps", help="Steps of the baseline renders (default: the VITAL steps).")) -> None:
+             steps: Optional[int] = typer.Option(None, "--steps", metavar="N",
+                                                 help="Steps of the baseline renders (default: the VITAL steps).")) -> None:
     """Quality of the stored visualizations. Class neurons: self top-1, transfer top-1/top-5 on the
     other built-in models, Fréchet distance to the reference photographs. Inner neurons: the
     activation percentile among real probe images, the specificity rank in the layer, the feature
@@ -585,7 +602,7 @@ def _infrastructure_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry: maps outcomes and errors to the exit codes of SPEC.md (flows/outcome.py)."""
+    """Console-script entry: maps outcomes and errors to the exit codes of docs/cli.md (flows/outcome.py)."""
     import click
 
     from audit.errors import AuditInputError

@@ -1,7 +1,7 @@
 """What an audit's summary means for a scheduler: its exit code, what could not be audited, the
 alert that says so.
 
-Exit codes (SPEC.md): 0 every selected neuron audited, no FAIL; 1 a drift FAIL (it wins over 3:
+Exit codes (docs/cli.md): 0 every selected neuron audited, no FAIL; 1 a drift FAIL (it wins over 3:
 the FAIL is the news, and what could not be audited is listed and alerted all the same); 2 bad
 input found before any work; 3 the audit ran but some neuron or version could not be audited, or
 no neuron at all was audited; 4 an internal or infrastructure error; 130/143 interrupted by

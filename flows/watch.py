@@ -170,7 +170,7 @@ def store_batch(inputs: WatchInputs, values: np.ndarray, verdict) -> int:
 
 
 def build_report(inputs: WatchInputs, verdict, batch_pk: int | None) -> dict:
-    """The watch report (SPEC.md: model, version, batch_id, n_images, neurons[id, verdict, reason, ...])."""
+    """The watch report (docs/cli.md: model, version, batch_id, n_images, neurons[id, verdict, reason, ...])."""
     return {"model": inputs.model, "version": inputs.version, "batch_id": inputs.batch_id,
             "n_images": len(inputs.batch.names), "n_skipped": len(inputs.batch.skipped),
             "skipped": {Path(k).name: v for k, v in inputs.batch.skipped.items()},
@@ -242,7 +242,7 @@ def log_mlflow(cfg_path: str, report: dict) -> str:
 
 
 def exit_code(report: dict) -> int:
-    """0 no FAIL; 1 a FAIL; 3 some neuron could not be watched (SPEC.md)."""
+    """0 no FAIL; 1 a FAIL; 3 some neuron could not be watched (docs/cli.md)."""
     code = 1 if report["verdict"] == "FAIL" else 0
     return max(code, 3) if report.get("errors") else code
 

@@ -209,7 +209,7 @@ def stored_visualizations(store, model_name: str, neuron_id: str, versions: list
 def compare_pair(cfg_path: str, model_name: str, baseline: str, candidate: str, run_id: int | None,
                  with_visuals: bool = True) -> dict:
     """Drift of every registered neuron from `baseline` to `candidate`; stores the results
-    and the report, returns the report (SPEC.md)."""
+    and the report, returns the report (docs/compare-report.md)."""
     from audit.drift import compare_versions, visual_features
     from audit.report import build_report
     from audit.stats import neuron_activations

@@ -120,16 +120,27 @@ def _comparison(a, b, nid="n"):
     return drift.compare_neuron(NeuronTarget(nid, "inner", "x", 0), a, b, t, idx)
 
 
-def test_verdicts_from_effect_sizes_with_multiplicity():
-    rng = np.random.default_rng(1)
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_verdicts_from_effect_sizes_with_multiplicity(seed):
+    """Each case sits well inside one verdict's band (default thresholds: Spearman FAIL < 0.80,
+    WARN < 0.95; W/sigma WARN > 0.35, FAIL > 1.0), so its verdict is exact on every seed."""
+    rng = np.random.default_rng(seed)
     a = rng.normal(size=300)
-    same = _comparison(a, a + 0.01 * rng.normal(size=300), "same")
-    changed = _comparison(a, rng.normal(size=300), "changed")
-    shifted = _comparison(a, 0.85 * a + 0.5 * rng.normal(size=300), "borderline")
-    res = {r.neuron_id: r for r in drift.assign_verdicts([same, changed, shifted], ThresholdsConfig())}
-    assert res["same"].verdict == "PASS"
-    assert res["changed"].verdict == "FAIL"
+    cases = [_comparison(a, a + 0.01 * rng.normal(size=300), "same"),
+             _comparison(a, rng.normal(size=300), "changed"),
+             # rank correlation ~0.86: beyond WARN, short of FAIL
+             _comparison(a, 0.85 * a + 0.5 * rng.normal(size=300), "borderline"),
+             # the same ranking, magnitude shifted by 0.6 sigma (WARN) and by 2 sigma (FAIL)
+             _comparison(a, a + 0.6 * a.std(ddof=1), "shift-warn"),
+             _comparison(a, a + 2.0 * a.std(ddof=1), "shift-fail")]
+    res = {r.neuron_id: r for r in drift.assign_verdicts(cases, ThresholdsConfig())}
+    assert {k: r.verdict for k, r in res.items()} == {
+        "same": "PASS", "changed": "FAIL", "borderline": "WARN", "shift-warn": "WARN", "shift-fail": "FAIL"}
     assert "Spearman" in res["changed"].reason and "< 0.80" in res["changed"].reason
-    assert res["borderline"].verdict in ("WARN", "FAIL")
+    assert 0.80 < res["borderline"].statistics["spearman"] < 0.95
+    assert "Spearman" in res["borderline"].reason and "< 0.95" in res["borderline"].reason
+    for nid, bound in (("shift-warn", "> 0.35"), ("shift-fail", "> 1.00")):
+        assert "magnitude shifted" in res[nid].reason and bound in res[nid].reason, res[nid].reason
+        assert res[nid].statistics["spearman"] == pytest.approx(1.0)
     lo, hi = res["changed"].ci["spearman"]
     assert lo <= res["changed"].statistics["spearman"] <= hi

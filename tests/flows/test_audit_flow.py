@@ -122,7 +122,11 @@ def test_kill_mid_run_then_rerun_resumes(tmp_path, planted_checkpoint):
     assert len(v1["viz_reused"]) >= 6, "visualizations finished before the kill are reused"
     final = row_counts(db)
     assert final["visualizations"] == 6 * 6 + 6 * 1  # v1: 6 neurons x 6 seeds; v2 adds espresso x 6 seeds
-    assert report_1_to_2(summary)["summary"]["FAIL"] >= 1
+    report = report_1_to_2(summary)
+    assert {n["id"]: n["verdict"] for n in report["neurons"]} == {
+        "egyptian-cat": "PASS", "espresso": "FAIL", "rocket": "PASS", "tripod": "PASS", "b5-c17": "PASS",
+        "b3-c40": "PASS"}, report["neurons"]
+    assert report["summary"] == {"PASS": 5, "WARN": 0, "FAIL": 1}
 
 
 def test_dask_task_runner_gives_same_verdicts(tmp_path, planted_checkpoint):

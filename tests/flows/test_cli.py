@@ -82,4 +82,8 @@ def test_compare_writes_spec_report_and_exits_1_on_fail(tmp_path, tiny_config):
         assert key in espresso
     for key in ("spearman", "topk_jaccard", "topk_p_value", "wasserstein_norm", "cross_activation", "visual_distance"):
         assert key in espresso["statistics"]
-    assert report["summary"]["FAIL"] >= 1 and sum(report["summary"].values()) == 6
+    # Only the planted neuron changed (a head-only change of the espresso row).
+    verdicts = {n["id"]: n["verdict"] for n in report["neurons"]}
+    assert verdicts == {"egyptian-cat": "PASS", "espresso": "FAIL", "rocket": "PASS", "tripod": "PASS",
+                        "b5-c17": "PASS", "b3-c40": "PASS"}, report["neurons"]
+    assert report["summary"] == {"PASS": 5, "WARN": 0, "FAIL": 1}

@@ -63,21 +63,31 @@ def test_self_top1_and_transfer_on_real_photos(lite0, photo_arrays, sample_image
     np.testing.assert_allclose(f[0], direct[0].double().numpy(), rtol=1e-5, atol=1e-5)
 
 
-def test_evaluate_class_visualizations_on_photos(lite0, photo_arrays):
+def test_evaluate_class_visualizations_on_photos(lite0, photo_arrays, sample_images):
     from audit.config import ModelConfig
     from audit.quality import evaluate_class_visualizations
+    from audit.references import class_references
 
     cfg = ModelConfig(name="m", architecture="efficientnet_lite0",
                       versions=[{"version": "1", "source": "builtin:efficientnet_lite0"}],
                       neurons=[{"id": "cat", "kind": "class", "layer": "classifier", "index": 285,
                                 "references": "builtin:samples/chelsea"},
+                               # a coffee photograph scored against the cat references
+                               {"id": "coffee-vs-cat-refs", "kind": "class", "layer": "classifier", "index": 967,
+                                "references": "builtin:samples/chelsea"},
                                {"id": "espresso", "kind": "class", "layer": "classifier", "index": 967},
                                {"id": "b5", "kind": "inner", "layer": "blocks.5", "index": 1}])
-    stored = {"cat": [photo_arrays["chelsea"]]}
+    stored = {"cat": [photo_arrays["chelsea"]], "coffee-vs-cat-refs": [photo_arrays["coffee"]]}
     out = evaluate_class_visualizations(lambda nid: stored.get(nid, []), lite0, cfg, base_dir=None, n_references=6)
     row = out["neurons"]["cat"]
     assert row["self_top1"] == 1.0
     assert row["lite1_top5"] == 1.0 and row["lite2_top5"] == 1.0
-    assert row["frechet"] is not None and row["frechet"] >= 0
+    # The documented recipe: Lite0 penultimate features at 224 px, 6 seed-0 crops of the references.
+    refs = class_references([sample_images["chelsea"]], size=224, n=6, seed=0)
+    direct = frechet_distance(penultimate_features(lite0, [photo_arrays["chelsea"]], 224),
+                              penultimate_features(lite0, refs, 224))
+    assert row["frechet"] == pytest.approx(direct, rel=1e-6)
+    # The cat photo is nearer its own references than a coffee photo is.
+    assert out["neurons"]["coffee-vs-cat-refs"]["frechet"] > 2 * row["frechet"]
     assert out["skipped"] == {"espresso": "no stored visualizations"}
     assert out["mean"]["self_top1"] == 1.0 and out["transfer_models"] == ["efficientnet_lite1", "efficientnet_lite2"]

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from audit.optimize import LossPlateau, lr_at, optimize
+from audit.optimize import History, LossPlateau, lr_at, optimize
 from audit.priors import l2_prior, total_variation_l1, total_variation_l2
 from audit.transforms import Compose, Jitter, RandomFlip
 
@@ -35,5 +35,14 @@ def test_optimize_schedule_and_plateau():
     hist = optimize(p, lambda step: p.square(), steps=200, lr=0.1, warmup=5,
                     stop_criteria=[LossPlateau(window=10, rel_tol=1e-2, min_steps=20)])
     assert len(hist.losses[0]) == 2 and hist.losses[-1][0] < hist.losses[0][0]
-    assert hist.stopped_by in ("LossPlateau", None)
-    assert hist.steps_run <= 200
+    # The plateau criterion stopped the loop, at the first step where it holds.
+    assert hist.stopped_by == "LossPlateau" and 20 <= hist.steps_run < 200
+    assert len(hist.losses) == len(hist.lrs) == hist.steps_run
+    plateau = LossPlateau(window=10, rel_tol=1e-2, min_steps=20)
+    assert plateau(History(losses=hist.losses, steps_run=hist.steps_run))
+    assert not plateau(History(losses=hist.losses[:-1], steps_run=hist.steps_run - 1))
+    assert hist.lrs == [lr_at(s, 200, 0.1, 5) for s in range(hist.steps_run)]
+    # Without a stop criterion the loop runs exactly `steps` steps and names MaxSteps.
+    q = torch.tensor([3.0, -2.0], requires_grad=True)
+    full = optimize(q, lambda step: q.square(), steps=30, lr=0.1, warmup=5)
+    assert full.stopped_by == "MaxSteps" and full.steps_run == 30 and len(full.losses) == 30
