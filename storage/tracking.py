@@ -207,12 +207,13 @@ class MlflowTracker:
                      config: Mapping | None = None, neuron_errors: Mapping[str, str] | None = None) -> SyncResult:
         """Bring the MLflow run of (model, version) up to the store's content, logging only what the ledger says
         the run lacks (with step = audit_run_id). config: the model's audit configuration (params at creation,
-        config.json after); neuron_errors: the neurons this audit could not audit (None: unknown, left as is)."""
+        config.json after); neuron_errors: the neurons this audit could not audit (None: unknown, left as is).
+        A ledger whose run is gone from MLflow (a deleted or replaced tracking store) is logged again in full."""
         content = store.mlflow_version_content(model, version)
         desired = self.desired_items(content, config=config, neuron_errors=neuron_errors)
         known_run, ledger = store.mlflow_ledger(model, version)
         todo = self._todo(desired, ledger)
-        if known_run and not todo:
+        if known_run and not todo and self._live_run(known_run):
             return SyncResult(known_run, None, [])
         run_id, created = self._ensure_run(store, model, version, content, known_run)
         if run_id != known_run:
