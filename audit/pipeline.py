@@ -22,13 +22,13 @@ TOPK_REFERENCES = "top-k"
 
 
 def neuron_target(n: NeuronConfig) -> NeuronTarget:
-    return NeuronTarget(n.id, n.kind, n.layer, n.index)
+    return NeuronTarget(n.id, n.kind, n.activation_layer, n.index)
 
 
 def uses_relevance(n: NeuronConfig) -> bool:
     """Inner neurons and data-driven class neurons weight the taps by relevance; the
     paper's class form (a folder or sample as references) does not."""
-    return n.kind == "inner" or (n.references or TOPK_REFERENCES) == TOPK_REFERENCES
+    return n.kind in ("inner", "head") or (n.references or TOPK_REFERENCES) == TOPK_REFERENCES
 
 
 def model_taps(model_cfg: ModelConfig, model: nn.Module) -> list[str]:
@@ -101,11 +101,11 @@ def references_for(n: NeuronConfig, model: nn.Module, probe_images: torch.Tensor
     """
     from . import references as refs
 
-    if n.kind == "inner":
+    if n.kind in ("inner", "head"):
         have_values = probe_values is not None and np.any(probe_values)
-        imgs = refs.inner_patch_references(model, n.layer, n.index, probe_images, k=count, size=size,
+        imgs = refs.inner_patch_references(model, n.activation_layer, n.index, probe_images, k=count, size=size,
                                            peak_values=probe_values if have_values else None)
-        return NeuronReferences(imgs, f"top-{count} probe patches of {n.layer}[{n.index}]", True)
+        return NeuronReferences(imgs, f"top-{count} probe patches of {n.activation_layer}[{n.index}]", True)
     if (n.references or TOPK_REFERENCES) == TOPK_REFERENCES:
         imgs = refs.topk_image_references(probe_images, probe_values, k=count)
         if imgs.shape[-1] != size:

@@ -272,27 +272,62 @@ def dashboard(config: str = ConfigOpt, host: str = typer.Option("127.0.0.1", hel
 
 
 @app.command()
-def layers(config: Optional[str] = typer.Option(None, "-c", "--config"),
-           model: Optional[str] = typer.Option(None, "--model"),
-           architecture: Optional[str] = typer.Option(None, "--architecture", help="A timm architecture name.")) -> None:
-    """List the layer names neurons and taps may use, with their channel counts."""
-    from audit.models import create_architecture
-    from audit.taps import default_taps, layer_channels, layer_names
+def layers(config: Optional[str] = typer.Option(None, "-c", "--config", help="Take the model from this config (with --model)."),
+           model: Optional[str] = typer.Option(None, "--model", help="A model of the config: its architecture, num_classes and model_args."),
+           architecture: Optional[str] = typer.Option(None, "--architecture", help="A timm architecture name."),
+           model_arg: list[str] = typer.Option([], "--model-arg", metavar="KEY=VALUE",
+                                               help="A timm.create_model argument (repeatable; the value is read as YAML), "
+                                                    "e.g. --model-arg num_classes=10 --model-arg img_size=384."),
+           depth: Optional[int] = typer.Option(None, "--depth", help="Only modules at most this many dots deep.")) -> None:
+    """List every layer a neuron or tap may use: its kind, layout and channel count (at the model's own input size)."""
+    import yaml
 
+    from audit.models import create_architecture, fit_head_to_checkpoint, model_input_hw, read_source
+    from audit.taps import default_taps, describe_layers, output_layer_name
+
+    args: dict = {}
     if architecture is None:
         if not (config and model):
             _fail("give --architecture NAME, or -c CONFIG --model NAME")
-        architecture = _config(config).model(model).architecture
-    m = create_architecture(architecture).eval()
+        cfg = _config(config)
+        mcfg = cfg.model(model)
+        architecture, args = mcfg.architecture, dict(mcfg.model_args)
+        if mcfg.num_classes is not None:
+            args["num_classes"] = mcfg.num_classes
+        state_source = next((v.source for v in mcfg.versions if not v.source.startswith("models:/")), None)
+    else:
+        state_source = None
+    for item in model_arg:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            _fail(f"--model-arg {item!r}: give KEY=VALUE, e.g. num_classes=10")
+        try:
+            args[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            _fail(f"--model-arg {item!r}: the value is not valid YAML: {exc}")
+    m = create_architecture(architecture, args).eval()
+    if state_source is not None and "num_classes" not in args:
+        fit_head_to_checkpoint(m, read_source(state_source, cfg.base_dir))
     taps = set(default_taps(m))
-    for name in layer_names(m):
-        if name.count(".") <= 2:
-            try:
-                ch = layer_channels(m, name)
-            except Exception:
-                continue
-            mark = "\tdefault tap" if name in taps else ""
-            out.print(f"{name}\t{ch}{mark}")
+    try:
+        head = output_layer_name(m)
+    except Exception:  # noqa: BLE001 - a headless model simply has no class layer
+        head = None
+    h, w = model_input_hw(m)
+    out.print(f"# {architecture}: input {h}x{w}; layer, kind, layout, channels", highlight=False)
+    described = describe_layers(m)
+    position = {n: i for i, (n, _) in enumerate(m.named_modules())}
+    for name in sorted(described, key=lambda n: (position.get(n.split(":")[0], -1), n)):
+        info, module = described[name], name.split(":")[0]
+        if depth is not None and module.count(".") > depth:
+            continue
+        if name.endswith(":heads"):
+            kind = "head"
+        else:
+            kind = "class" if module == head else "inner"
+        notes = (["default tap"] if module in taps and kind == "inner" else [])
+        out.print(f"{module}\t{kind}\t{info.layout.describe()}\t{info.channels}" + "".join(f"\t{n}" for n in notes),
+                  highlight=False, soft_wrap=True)
 
 
 @app.command()
