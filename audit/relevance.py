@@ -32,7 +32,8 @@ from .lrp_rules import LRPState, install_rules
 from .taps import Captured, capture, channels_first, describe_layers, get_layer
 from .layouts import parse_layer_name
 
-__all__ = ["lrp_backward", "tap_relevance", "target_value", "RelevancePass", "relevance_pass"]
+__all__ = ["lrp_backward", "tap_relevance", "target_value", "RelevancePass", "relevance_pass",
+           "activations_and_relevance"]
 
 
 @contextmanager
@@ -139,6 +140,36 @@ def _deepest(model: nn.Module, names: Sequence[str]) -> str | None:
     return max(keys)[1]
 
 
+def activations_and_relevance(model: nn.Module, x: torch.Tensor, taps: Sequence[str], target_layers: Sequence[str],
+                              indices: Sequence[int], rows: Sequence[int] | None = None, positive: bool = True,
+                              conv_rule: str = "zplus", attention_rule: str = "cp"
+                              ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """One forward of `x` for a relevance-weighted loss (VITAL's relevance form).
+
+    Returns the taps' channels-first activations, in the graph, and the LRP relevance of each
+    target (channel `indices[k]` of `target_layers[k]`, for batch row `rows[k]`) at the taps,
+    detached, one row per target. A loss of the activations back-propagated afterwards gets the
+    true gradient: the rules act only inside this call. The forward stops after the deepest of the
+    taps and target layers. Costs one forward, one LRP backward (targets to the shallowest tap) and
+    nothing more, against a separate `tap_relevance` pass plus a forward for the loss."""
+    stop = _deepest(model, list(taps) + list(target_layers))
+    with torch.enable_grad(), relevance_pass(model, taps, target_layers, conv_rule, attention_rule) as rp:
+        _run_until(model, x, stop)
+        relevance = rp.relevance(target_layers, indices, rows, positive)
+        return rp.activations, relevance
+
+
+def _run_until(model: nn.Module, x: torch.Tensor, stop: str | None) -> None:
+    handle = get_layer(model, stop).register_forward_hook(_raise_stop) if stop else None
+    try:
+        model(x)
+    except _StopForward:
+        pass
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
 def tap_relevance(model: nn.Module, x: torch.Tensor, target_layer: str | Sequence[str], index: int | Sequence[int],
                   taps: Sequence[str], positive: bool = True, conv_rule: str = "zplus",
                   attention_rule: str = "cp") -> dict[str, torch.Tensor]:
@@ -161,14 +192,7 @@ def tap_relevance(model: nn.Module, x: torch.Tensor, target_layer: str | Sequenc
     stop = _deepest(model, list(taps) + layers)
     x = x.detach().requires_grad_(True)
     with torch.enable_grad(), relevance_pass(model, taps, layers, conv_rule, attention_rule) as rp:
-        handle = get_layer(model, stop).register_forward_hook(_raise_stop) if stop else None
-        try:
-            model(x)
-        except _StopForward:
-            pass
-        finally:
-            if handle is not None:
-                handle.remove()
+        _run_until(model, x, stop)
         return rp.relevance(layers, indices, positive=positive)
 
 

@@ -272,16 +272,20 @@ def dashboard(config: str = ConfigOpt, host: str = typer.Option("127.0.0.1", hel
 
 
 @app.command()
-def layers(config: Optional[str] = typer.Option(None, "-c", "--config", help="Take the model from this config (with --model)."),
-           model: Optional[str] = typer.Option(None, "--model", help="A model of the config: its architecture, num_classes and model_args."),
-           architecture: Optional[str] = typer.Option(None, "--architecture", help="A timm architecture name."),
+def layers(config: Optional[str] = typer.Option(None, "-c", "--config", metavar="CONFIG",
+                                                help="Path of neuron-audit.yaml (with --model, instead of --architecture)."),
+           model: Optional[str] = typer.Option(None, "--model", metavar="MODEL",
+                                               help="A model of the config: its architecture, num_classes and model_args "
+                                                    "(the head size read from its first checkpoint when not given)."),
+           architecture: Optional[str] = typer.Option(None, "--architecture", metavar="NAME", help="A timm architecture name."),
            model_arg: list[str] = typer.Option([], "--model-arg", metavar="KEY=VALUE",
                                                help="A timm.create_model argument (repeatable; the value is read as YAML), "
                                                     "e.g. --model-arg num_classes=10 --model-arg img_size=384."),
-           depth: Optional[int] = typer.Option(None, "--depth", help="Only modules at most this many dots deep.")) -> None:
+           depth: Optional[int] = typer.Option(None, "--depth", metavar="N", help="Only modules at most N dots deep.")) -> None:
     """List every layer a neuron or tap may use: its kind, layout and channel count (at the model's own input size)."""
     import yaml
 
+    from audit.errors import AuditInputError
     from audit.models import create_architecture, fit_head_to_checkpoint, model_input_hw, read_source
     from audit.taps import default_taps, describe_layers, output_layer_name
 
@@ -311,10 +315,10 @@ def layers(config: Optional[str] = typer.Option(None, "-c", "--config", help="Ta
     taps = set(default_taps(m))
     try:
         head = output_layer_name(m)
-    except Exception:  # noqa: BLE001 - a headless model simply has no class layer
+    except AuditInputError:          # a headless model has no class layer
         head = None
     h, w = model_input_hw(m)
-    out.print(f"# {architecture}: input {h}x{w}; layer, kind, layout, channels", highlight=False)
+    typer.echo(f"# {architecture}: input {h}x{w}; columns: layer, kind, layout, channels, note (tab-separated)")
     described = describe_layers(m)
     position = {n: i for i, (n, _) in enumerate(m.named_modules())}
     for name in sorted(described, key=lambda n: (position.get(n.split(":")[0], -1), n)):
@@ -326,8 +330,7 @@ def layers(config: Optional[str] = typer.Option(None, "-c", "--config", help="Ta
         else:
             kind = "class" if module == head else "inner"
         notes = (["default tap"] if module in taps and kind == "inner" else [])
-        out.print(f"{module}\t{kind}\t{info.layout.describe()}\t{info.channels}" + "".join(f"\t{n}" for n in notes),
-                  highlight=False, soft_wrap=True)
+        typer.echo(f"{module}\t{kind}\t{info.layout.describe()}\t{info.channels}" + "".join(f"\t{n}" for n in notes))
 
 
 @app.command()

@@ -26,7 +26,7 @@ class Family:
     key: str
     architecture: str
     model_args: dict = field(default_factory=dict)
-    resolution: int = 64              # input side used for the probe and the visualizations
+    resolution: int = 32              # input side of the matrix's probe and visualizations (token models: img_size)
     slow: bool = False
 
 
@@ -37,11 +37,11 @@ FAMILIES: dict[str, Family] = {f.key: f for f in [
     Family("mobilenetv3", "mobilenetv3_small_100"),
     Family("regnety", "regnety_002"),
     Family("convnext", "convnext_atto", {"ls_init_value": 1.0}, slow=True),
-    Family("vit", "vit_tiny_patch16_224", {"img_size": 64}),
-    Family("deit", "deit_tiny_patch16_224", {"img_size": 64}),
-    Family("swin", "swin_tiny_patch4_window7_224", {"img_size": 64}, slow=True),
-    Family("vit_hybrid", "vit_tiny_r_s16_p8_224", {"img_size": 64}, slow=True),
-    Family("mixer", "mixer_s32_224", {"img_size": 64}),
+    Family("vit", "vit_tiny_patch16_224", {"img_size": 64}, 64),
+    Family("deit", "deit_tiny_patch16_224", {"img_size": 64}, 64),
+    Family("swin", "swin_tiny_patch4_window7_224", {"img_size": 64}, 64, slow=True),
+    Family("vit_hybrid", "vit_tiny_r_s16_p8_224", {"img_size": 64}, 64, slow=True),
+    Family("mixer", "mixer_s32_224", {"img_size": 64}, 64),
 ]}
 
 

@@ -14,7 +14,7 @@ from torch import nn
 from audit import lrp_rules
 from audit.errors import AuditInputError
 from audit.lrp_rules import LRPRuleWarning, LRPState, install_rules, register_rule
-from audit.relevance import relevance_pass, tap_relevance
+from audit.relevance import activations_and_relevance, relevance_pass, tap_relevance
 
 
 def _hook_count(model):
@@ -119,32 +119,61 @@ def test_attention_rules_equal_the_published_formulas(rule):
 
 
 def _zplus_reference(conv, x, r_out):
-    """z+ by its definition: R_i = sum_j (x_i w_ij)^+ / sum_i' (x_i' w_i'j)^+ R_j, over unfolded patches."""
+    """z+ by its definition: R_i = sum_j (x_i w_ij)^+ / (sum_i' (x_i' w_i'j)^+ + 1e-9) R_j, over unfolded patches."""
     k = conv.kernel_size
     cols = F.unfold(x, k, padding=conv.padding, stride=conv.stride)              # [B, C*k*k, L]
     w = conv.weight.reshape(conv.out_channels, -1)                             # [O, C*k*k]
     contrib = (w[None, :, :, None] * cols[:, None]).clamp(min=0)               # [B, O, C*k*k, L]
-    share = contrib / contrib.sum(2, keepdim=True).clamp(min=1e-30)
+    share = contrib / (contrib.sum(2, keepdim=True) + 1e-9)                     # the rule's stabilizer
     r = (share * r_out.flatten(2)[:, :, None]).sum(1)                          # [B, C*k*k, L]
     return F.fold(r, x.shape[-2:], k, padding=conv.padding, stride=conv.stride)
 
 
 @pytest.mark.parametrize("signed", [False, True])
-def test_zplus_equals_its_definition(signed):
+@pytest.mark.parametrize("kernel,stride,groups", [(3, 2, 1), (1, 1, 1), (3, 1, 2)])
+def test_zplus_equals_its_definition(signed, kernel, stride, groups):
+    """z+ on dense, pointwise (matrix-product path) and grouped convolutions, with non-negative and
+    signed inputs, against R_i = sum_j (x_i w_ij)^+ / z+_j R_j computed on unfolded patches."""
     torch.manual_seed(4)
-    conv = nn.Conv2d(3, 4, 3, padding=1, stride=2).double()
+    conv = nn.Conv2d(4, 6, kernel, padding=kernel // 2, stride=stride, groups=groups).double()
     model = nn.Sequential(conv)
-    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    x = torch.randn(2, 4, 8, 8, dtype=torch.float64)
     x = x if signed else x.abs()
-    g = torch.randn(2, 4, 4, 4, dtype=torch.float64)
     installed = install_rules(model, LRPState(active=True))
     try:
         xr = x.clone().requires_grad_(True)
         y = model(xr)
+        g = torch.randn_like(y)
         (grad,) = torch.autograd.grad(y, xr, g)
     finally:
         installed.remove()
-    torch.testing.assert_close(x * grad, _zplus_reference(conv, x, y.detach() * g), rtol=1e-6, atol=1e-9)
+    r_out = y.detach() * g
+    per_group = [_zplus_reference(_group_conv(conv, k), x[:, k * 4 // groups:(k + 1) * 4 // groups],
+                                  r_out[:, k * 6 // groups:(k + 1) * 6 // groups]) for k in range(groups)]
+    torch.testing.assert_close(x * grad, torch.cat(per_group, 1), rtol=1e-6, atol=1e-9)
+
+
+def _group_conv(conv, k):
+    """Group k of a grouped convolution as a dense one."""
+    o = conv.out_channels // conv.groups
+    dense = nn.Conv2d(conv.in_channels // conv.groups, o, conv.kernel_size, conv.stride, conv.padding).double()
+    dense.weight.data = conv.weight.data[k * o:(k + 1) * o]
+    return dense
+
+
+def test_depthwise_convolutions_keep_epsilon():
+    conv = nn.Conv2d(3, 3, 3, padding=1, groups=3).double()
+    model = nn.Sequential(conv)
+    x = torch.randn(1, 3, 6, 6, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(1, 3, 6, 6, dtype=torch.float64)
+    with torch.enable_grad():
+        installed = install_rules(model, LRPState(active=True))
+        try:
+            (grad,) = torch.autograd.grad(model(x), x, g)
+        finally:
+            installed.remove()
+        (plain,) = torch.autograd.grad(model(x), x, g)
+    torch.testing.assert_close(grad, plain)
 
 
 @pytest.mark.parametrize("key,taps,target,index", [
@@ -155,16 +184,22 @@ def test_one_forward_serves_relevance_and_the_true_gradient(key, taps, target, i
     """`relevance_pass`: the relevance equals `tap_relevance`'s, and a loss back-propagated after it
     gets exactly the gradient of a model without rules."""
     model = family_model(key)
-    x0 = probe64.images[:2]
-    x = x0.clone().requires_grad_(True)
+    x0 = probe64.images[:3]
     with torch.enable_grad(), relevance_pass(model, taps, [target]) as rp:
-        model(x)
-        rel = rp.relevance([target, target], [index, index], rows=[0, 1])
-        loss = sum((a ** 2).mean() for a in rp.activations.values())
-        loss.backward()
-    expected_rel = tap_relevance(model, x0, target, index, taps)
+        model(x0.clone().requires_grad_(True))
+        rel = rp.relevance([target, target], [index, index], rows=[0, 2])
+    expected_rel = tap_relevance(model, x0[[0, 2]], target, index, taps)
+    acts, rel_stopped = activations_and_relevance(model, x0, taps, [target], [index], rows=[2])
     for t in taps:
         torch.testing.assert_close(rel[t], expected_rel[t], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(rel_stopped[t], expected_rel[t][1:], rtol=1e-4, atol=1e-6)
+        assert acts[t].requires_grad and acts[t].shape[0] == 3
+    x = x0.clone().requires_grad_(True)          # the gradient of a loss after a relevance pass is the true one
+    with torch.enable_grad(), relevance_pass(model, taps, [target]) as rp:
+        model(x)
+        rp.relevance([target], [index], rows=[1])
+        loss = sum((a ** 2).mean() for a in rp.activations.values())
+    loss.backward()
     plain = x0.clone().requires_grad_(True)
     from audit.taps import capture
 
