@@ -1,7 +1,8 @@
 """LRP relevance of a target (a channel at a layer, summed over positions, or a class logit) at taps.
 
-The rules are `audit.lrp_rules` (registered by module type, Zennit-style): z+ on plain
-convolutions (``conv_rule="zplus"``, default; ``"epsilon"`` gives LRP-0), the identity rule on
+The rules are `audit.lrp_rules` (registered by module type, Zennit-style): z+ on convolutions
+that mix channels (``conv_rule="zplus"``, default; ``"zplus-all"`` also on depthwise ones,
+``"epsilon"`` gives LRP-0), the identity rule on
 element-wise activations, gates as constants, LayerNorm/GroupNorm with the standard deviation
 constant, and attention by CP-LRP (``attention_rule="cp"``, default: Ali et al. ICML 2022,
 attention probabilities constant, conservative) or AttnLRP (``"attnlrp"``: Achtibat et al. ICML
