@@ -122,7 +122,7 @@ def neuron_objectives(model: nn.Module, x: torch.Tensor, targets: Sequence[Neuro
     if len(owner) != x.shape[0]:
         raise ValueError(f"{len(owner)} owners for a batch of {x.shape[0]}")
     head = output_layer_name(model)
-    inner = sorted({t.layer for t in targets if t.kind == "inner" and t.layer != head})
+    inner = sorted({t.layer for t in targets if t.kind != "class" and t.layer != head})
     need_logits = any(t.kind == "class" or t.layer == head for t in targets)
     seen: set[str] = set()
 

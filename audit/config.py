@@ -139,11 +139,12 @@ class NeuronConfig(_Strict):
     id: str = Field(description=(
         "Name of the neuron in reports, the dashboard and the database: letters, digits, `.`, `_`, `-`; "
         "unique within the model."))
-    kind: Literal["class", "inner"] = Field(description=(
+    kind: Literal["class", "inner", "head"] = Field(description=(
         "`class`: a logit of the classifier (`layer` must be the model's head). "
-        "`inner`: a channel of an inner layer (its spatial max is the neuron's value on an image)."))
+        "`inner`: a channel of an inner layer (its spatial max is the neuron's value on an image; tokens: the max "
+        "over tokens). `head`: an attention head of an attention module (`layer` is the module, `index` the head)."))
     layer: str = Field(description="Module name of the layer, as `neuron-audit layers` lists them (`classifier`, `blocks.5`).")
-    index: int = Field(ge=0, description="Class index (for `class`) or channel index (for `inner`) within `layer`.")
+    index: int = Field(ge=0, description="Class index (`class`), channel index (`inner`) or head index (`head`) within `layer`.")
     label: str | None = Field(default=None, description="Human-readable name shown on the dashboard (e.g. `Egyptian cat`).")
     references: str | list[str] | None = Field(default=None, description=(
         "Class neurons: photographs of the class that the visualization matches: a folder, an image file, "
@@ -152,6 +153,10 @@ class NeuronConfig(_Strict):
         "relevance weighting (this project's data-driven form, which also sees head-only changes). "
         "Inner neurons ignore it: their references are the probe images that fire the channel most."))
     critical: bool = Field(default=True, description="Stored with the neuron in the registry; no effect on verdicts yet.")
+    tokens: Literal["patches", "all", "class"] = Field(default="patches", description=(
+        "Token models (ViT, DeiT, hybrids, Mixer), `inner` and `head` neurons: the tokens a value is pooled over. "
+        "`patches`: the patch tokens (class/register tokens left out); `all`: every token; `class`: the "
+        "class/register tokens only."))
 
     @field_validator("id")
     @classmethod
@@ -178,6 +183,22 @@ class NeuronConfig(_Strict):
     def references_text(self) -> str | None:
         """The references as one line of text (for storage and display)."""
         return self.references if not isinstance(self.references, list) else ", ".join(self.references)
+
+    @model_validator(mode="after")
+    def _kind_fits(self) -> "NeuronConfig":
+        if ":" in self.layer:
+            raise ValueError(f"layer {self.layer!r}: give the module name only; heads are `kind: head`, "
+                             "tokens are `tokens:`")
+        if self.kind == "class" and self.tokens != "patches":
+            raise ValueError("`tokens` applies to inner and head neurons, not to class neurons")
+        return self
+
+    @property
+    def activation_layer(self) -> str:
+        """The layer address the neuron's values are read from (`audit.layouts.LayerName`): the
+        module, `:heads` for a head neuron, `:all`/`:class` for other token selections."""
+        return self.layer + (":heads" if self.kind == "head" else "") + \
+            ("" if self.tokens == "patches" else f":{self.tokens}")
 
 
 class VisualizationConfig(_Strict):
@@ -302,6 +323,40 @@ class ModelConfig(_Strict):
     probe: ProbeConfig = Field(default_factory=ProbeConfig, description="How the probe set is cut.")
     thresholds: ThresholdsConfig = Field(default_factory=ThresholdsConfig, description="When a neuron PASSes, WARNs or FAILs.")
     watch: WatchConfig = Field(default_factory=WatchConfig, description="Feature drift on production batches (`neuron-audit watch`).")
+    num_classes: int | None = Field(default=None, ge=0, description=(
+        "Size of the classifier head; null: read from each checkpoint (a model fine-tuned for 10 classes loads "
+        "as one). 0: a headless backbone."))
+    model_args: dict[str, Any] = Field(default_factory=dict, description=(
+        "Further `timm.create_model` arguments the versions were trained with (e.g. `img_size: 384`, "
+        "`drop_path_rate: 0.1`, `global_pool: avg`)."))
+    labels: list[str] | str | None = Field(default=None, description=(
+        "Names of the classes, by index: a list, or the path of a text file with one name per line. Reports and "
+        "pages then speak of `defect`, not `class 3`; their number must match the head."))
+
+    @field_validator("model_args")
+    @classmethod
+    def _model_args(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key in v:
+            if not re.match(r"^[A-Za-z_]\w*$", str(key)):
+                raise ValueError(f"{key!r} is not a timm.create_model argument name")
+            if key in ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "features_only"):
+                raise ValueError(f"{key!r} is not allowed here: the weights come from `versions`")
+            if key == "num_classes":
+                raise ValueError("give the head size as the model's `num_classes`, not in model_args")
+        return v
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: list[str] | str | None) -> list[str] | str | None:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("an empty list; give one name per class, or leave `labels` out")
+            bad = [i for i, x in enumerate(v) if not str(x).strip()]
+            if bad:
+                raise ValueError(f"label {bad[0]} is empty")
+        elif isinstance(v, str) and not v.strip():
+            raise ValueError("an empty path")
+        return v
 
     @field_validator("champion", mode="before")
     @classmethod
@@ -433,24 +488,27 @@ def load_config(path: str | Path) -> AuditConfig:
 
 
 def check_neurons_against_model(model_cfg: ModelConfig, model: Any) -> dict[str, str]:
-    """Problems per neuron id: unknown layer (valid names listed) or index out of range (layer size given).
+    """Problems per neuron id: unknown layer (valid names listed), a head neuron on a module without
+    heads, a token selection on a layer without tokens, or index out of range (layer size given).
 
-    Returns {} when every neuron fits; the flows audit the others and report these.
+    Sizes are read at the model's own input size (`audit.taps.describe_layers`). Returns {} when
+    every neuron fits; the flows audit the others and report these.
     """
-    from .taps import get_layer, layer_channels
+    from .taps import layer_channels
 
     problems: dict[str, str] = {}
     sizes: dict[str, int] = {}
     for i, n in enumerate(model_cfg.neurons):
         key = f"models[{model_cfg.name}].neurons[{i}] ({n.id})"
+        name = n.activation_layer
         try:
-            get_layer(model, n.layer)
-            if n.layer not in sizes:
-                sizes[n.layer] = layer_channels(model, n.layer)
+            if name not in sizes:
+                sizes[name] = layer_channels(model, name)
         except AuditInputError as exc:
             problems[n.id] = f"{key}.layer: {exc}"
             continue
-        if n.index >= sizes[n.layer]:
+        what = {"head": "heads", "class": "classes"}.get(n.kind, "channels")
+        if n.index >= sizes[name]:
             problems[n.id] = (f"{key}.index: {n.index} is out of range: layer {n.layer!r} has "
-                              f"{sizes[n.layer]} channels (valid 0..{sizes[n.layer] - 1})")
+                              f"{sizes[name]} {what} (valid 0..{sizes[name] - 1})")
     return problems

@@ -25,7 +25,7 @@ TOPK_REFERENCES = "top-k"
 
 
 def neuron_target(n: NeuronConfig) -> NeuronTarget:
-    return NeuronTarget(n.id, n.kind, n.layer, n.index)
+    return NeuronTarget(n.id, n.kind, n.activation_layer, n.index)
 
 
 def reference_specs(n: NeuronConfig) -> list[str]:
@@ -39,7 +39,7 @@ def reference_specs(n: NeuronConfig) -> list[str]:
 def uses_relevance(n: NeuronConfig) -> bool:
     """Inner neurons and data-driven class neurons weight the taps by relevance; the
     paper's class form (photographs as references) does not."""
-    return n.kind == "inner" or not reference_specs(n)
+    return n.kind in ("inner", "head") or not reference_specs(n)
 
 
 def vital_settings(model_cfg: ModelConfig):
@@ -57,7 +57,7 @@ def reference_recipe(model_cfg: ModelConfig, kind: str) -> ReferenceRecipe:
     """How the references of a neuron of `kind` are built: the preset's recipe, with the config's
     `n_references` and `reference_form` when set."""
     v = model_cfg.visualization
-    base = preset(v.preset).inner_references if kind == "inner" else preset(v.preset).class_references
+    base = preset(v.preset).inner_references if kind in ("inner", "head") else preset(v.preset).class_references
     return ReferenceRecipe(form=v.reference_form or base.form, count=v.n_references or base.count)
 
 
@@ -116,20 +116,20 @@ def references_for(n: NeuronConfig, model: nn.Module, probe_images: torch.Tensor
             return 0
         return len({probe_groups[int(i)] for i in selected})
 
-    if n.kind == "inner":
+    if n.kind in ("inner", "head"):
         have_values = probe_values is not None and np.any(probe_values)
         peaks = probe_values if have_values else None
         if recipe.form == "crops":
-            imgs = refs.inner_patch_references(model, n.layer, n.index, probe_images, k=recipe.count, size=size,
+            imgs = refs.inner_patch_references(model, n.activation_layer, n.index, probe_images, k=recipe.count, size=size,
                                                peak_values=peaks)
             what = "receptive-field patches"
         else:
-            imgs = refs.inner_full_references(model, n.layer, n.index, probe_images, k=recipe.count, size=size,
+            imgs = refs.inner_full_references(model, n.activation_layer, n.index, probe_images, k=recipe.count, size=size,
                                               peak_values=peaks)
             what = "whole probe images"
         order = refs.top_indices(peaks, recipe.count) if peaks is not None else None
         k = photographs_of(order)
-        return NeuronReferences(imgs, f"top-{imgs.shape[0]} {what} of {n.layer}[{n.index}]"
+        return NeuronReferences(imgs, f"top-{imgs.shape[0]} {what} of {n.activation_layer}[{n.index}]"
                                 + (f" from {k} photographs" if k else ""), True, k)
     specs = reference_specs(n)
     if not specs:

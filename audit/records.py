@@ -6,7 +6,7 @@ from typing import Literal
 
 import numpy as np
 
-NeuronKind = Literal["class", "inner"]
+NeuronKind = Literal["class", "inner", "head"]
 Verdict = Literal["PASS", "WARN", "FAIL"]
 
 

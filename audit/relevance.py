@@ -1,36 +1,25 @@
-"""LRP relevance of a target (a channel at a layer, spatially summed, or a class logit) at taps.
+"""LRP relevance of a target (a channel at a layer, summed over positions, or a class logit) at taps.
 
-Rule, honestly stated: a composite LRP written in its activation x gradient form, with
-modified backward passes installed by forward hooks, so it works on any timm model:
+The rules are `audit.lrp_rules` (registered by module type, Zennit-style): z+ on convolutions
+that mix channels (``conv_rule="zplus"``, default; ``"zplus-all"`` also on depthwise ones,
+``"epsilon"`` gives LRP-0), the identity rule on
+element-wise activations, gates as constants, LayerNorm/GroupNorm with the standard deviation
+constant, and attention by CP-LRP (``attention_rule="cp"``, default: Ali et al. ICML 2022,
+attention probabilities constant, conservative) or AttnLRP (``"attnlrp"``: Achtibat et al. ICML
+2024). All are written in gradient x input form, so relevance at tap t is R_t = a_t * dT/da_t
+under the modified backward, with T the target (summed over the batch; samples are independent in
+eval mode, so each gets its own). The module docstring of `audit.lrp_rules` states each rule and
+what is not handled (an unknown module type is reported, not silently passed).
 
-* convolutions (plain nn.Conv2d): z+ / alpha1-beta0 (only positive contributions
-  (x_i w_ij)^+ carry relevance; the hook returns ``z+ * (out / z+).detach()``, whose
-  gradient times the activation is exactly that rule) - this is the rule family of the
-  VITAL authors' LRP (z+ with flows through skips), and measured here it localizes far
-  better than LRP-0: on 64 px crops of the sample photographs the spatial correlation
-  between the relevance at blocks.2 of Lite0 and the activation of a blocks.4 target
-  channel was ~0.5-0.8 with z+ against -0.7..0.7 (mean ~0.2) with LRP-0;
-* element-wise nonlinearities (ReLU, ReLU6, SiLU/Swish, GELU, Hardswish, LeakyReLU, ...)
-  pass the gradient scaled by f(x)/x instead of f'(x) (fixed gates); with that, linear
-  layers, BatchNorm (affine in eval mode) and residual additions follow LRP-0 (biases
-  absorb their share; sums split relevance in proportion to their inputs);
-* multiplicative gates (nn.Sigmoid/Hardsigmoid modules, e.g. squeeze-excitation) are
-  constants (relevance flows through the gated signal only);
-* LayerNorm (incl. timm's LayerNorm2d) has its standard deviation detached (AttnLRP's
-  identity rule for normalization);
-* not handled: the softmax of attention (timm computes it inside fused functions that
-  hooks cannot reach), so for ViTs relevance through attention follows the plain gradient;
-  GroupNorm and padding-"same" convolutions keep their ordinary gradient.
+Why this way: hooks alone (no per-architecture LRP model as in the VITAL authors' code), and the
+rules change only the backward. One forward then serves the relevance of the synthetic image and
+the loss that reads the same taps (`RelevancePass`): one forward, one LRP backward from the target
+to the shallowest tap, one ordinary backward (benchmarks/fv_speed.py --families). VITAL uses
+relevance only after per-channel min-max normalization, so the rules' global scale and the
+relevance biases absorb do not matter there; `tests/archs` checks conservation where the rule
+promises it (CP-LRP on a bias-free ViT).
 
-Why this way: hooks alone (no per-architecture LRP model as in the authors' code), one
-forward (plus one extra convolution per conv layer for z+) and one backward for all taps and
-any number of targets. VITAL only uses relevance after per-channel min-max normalization, so
-the rule's global scale and conservation defects (bias absorption) do not matter.
-``conv_rule="lrp0"`` switches the convolutions back to LRP-0 (gradient x input).
-
-Relevance at tap t: R_t = a_t * dT/da_t under the modified backward, with T the target
-(summed over the batch; samples are independent in eval mode, so each gets its own).
-Every hook lives in a context manager (`lrp_backward`) that removes it, also on error.
+Every hook lives in a context manager that removes it, also on error.
 """
 from __future__ import annotations
 
@@ -40,158 +29,159 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from .taps import capture, channels_first, get_layer
+from .lrp_rules import LRPState, install_rules
+from .taps import Captured, capture, channels_first, describe_layers, get_layer
+from .layouts import parse_layer_name
 
-__all__ = ["lrp_backward", "tap_relevance", "target_value"]
-
-_GATE_ACTS: tuple[type, ...] = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.LeakyReLU, nn.ELU, nn.Mish,
-                                nn.Softplus, nn.Tanh, nn.CELU, nn.SELU)
-_CONST_GATES: tuple[type, ...] = (nn.Sigmoid, nn.Hardsigmoid)
-
-
-def _timm_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
-    acts: list[type] = []
-    gates: list[type] = []
-    try:
-        from timm.layers import activations as ta
-
-        for name in ("Swish", "Mish", "GELU", "GELUTanh", "HardSwish", "QuickGELU", "Tanh", "PReLU"):
-            if hasattr(ta, name):
-                acts.append(getattr(ta, name))
-        for name in ("Sigmoid", "HardSigmoid"):
-            if hasattr(ta, name):
-                gates.append(getattr(ta, name))
-        from timm.layers import activations_me as tam  # memory-efficient variants
-
-        for name in ("SwishMe", "MishMe", "HardSwishMe"):
-            if hasattr(tam, name):
-                acts.append(getattr(tam, name))
-        for name in ("HardSigmoidMe",):
-            if hasattr(tam, name):
-                gates.append(getattr(tam, name))
-    except ImportError:
-        pass
-    return tuple(acts), tuple(gates)
-
-
-def _gate_hook(_m, inputs, out):
-    x = inputs[0]
-    if not isinstance(out, torch.Tensor) or not isinstance(x, torch.Tensor) or x.shape != out.shape:
-        return None
-    with torch.no_grad():
-        safe = torch.where(x.abs() > 1e-12, x, torch.ones_like(x))
-        gate = torch.where(x.abs() > 1e-12, out / safe, torch.zeros_like(x))
-    lin = x * gate
-    return out.detach() + (lin - lin.detach())
-
-
-def _zplus_conv_hook(m, inputs, out):
-    """z+ (alpha1-beta0) for convolutions: out' = z+ * (out / z+).detach(), so that
-    activation x gradient passes R_i = sum_j (x_i w_ij)^+ / z+_j R_j."""
-    x = inputs[0]
-    if not isinstance(out, torch.Tensor) or not isinstance(x, torch.Tensor):
-        return None
-    w = m.weight
-    zp = m._conv_forward(x.clamp(min=0), w.clamp(min=0), None) + m._conv_forward(x.clamp(max=0), w.clamp(max=0), None)
-    if zp.shape != out.shape:
-        return None
-    with torch.no_grad():
-        ok = zp > 1e-6
-        ratio = torch.where(ok, out / torch.where(ok, zp, torch.ones_like(zp)), torch.zeros_like(zp))
-    mod = zp * ratio
-    return out.detach() + (mod - mod.detach())
-
-
-def _const_hook(_m, _inputs, out):
-    return out.detach() if isinstance(out, torch.Tensor) else None
-
-
-def _layernorm_hook(m, inputs, out):
-    x = inputs[0]
-    channel_dim = 1 if type(m).__name__ in ("LayerNorm2d", "LayerNormChannel") else None
-    if channel_dim is None:
-        dims = tuple(range(-len(m.normalized_shape), 0))
-        mean = x.mean(dims, keepdim=True)
-        var = x.var(dims, keepdim=True, unbiased=False)
-        lin = (x - mean) / (var + m.eps).sqrt().detach()
-        if m.weight is not None:
-            lin = lin * m.weight
-        if m.bias is not None:
-            lin = lin + m.bias
-    else:
-        mean = x.mean(1, keepdim=True)
-        var = x.var(1, keepdim=True, unbiased=False)
-        lin = (x - mean) / (var + m.eps).sqrt().detach()
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        if m.weight is not None:
-            lin = lin * m.weight.view(shape)
-        if m.bias is not None:
-            lin = lin + m.bias.view(shape)
-    if lin.shape != out.shape:
-        return None
-    return out.detach() + (lin - lin.detach())
+__all__ = ["lrp_backward", "tap_relevance", "target_value", "RelevancePass", "relevance_pass",
+           "activations_and_relevance"]
 
 
 @contextmanager
-def lrp_backward(model: nn.Module, conv_rule: str = "zplus") -> Iterator[nn.Module]:
-    """Inside the block, backward passes through `model` follow the LRP-0 rules of this module.
+def lrp_backward(model: nn.Module, conv_rule: str = "zplus", attention_rule: str = "cp",
+                 on_unknown: str = "warn") -> Iterator[nn.Module]:
+    """Inside the block, every backward pass through `model` follows the LRP rules.
 
-    Forward values are unchanged. In-place activations are switched to out-of-place while the
-    block runs (their inputs are needed); hooks and flags are restored on exit, also on error.
+    Forward values are unchanged. In-place activations are switched to out-of-place and fused
+    attention to the explicit path while the block runs; all is restored on exit, also on error.
     """
-    timm_acts, timm_gates = _timm_types()
-    acts = _GATE_ACTS + timm_acts
-    gates = _CONST_GATES + timm_gates
-    handles = []
-    inplace_flags: list[tuple[nn.Module, bool]] = []
+    installed = install_rules(model, LRPState(active=True), conv_rule, attention_rule, on_unknown)
     try:
-        for m in model.modules():
-            if isinstance(m, gates):
-                handles.append(m.register_forward_hook(_const_hook))
-            elif isinstance(m, acts):
-                if getattr(m, "inplace", False):
-                    inplace_flags.append((m, True))
-                    m.inplace = False
-                handles.append(m.register_forward_hook(_gate_hook))
-            elif conv_rule == "zplus" and isinstance(m, nn.Conv2d) and type(m).forward is nn.Conv2d.forward:
-                handles.append(m.register_forward_hook(_zplus_conv_hook))
-            elif isinstance(m, nn.LayerNorm):
-                handles.append(m.register_forward_hook(_layernorm_hook))
         yield model
     finally:
-        for h in handles:
-            h.remove()
-        for m, flag in inplace_flags:
-            m.inplace = flag
+        installed.remove()
 
 
 def target_value(acts: dict[str, torch.Tensor], layers: Sequence[str], indices: Sequence[int],
-                 positive: bool = True) -> torch.Tensor:
+                 positive: bool = True, rows: Sequence[int] | None = None) -> torch.Tensor:
     """Per-sample target: channel `index` of `layer` summed over positions (tokens), per batch element.
 
-    With `positive`, only where the channel fires (its positive part) is summed: the same for
-    post-activation layers, and for linear outputs (EfficientNet's projection convs, residual
-    streams) it keeps the target on what the neuron detects instead of letting negative regions
-    cancel it. Vectors (logits) are taken as they are.
+    `acts` are channels-first activations (`audit.taps.capture`); `rows[k]` is the batch row of the
+    k-th target (default: k). With `positive`, only where the channel fires (its positive part) is
+    summed: the same for post-activation layers, and for linear outputs (EfficientNet's projection
+    convs, residual streams) it keeps the target on what the neuron detects instead of letting
+    negative regions cancel it. Vectors (logits) are taken as they are.
     """
+    rows = list(range(len(layers))) if rows is None else list(rows)
     vals = []
-    for b, (layer, index) in enumerate(zip(layers, indices)):
-        a = channels_first(acts[layer][b:b + 1])[0, index]
+    for b, layer, index in zip(rows, layers, indices):
+        a = channels_first(acts[layer][b:b + 1])
+        if not 0 <= index < a.shape[1]:
+            raise IndexError(f"index {index} is out of range for layer {layer!r} ({a.shape[1]} channels)")
+        a = a[0, index]
         if positive and a.numel() > 1:
             a = a.clamp(min=0)
         vals.append(a.sum())
     return torch.stack(vals)
 
 
+class RelevancePass:
+    """One forward whose activations serve both LRP relevance and an ordinary loss.
+
+    Made by `relevance_pass`. After the forward, `activations` are the taps' channels-first
+    activations (in the graph, for a loss), and `relevance` runs the LRP backward from targets to
+    the taps (retaining the graph), so that the loss can then be back-propagated normally."""
+
+    def __init__(self, captured: Captured, state: LRPState, taps: Sequence[str]):
+        self._captured, self._state, self.taps = captured, state, list(taps)
+
+    @property
+    def activations(self) -> dict[str, torch.Tensor]:
+        return {t: self._captured.canonical(t) for t in self.taps}
+
+    def relevance(self, layers: Sequence[str], indices: Sequence[int], rows: Sequence[int] | None = None,
+                  positive: bool = True) -> dict[str, torch.Tensor]:
+        """LRP relevance at each tap of the targets (channel `indices[k]` of `layers[k]` for batch row
+        `rows[k]`), channels first and detached, one row per target. Taps the targets do not depend
+        on (after the target layer) get zeros."""
+        rows = list(range(len(layers))) if rows is None else list(rows)
+        canon = {name: self._captured.canonical(name) for name in dict.fromkeys(layers)}
+        target = target_value(canon, layers, indices, positive, rows).sum()
+        raw = [self._captured[t] for t in self.taps]
+        self._state.active = True
+        try:
+            grads = torch.autograd.grad(target, raw, retain_graph=True, allow_unused=True)
+        finally:
+            self._state.active = False
+        out: dict[str, torch.Tensor] = {}
+        idx = torch.as_tensor(rows, dtype=torch.long)
+        for t, a, g in zip(self.taps, raw, grads):
+            r = torch.zeros_like(a) if g is None else a.detach() * g
+            out[t] = self._captured.canonical(t, r, reduce_heads="sum")[idx.to(r.device)]
+        return out
+
+
+@contextmanager
+def relevance_pass(model: nn.Module, taps: Sequence[str], targets: Sequence[str] = (), conv_rule: str = "zplus",
+                   attention_rule: str = "cp", on_unknown: str = "warn") -> Iterator[RelevancePass]:
+    """Inside the block, run one forward of `model`; then read `.activations` and call `.relevance`.
+
+    `targets` are the layers relevance will start from (recorded as well). The rules are installed
+    for the block (normal gradient outside `.relevance`) and removed on exit, also on error."""
+    names = list(dict.fromkeys(list(taps) + list(targets)))
+    state = LRPState(active=False)
+    installed = install_rules(model, state, conv_rule, attention_rule, on_unknown)
+    try:
+        with capture(model, names, raw=True) as captured:     # after the rules: taps read the rule nodes' outputs
+            yield RelevancePass(captured, state, taps)
+    finally:
+        installed.remove()
+
+
+class _StopForward(Exception):
+    pass
+
+
+def _deepest(model: nn.Module, names: Sequence[str]) -> str | None:
+    """The name whose module runs last among `names` (forward order of `describe_layers`)."""
+    order = {n: i for i, n in enumerate(describe_layers(model))}
+    keys = [(order.get(parse_layer_name(n).module + (":heads" if parse_layer_name(n).heads else "")), n) for n in names]
+    if any(k is None for k, _ in keys):
+        return None
+    return max(keys)[1]
+
+
+def activations_and_relevance(model: nn.Module, x: torch.Tensor, taps: Sequence[str], target_layers: Sequence[str],
+                              indices: Sequence[int], rows: Sequence[int] | None = None, positive: bool = True,
+                              conv_rule: str = "zplus", attention_rule: str = "cp"
+                              ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """One forward of `x` for a relevance-weighted loss (VITAL's relevance form).
+
+    Returns the taps' channels-first activations, in the graph, and the LRP relevance of each
+    target (channel `indices[k]` of `target_layers[k]`, for batch row `rows[k]`) at the taps,
+    detached, one row per target. A loss of the activations back-propagated afterwards gets the
+    true gradient: the rules act only inside this call. The forward stops after the deepest of the
+    taps and target layers. Costs one forward, one LRP backward (targets to the shallowest tap) and
+    nothing more, against a separate `tap_relevance` pass plus a forward for the loss."""
+    stop = _deepest(model, list(taps) + list(target_layers))
+    with torch.enable_grad(), relevance_pass(model, taps, target_layers, conv_rule, attention_rule) as rp:
+        _run_until(model, x, stop)
+        relevance = rp.relevance(target_layers, indices, rows, positive)
+        return rp.activations, relevance
+
+
+def _run_until(model: nn.Module, x: torch.Tensor, stop: str | None) -> None:
+    handle = get_layer(model, stop).register_forward_hook(_raise_stop) if stop else None
+    try:
+        model(x)
+    except _StopForward:
+        pass
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
 def tap_relevance(model: nn.Module, x: torch.Tensor, target_layer: str | Sequence[str], index: int | Sequence[int],
-                  taps: Sequence[str], positive: bool = True, conv_rule: str = "zplus") -> dict[str, torch.Tensor]:
-    """LRP-0 relevance (gradient x activation, modified backward) of the target at each tap.
+                  taps: Sequence[str], positive: bool = True, conv_rule: str = "zplus",
+                  attention_rule: str = "cp") -> dict[str, torch.Tensor]:
+    """LRP relevance (gradient x activation, modified backward) of the target at each tap.
 
     x: [B, 3, H, W]; target_layer/index: one target for the batch or one per batch element
     (a class logit is the classifier layer and the class index); an inner target is the channel
-    summed over positions, its positive part only when `positive` (see `target_value`). Returns, per tap, a tensor in
-    the tap's own layout ([B, C, H, W] for conv maps, [B, N, C] for tokens), detached. Taps the
-    target does not depend on (after the target layer) get zeros.
+    summed over positions, its positive part only when `positive` (see `target_value`). Returns, per
+    tap, a detached channels-first tensor ([B, C, H, W] maps and token grids, [B, C, N], [B, C]),
+    like `audit.taps.capture`. Taps the target does not depend on (after the target layer) get zeros.
+    The forward stops after the deepest of the taps and target layers.
     """
     b = x.shape[0]
     layers = [target_layer] * b if isinstance(target_layer, str) else list(target_layer)
@@ -200,14 +190,12 @@ def tap_relevance(model: nn.Module, x: torch.Tensor, target_layer: str | Sequenc
         raise ValueError("one target per batch element (or one for all) is needed")
     for name in set(layers) | set(taps):
         get_layer(model, name)      # fail early with a readable message
-    names = list(dict.fromkeys(list(taps) + layers))
+    stop = _deepest(model, list(taps) + layers)
     x = x.detach().requires_grad_(True)
-    with torch.enable_grad(), lrp_backward(model, conv_rule), capture(model, names) as acts:
-        model(x)
-        target = target_value(acts, layers, indices, positive).sum()
-        tap_acts = [acts[t] for t in taps]
-        grads = torch.autograd.grad(target, tap_acts, allow_unused=True)
-    out: dict[str, torch.Tensor] = {}
-    for t, a, g in zip(taps, tap_acts, grads):
-        out[t] = torch.zeros_like(a).detach() if g is None else (a.detach() * g)
-    return out
+    with torch.enable_grad(), relevance_pass(model, taps, layers, conv_rule, attention_rule) as rp:
+        _run_until(model, x, stop)
+        return rp.relevance(layers, indices, positive=positive)
+
+
+def _raise_stop(_m, _i, _o):
+    raise _StopForward

@@ -31,7 +31,7 @@ from .taps import capture, channels_first, get_layer
 QUANTILES = (1, 5, 25, 50, 75, 95, 99)
 HIST_BINS = 32
 TOP_K = 10
-CACHE_VERSION = "acts-v1"
+CACHE_VERSION = "acts-v2"
 
 
 @dataclass

@@ -15,6 +15,11 @@
    machine are inflated: rerun quietly.
 
     .venv/bin/python benchmarks/fv_speed.py [--resolution 224] [--steps 12] [--full-steps 600] [--presets fast,paper]
+
+4. `--families`: class and LRP step cost against a bare step for each architecture family of the
+   issue-17 matrix (benchmarks/family_speed.py), in one process:
+
+    .venv/bin/python benchmarks/fv_speed.py --families [--family-list resnet18,vit] [--family-resolution 128]
 """
 from __future__ import annotations
 
@@ -48,9 +53,20 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--presets", default="fast", help="presets timed as a whole class neuron ('' to skip)")
+    ap.add_argument("--families", action="store_true", help="the per-family step table (benchmarks/family_speed.py)")
+    ap.add_argument("--family-list", default=None, help="comma list of family keys (tests/archs/families.py)")
+    ap.add_argument("--family-resolution", type=int, default=128, help="CNN input side for --families")
+    ap.add_argument("--token-resolution", type=int, default=224, help="img_size of the token models for --families")
+    ap.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds for --families")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.families:
+        from family_speed import families_table
+
+        families_table(args.family_list.split(",") if args.family_list else None, args.family_resolution,
+                       args.token_resolution, args.rounds)
+        return
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(args.model, f"builtin:{args.model}", device=device)
     print(f"# VITAL speed: {args.model} at {args.resolution} px on {device} ({torch.get_num_threads()} threads)\n")

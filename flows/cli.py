@@ -477,26 +477,63 @@ def dashboard(config: str = ConfigOpt,
 @app.command()
 def layers(config: Optional[str] = typer.Option(None, "-c", "--config", metavar="CONFIG",
                                                 help="Path of neuron-audit.yaml (with --model, instead of --architecture)."),
-           model: Optional[str] = typer.Option(None, "--model", metavar="MODEL", help="Use this model's architecture from the config."),
-           architecture: Optional[str] = typer.Option(None, "--architecture", metavar="NAME", help="A timm architecture name.")) -> None:
-    """List the layer names neurons and taps may use, with their channel counts."""
-    from audit.models import create_architecture
-    from audit.taps import default_taps, layer_channels, layer_names
+           model: Optional[str] = typer.Option(None, "--model", metavar="MODEL",
+                                               help="A model of the config: its architecture, num_classes and model_args "
+                                                    "(the head size read from its first checkpoint when not given)."),
+           architecture: Optional[str] = typer.Option(None, "--architecture", metavar="NAME", help="A timm architecture name."),
+           model_arg: list[str] = typer.Option([], "--model-arg", metavar="KEY=VALUE",
+                                               help="A timm.create_model argument (repeatable; the value is read as YAML), "
+                                                    "e.g. --model-arg num_classes=10 --model-arg img_size=384."),
+           depth: Optional[int] = typer.Option(None, "--depth", metavar="N", help="Only modules at most N dots deep.")) -> None:
+    """List every layer a neuron or tap may use: its kind, layout and channel count (at the model's own input size)."""
+    import yaml
 
+    from audit.errors import AuditInputError
+    from audit.models import create_architecture, fit_head_to_checkpoint, model_input_hw, read_source
+    from audit.taps import default_taps, describe_layers, output_layer_name
+
+    args: dict = {}
     if architecture is None:
         if not (config and model):
             _fail("give --architecture NAME, or -c CONFIG --model NAME")
-        architecture = _config(config).model(model).architecture
-    m = create_architecture(architecture).eval()
+        cfg = _config(config)
+        mcfg = cfg.model(model)
+        architecture, args = mcfg.architecture, dict(mcfg.model_args)
+        if mcfg.num_classes is not None:
+            args["num_classes"] = mcfg.num_classes
+        state_source = next((v.source for v in mcfg.versions if not v.source.startswith("models:/")), None)
+    else:
+        state_source = None
+    for item in model_arg:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            _fail(f"--model-arg {item!r}: give KEY=VALUE, e.g. num_classes=10")
+        try:
+            args[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            _fail(f"--model-arg {item!r}: the value is not valid YAML: {exc}")
+    m = create_architecture(architecture, args).eval()
+    if state_source is not None and "num_classes" not in args:
+        fit_head_to_checkpoint(m, read_source(state_source, cfg.base_dir))
     taps = set(default_taps(m))
-    for name in layer_names(m):
-        if name.count(".") <= 2:
-            try:
-                ch = layer_channels(m, name)
-            except Exception:
-                continue
-            mark = "\tdefault tap" if name in taps else ""
-            out.print(f"{name}\t{ch}{mark}")
+    try:
+        head = output_layer_name(m)
+    except AuditInputError:          # a headless model has no class layer
+        head = None
+    h, w = model_input_hw(m)
+    typer.echo(f"# {architecture}: input {h}x{w}; columns: layer, kind, layout, channels, note (tab-separated)")
+    described = describe_layers(m)
+    position = {n: i for i, (n, _) in enumerate(m.named_modules())}
+    for name in sorted(described, key=lambda n: (position.get(n.split(":")[0], -1), n)):
+        info, module = described[name], name.split(":")[0]
+        if depth is not None and module.count(".") > depth:
+            continue
+        if name.endswith(":heads"):
+            kind = "head"
+        else:
+            kind = "class" if module == head else "inner"
+        notes = (["default tap"] if module in taps and kind == "inner" else [])
+        typer.echo(f"{module}\t{kind}\t{info.layout.describe()}\t{info.channels}" + "".join(f"\t{n}" for n in notes))
 
 
 @app.command()

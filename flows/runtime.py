@@ -87,9 +87,11 @@ def _load(path: str, model_name: str, version: str) -> LoadedVersion:
 
         state, registry = resolve_registry_source(vcfg.source, cfg.store.mlflow_tracking_uri,
                                                   allow_pickle=mcfg.allow_pickle, model_key=f"models[{mcfg.name}]")
-        model = load_model(mcfg.architecture, state_dict=state, device=device())
+        model = load_model(mcfg.architecture, state_dict=state, device=device(), model_args=mcfg.model_args,
+                           num_classes=mcfg.num_classes)
     else:
-        model = load_model(mcfg.architecture, vcfg.source, device=device(), base_dir=cfg.base_dir)
+        model = load_model(mcfg.architecture, vcfg.source, device=device(), base_dir=cfg.base_dir,
+                           model_args=mcfg.model_args, num_classes=mcfg.num_classes)
     for p in model.parameters():
         p.requires_grad_(False)
     return LoadedVersion(model, weights_sha256(model), vcfg.source, registry)

@@ -157,7 +157,8 @@ def test_vit_token_layout(tiny_vit, sample_images):
 
     with torch.no_grad(), capture(tiny_vit, taps) as acts:
         tiny_vit(refs)
-    assert acts["blocks.0"].dim() == 3 and channels_first(acts["blocks.0"]).shape == (3, 192, 17)
+    # channels first, the 16 patch tokens on their 4x4 grid, the class token left out (audit.layouts)
+    assert acts["blocks.0"].shape == (3, 192, 4, 4) and channels_first(acts["blocks.0"]).shape == (3, 192, 16)
     reqs = [VitalRequest(NeuronTarget("rocket", "class", "head", 3), refs, use_relevance=False),
             VitalRequest(NeuronTarget("t7", "inner", "blocks.3", 7), refs, use_relevance=True)]
     out = render_vital(tiny_vit, reqs, VitalSettings.for_model(tiny_vit, resolution=64, steps=6), seed=0)
