@@ -566,6 +566,10 @@ class Views:
         drift_rows = [{**d, "cells": self.stat_cells(d.get("statistics")),
                        "alert": (str(d.get("baseline")), str(d.get("candidate"))) in alert_keys} for d in reversed(drift)]
         latest = drift[-1] if drift else None
+        from .evidence_view import evidence_context
+
+        evidence = evidence_context(self.store, links, model, neuron_id, latest)
+        ctx.update(evidence=evidence)
         ctx.update(page_title=f"{neuron.get('neuron_id', neuron_id)} · {model}", model=m, model_name=model,
                    neuron=neuron, versions=versions, viz_rows=viz_rows, any_mask=any_mask, hist_svg=hist,
                    charts=charts, drift=drift_rows, stat_keys=stat_keys, latest=latest, alerts=alerts,
