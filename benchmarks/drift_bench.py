@@ -266,6 +266,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", type=Path, default=None, help="keep the benign null here (default: a temp dir)")
     ap.add_argument("--json", type=Path, default=None, help="write every scored neuron pair here")
     ap.add_argument("--verbose", action="store_true", help="print every miss and false alarm")
+    ap.add_argument("--timing", action="store_true",
+                    help="only time: building the null (cold) and compares of the first seed's neurons (warm)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     seeds = parse_seeds(args.seeds)
@@ -288,6 +290,8 @@ def main(argv=None) -> int:
           f"({'cached' if null.seconds == 0 else 'built'})")
     features = content_features(base_acts, feature_layer)
     head = head_layer(base)
+    if args.timing:
+        return timing(base, base_key, probe, channels, args, null_seconds)
     relevant = sorted(set(base_acts["classifier"].mean.argmax(1).tolist()))
     tally = Tally()
     compare_seconds = []
@@ -381,6 +385,26 @@ def main(argv=None) -> int:
         print(f"seed {seed}: {len(targets)} neurons, {sum(1 for r in tally.rows if r['seed'] == seed)} pairs scored")
 
     report(tally, compare_seconds, null_seconds, args)
+    return 0
+
+
+def timing(base, base_key, probe, channels, args, null_seconds: float) -> int:
+    """Seconds of a compare of the first seed's neurons against three benign candidates, baseline
+    activations and null cached (each candidate is new: its forward pass is part of the time)."""
+    rng = np.random.default_rng(parse_seeds(args.seeds)[0])
+    relevant = sorted(set(layer_activations_full(base, probe, ["classifier"])["classifier"].mean.argmax(1).tolist()))
+    targets = draw_neurons(rng, relevant, args.classes, args.inner, channels)
+    cache = args.cache
+    seconds = []
+    for cand in (round_trip(base, torch.float16), round_trip(base, torch.bfloat16), int8_per_channel(base)):
+        key = weights_sha256(cand)
+        t1 = time.perf_counter()
+        compare_versions(base, cand, probe, targets, ThresholdsConfig(), null_cache_dir=cache,
+                         probe_cache_key=(base_key, key))
+        seconds.append(time.perf_counter() - t1)
+    print(f"compare of {len(targets)} neurons on {len(probe.names)} images at {args.size} px, baseline and null "
+          f"cached: {', '.join(f'{x:.1f}' for x in seconds)} s (target <= 30 s on 2 quiet cores); building the "
+          f"null of {len(INNER_LAYERS) + 1} layers: {null_seconds:.1f} s")
     return 0
 
 

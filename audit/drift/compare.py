@@ -27,7 +27,7 @@ from torch import nn
 from ..config import ThresholdsConfig
 from ..models import weights_sha256
 from ..probe import ProbeSet
-from ..records import DriftResult, NeuronTarget
+from ..records import NeuronTarget
 from ..stats import LayerActivations, layer_activations_full
 from ..taps import final_feature_layer
 from .evidence import ArgmaxChange, ConstantChannel, NeuronComparison, PhotographSupport, TopKChange, VisualEvidence, \
@@ -37,7 +37,7 @@ from .null import BenignNull, LayerNull, build_benign_null, content_features, he
 from .resampling import bootstrap_statistics, cluster_bootstrap_indices, content_p_value, percentile_interval, \
     photograph_labels, power_statement, topk_overlap_p_value
 from .statistics import correlation_matrix, cross_activation, effective_k, evidence_distances, ks, margin_distance, \
-    spearman, top_indices, topk_overlap, visual_distance, wasserstein_norm
+    retention, spearman, top_indices, topk_overlap, visual_distance, wasserstein_norm
 from .verdicts import assign_verdicts
 
 SELF_EXCITATION_MIN = 0.9       # a visualization counts as strong evidence only if it excites its own version this much
@@ -92,9 +92,7 @@ def _photo_counts(ctx: _Context, idx: np.ndarray) -> list[tuple[str, int]]:
     return Counter(ctx.photo_names[idx].tolist()).most_common()
 
 
-def _topk_change(ctx: _Context, a: np.ndarray, b: np.ndarray, d: dict[str, float]) -> TopKChange:
-    from .statistics import retention
-
+def _topk_change(ctx: _Context, a: np.ndarray, b: np.ndarray) -> TopKChange:
     k = ctx.k
     ta, tb = top_indices(a, k), top_indices(b, k)
     inter, _ = topk_overlap(a, b, k)
@@ -236,7 +234,7 @@ def compare_neuron(ctx: _Context, tg: NeuronTarget, la: LayerActivations, lb: La
         "ks": ks_stat, "ks_p_value": ks_p, "topk_k": float(ctx.k), "topk_overlap": float(inter),
         "mean_a": float(a.mean()), "mean_b": float(b.mean()), "std_a": float(a.std(ddof=1)) if n > 1 else 0.0,
         "std_b": float(b.std(ddof=1)) if n > 1 else 0.0, "n": float(n), "n_photographs": float(ctx.labels.max() + 1)}
-    topk = _topk_change(ctx, a, b, {}) if constant is None else None
+    topk = _topk_change(ctx, a, b) if constant is None else None
     if topk is not None:
         st.update(topk_p_value=topk.overlap_p_value, retention_ab=topk.retention_ab, retention_ba=topk.retention_ba,
                   content_p_value=topk.content_p_value)

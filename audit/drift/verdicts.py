@@ -147,12 +147,13 @@ def reason(c: NeuronComparison, verdict: str, attribution: list[int] | None, cla
     if verdict == "PASS":
         core = f"Spearman {st['spearman']:.2f}{_ci(c, 'spearman')}; top-{int(st['topk_k'])} overlap " \
                f"{int(st['topk_overlap'])}/{int(st['topk_k'])}; W/sigma {st['wasserstein_norm']:.2f}"
-        top = c.strongest()
+        top = c.strongest(OWN_KINDS if attribution else None)
         if top is not None:
-            core += f"; all evidence within the benign null (closest: {top.kind} at {top.excess:.2f} of its bound)"
+            scope = "its own response is" if attribution else "all evidence"
+            core += f"; {scope} within the benign null (closest: {top.kind} at {top.excess:.2f} of its bound)"
         text = prefix + "function preserved: " + core
         if attribution and c.argmax is not None:
-            text += ("; its own logit is unchanged, but " + _argmax_sentence(c, class_names)
+            text += ("; but it is " + _argmax_sentence(c, class_names)
                      + ": that change is the other neuron's, which FAILs")
         return text
     level = "fail" if verdict == "FAIL" else "warn"
