@@ -119,12 +119,11 @@ def _argmax_change(ctx: _Context, index: int, la: LayerActivations, lb: LayerAct
 
 
 def _support(ctx: _Context, a: np.ndarray, b: np.ndarray, boot: dict[str, np.ndarray], rank_limit: float | None) -> PhotographSupport:
-    """Which photographs carry the change (share of the total movement of rank percentiles) and, when
-    the rank evidence FAILs (`rank_limit`: its null limit), the share of photograph resamples in
-    which 1 - Spearman still exceeds that limit."""
-    pa = np.argsort(np.argsort(a, kind="stable"), kind="stable") / ctx.n
-    pb = np.argsort(np.argsort(b, kind="stable"), kind="stable") / ctx.n
-    move = np.abs(pb - pa)
+    """Which photographs carry the change (their share of the total |B - A| in units of A's std) and,
+    when the rank evidence FAILs (`rank_limit`: its null limit), the share of photograph resamples
+    in which 1 - Spearman still exceeds that limit."""
+    sd = float(a.std(ddof=1)) if ctx.n > 1 else 0.0
+    move = np.abs(b - a) / (sd if sd > 0 else 1.0)
     per_photo = np.bincount(ctx.labels, weights=move)
     total = per_photo.sum()
     carried: list[tuple[str, float]] = []

@@ -161,9 +161,8 @@ def reason(c: NeuronComparison, verdict: str, attribution: list[int] | None, cla
     parts = []
     if any(e.kind in ("rank", "retention", "content") for e in kinds[:3]):
         parts.append(_topk_sentence(c))
-    parts.extend(_sentence(e, c, class_names) for e in kinds[:3])
-    if c.argmax is not None and not any(e.kind == "margin" for e in kinds[:3]) and (c.argmax.lost or c.argmax.gained) \
-            and verdict != "PASS":
+    parts.extend(_sentence(e, c, class_names) for e in kinds[:2])
+    if c.argmax is not None and not any(e.kind == "margin" for e in kinds[:2]) and (c.argmax.lost or c.argmax.gained):
         parts.append(_argmax_sentence(c, class_names))
     if c.similar_logit is not None:
         j, rho = c.similar_logit
@@ -174,7 +173,8 @@ def reason(c: NeuronComparison, verdict: str, attribution: list[int] | None, cla
         if m.agreed and m.index != c.target.index:
             parts.append(f"closest candidate channel {m.index} (held-out Spearman {m.heldout_spearman:.2f}) "
                          f"does not behave like it either: changed, not moved")
-    parts.extend(text for _, text in c.effect_flags)
+    if not c.at_level(level, OWN_KINDS):          # the verdict came from a user threshold: say which
+        parts.extend(text for lv, text in c.effect_flags if lv == level)
     if c.visual is not None and c.visual.level != "none":
         parts.append(c.visual.text)
     if not parts:
