@@ -37,7 +37,9 @@ measured while other jobs share the CPU are inflated: rerun on a quiet machine.
 
 Develop on seeds 0-9 only; seeds 100-104 are the held-out report.
 
-    timeout 7200 .venv/bin/python benchmarks/drift_bench.py --seeds 0-9 [--size 128] [--crops 12]
+    timeout 7200 .venv/bin/python benchmarks/drift_bench.py --seeds 0-9 [--size 96] [--crops 8] [--json OUT]
+    .venv/bin/python benchmarks/drift_bench.py --aggregate OUT1 OUT2 ...     # one report of earlier runs
+    .venv/bin/python benchmarks/drift_bench.py --timing --size 224 --crops 34  # null and compare seconds
 """
 from __future__ import annotations
 
@@ -258,8 +260,8 @@ def logistic_points(fr: np.ndarray, hit: np.ndarray) -> tuple[float, float]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", default="0-9", help="seeds to draw, e.g. 0-9 (development) or 100-104 (held out)")
-    ap.add_argument("--size", type=int, default=128, help="probe image size in px")
-    ap.add_argument("--crops", type=int, default=12, help="crops per photograph (12 photographs)")
+    ap.add_argument("--size", type=int, default=96, help="probe image size in px")
+    ap.add_argument("--crops", type=int, default=8, help="crops per photograph (12 photographs)")
     ap.add_argument("--classes", type=int, default=10, help="registered class neurons per seed")
     ap.add_argument("--inner", type=int, default=20, help="registered inner channels per seed")
     ap.add_argument("--threads", type=int, default=2)
@@ -268,7 +270,20 @@ def main(argv=None) -> int:
     ap.add_argument("--verbose", action="store_true", help="print every miss and false alarm")
     ap.add_argument("--timing", action="store_true",
                     help="only time: building the null (cold) and compares of the first seed's neurons (warm)")
+    ap.add_argument("--aggregate", type=Path, nargs="+", default=None,
+                    help="print the report of earlier --json files instead of running")
     args = ap.parse_args(argv)
+    if args.aggregate:
+        rows, meta = [], {}
+        for path in args.aggregate:
+            data = json.loads(path.read_text())
+            rows.extend(data["rows"])
+            meta = data.get("meta", meta)
+        tally = Tally()
+        tally.rows = rows
+        report(tally, [r["seconds"] for r in rows if r.get("seconds") is not None], meta.get("null_seconds", float("nan")),
+               args)
+        return 0
     torch.set_num_threads(args.threads)
     seeds = parse_seeds(args.seeds)
     t = ThresholdsConfig()
@@ -382,7 +397,11 @@ def main(argv=None) -> int:
         frac = float(rng.uniform(0.6, 0.9))
         labels = {x.neuron_id: ("changed" if DEPTH[x.layer] >= stage else "unchanged") for x in targets}
         run(seed, f"prune stage {stage} {frac:.2f}", "functional", prune_stage(base, stage, frac), targets, labels)
-        print(f"seed {seed}: {len(targets)} neurons, {sum(1 for r in tally.rows if r['seed'] == seed)} pairs scored")
+        print(f"seed {seed}: {len(targets)} neurons, {sum(1 for r in tally.rows if r['seed'] == seed)} pairs scored",
+              flush=True)
+        if args.json:                                   # after every seed: a killed run keeps what it measured
+            args.json.write_text(json.dumps({"meta": {"size": args.size, "crops": args.crops, "images": len(probe.names),
+                                                      "null_seconds": null_seconds}, "rows": tally.rows}, indent=1))
 
     report(tally, compare_seconds, null_seconds, args)
     return 0
@@ -453,17 +472,16 @@ def report(tally: Tally, compare_seconds: list[float], null_seconds: float, args
                       f"{hit[sel].mean():.2f} [{a:.2f}, {b:.2f}]")
         f50, f95 = logistic_points(fr, hit)
         print(f"  logistic fit: 50 % detected at fraction {f50:.3f} (target < 0.2), 95 % at {f95:.3f}")
-    print(f"\nseconds per compare ({args.classes + args.inner} neurons, baseline and null cached; inflated when the "
-          f"CPU is shared): mean {np.mean(compare_seconds):.1f}, max {np.max(compare_seconds):.1f}; "
-          f"building the null: {null_seconds:.1f}")
+    if compare_seconds:
+        print(f"\nseconds per compare ({args.classes + args.inner} neurons, baseline and null cached; inflated when the "
+              f"CPU is shared): mean {np.mean(compare_seconds):.1f}, max {np.max(compare_seconds):.1f}; "
+              f"building the null: {null_seconds:.1f}")
     misses = [r for r in func if r["verdict"] != "FAIL"] + [r for r in benign if r["verdict"] == "FAIL"]
     if args.verbose and misses:
         print("\nmisses and false alarms:")
         for r in misses:
             print(f"  seed {r['seed']} {r['pair']} / {r['id']} ({r['label']}): {r['verdict']}: {r['evidence']} :: "
                   f"{r['reason'][:300]}")
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":
