@@ -124,8 +124,9 @@ def bn_sequential(model, images: torch.Tensor, n_images: int, seed: int):
             ref[i] = (x.mean((2, 3)), (x * x).mean((2, 3)))
         return hook
 
-    handles = [bn.register_forward_pre_hook(record(i)) for i, bn in enumerate(base_bns)]
+    handles = []
     try:
+        handles.extend(bn.register_forward_pre_hook(record(i)) for i, bn in enumerate(base_bns))
         model.eval()
         model(images)
     finally:
@@ -152,8 +153,9 @@ def bn_sequential(model, images: torch.Tensor, n_images: int, seed: int):
             bn.running_var.mul_(ratio.to(bn.running_var.dtype))
         return hook
 
-    handles = [bn.register_forward_pre_hook(update(i)) for i, bn in enumerate(batchnorm_layers(m))]
+    handles = []
     try:
+        handles.extend(bn.register_forward_pre_hook(update(i)) for i, bn in enumerate(batchnorm_layers(m)))
         m(images)
     finally:
         for h in handles:

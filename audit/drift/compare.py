@@ -188,6 +188,27 @@ def _effect_flags(t: ThresholdsConfig, rho: float, jac: float, wn: float) -> lis
     return flags
 
 
+def _moved_across_constant(ctx: _Context, t: ThresholdsConfig, a: np.ndarray, lb: LayerActivations,
+                           layer_null: LayerNull, i: int, grid_a, const_a: bool) -> tuple[int | None, np.ndarray | None]:
+    """(candidate channel, its values) when exactly one side of channel i is constant and the channel
+    moved: a dead channel (constant in the baseline) is found at the candidate's only channel dead at
+    the same value; a live channel (the candidate's index i is now constant) by the cross-fitted match,
+    within the benign null. (None, None) otherwise."""
+    if const_a:
+        dead = np.flatnonzero((np.ptp(lb.max, axis=0) == 0)
+                              & (np.abs(lb.max[0] - a[0]) <= 1e-6 * max(1.0, abs(float(a[0])))))
+        if len(dead) == 1:
+            return int(dead[0]), lb.max[:, int(dead[0])].astype(float)
+        return None, None
+    m = match_moved_channel(a, lb.max, ctx.labels)
+    if not (m.agreed and m.index != i and m.heldout_spearman >= t.identity_match_spearman):
+        return None, None
+    b = lb.max[:, m.index].astype(float)
+    ev = evidence_against_null(_distances(ctx, a, b, grid_a, _grid_column(lb, m.index)), layer_null, i,
+                               t.false_alarm_rate, t.warn_rate)
+    return (m.index, b) if not any(e.level == "fail" for e in ev) else (None, None)
+
+
 def compare_neuron(ctx: _Context, tg: NeuronTarget, la: LayerActivations, lb: LayerActivations, layer_null: LayerNull,
                    viz_acts=None, visual_feats=None, visual_paired: bool = False) -> NeuronComparison:
     """All statistics and typed evidence of one neuron."""
@@ -199,6 +220,11 @@ def compare_neuron(ctx: _Context, tg: NeuronTarget, la: LayerActivations, lb: La
     constant = None
     evidence, identity, matched, similar = [], None, None, None
     const_a, const_b = np.ptp(a) == 0, np.ptp(b) == 0
+    if tg.kind == "inner" and const_a != const_b:
+        # one side constant: a dead channel may have moved (or another channel moved into this index)
+        j, b_moved = _moved_across_constant(ctx, t, a, lb, layer_null, i, grid_a, const_a)
+        if j is not None:
+            matched, b, const_b, grid_b = j, b_moved, bool(np.ptp(b_moved) == 0), _grid_column(lb, j)
     if const_a or const_b:
         same = bool(const_a and const_b and abs(a[0] - b[0]) <= 1e-6 * max(1.0, abs(a[0])))
         constant = ConstantChannel("both" if const_a and const_b else ("baseline" if const_a else "candidate"), same)
@@ -208,7 +234,7 @@ def compare_neuron(ctx: _Context, tg: NeuronTarget, la: LayerActivations, lb: La
             d["margin"] = float(ctx.margins(tg.layer, la, lb)[i])
         evidence = evidence_against_null(d, layer_null, i, fail_rate, warn_rate)
         own_fail = any(e.level == "fail" for e in evidence)
-        if own_fail and tg.kind == "inner":
+        if own_fail and tg.kind == "inner" and matched is None:
             identity = match_moved_channel(a, lb.max, ctx.labels)
             j = identity.index
             if identity.agreed and j != i and identity.heldout_spearman >= t.identity_match_spearman:

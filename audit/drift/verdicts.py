@@ -134,15 +134,17 @@ def decide(c: NeuronComparison, failing_classes: set[tuple[str, int]], t: Thresh
 
 def reason(c: NeuronComparison, verdict: str, attribution: list[int] | None, class_names: dict[int, str]) -> str:
     what = "logit" if c.target.kind == "class" else "channel"
+    prefix = ""
+    if c.matched_index is not None:
+        how = (f" (held-out Spearman {c.identity.heldout_spearman:.2f}, chosen on other photographs)"
+               if c.identity is not None else "")
+        prefix = f"channel moved to index {c.matched_index}{how}; update the registry index; "
     if c.constant is not None:
         if c.constant.same:
-            return f"{what} is constant on the probe set in both versions (dead channel)"
-        return (f"{what} is constant on the probe set in the {c.constant.which} version: "
-                + ("it no longer responds to inputs" if c.constant.which == "candidate" else "it now responds to inputs"))
-    prefix = ""
-    if c.matched_index is not None and c.identity is not None:
-        prefix = (f"channel moved to index {c.matched_index} (held-out Spearman {c.identity.heldout_spearman:.2f}, "
-                  f"chosen on other photographs); update the registry index; ")
+            return prefix + f"{what} is constant on the probe set in both versions (dead channel)"
+        return prefix + (f"{what} is constant on the probe set in the {c.constant.which} version: "
+                         + ("it no longer responds to inputs" if c.constant.which == "candidate"
+                            else "it now responds to inputs"))
     st = c.statistics
     if verdict == "PASS":
         core = f"Spearman {st['spearman']:.2f}{_ci(c, 'spearman')}; top-{int(st['topk_k'])} overlap " \

@@ -178,3 +178,20 @@ def test_dead_channel(inner_layer):
     dead = values.copy()
     dead[:, 0] = 1.0
     assert verdict(acts(dead, grid), acts(dead, grid), null_of(acts(dead, grid), 0.05), INNER).verdict == "PASS"
+
+
+def test_moved_channel_next_to_a_dead_one(inner_layer):
+    """A permutation that moves a dead (constant) channel: the dead channel is found at its new index, and a
+    live channel whose old index now holds the dead one is found too; both PASS."""
+    values, grid = inner_layer
+    v = values.copy()
+    v[:, 3] = 0.5                                         # channel 3 is dead in both versions
+    base = acts(v, grid)
+    null = null_of(base, 0.05)
+    perm = np.arange(CHANNELS)
+    perm[[0, 3]] = [3, 0]                                 # channels 0 and 3 trade places
+    moved = acts(v[:, perm], grid[:, perm])
+    dead = verdict(base, moved, null, NeuronTarget("c3", "inner", "blocks.1", 3))
+    assert dead.verdict == "PASS" and dead.matched_index == 0 and "dead channel" in dead.reason
+    live = verdict(base, moved, null, INNER)
+    assert live.verdict == "PASS" and live.matched_index == 3
