@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-RECIPE_VERSION = "benign-null-v4"
+RECIPE_VERSION = "benign-null-v6"
 BN_SAMPLE_IMAGES = 4096
 
 

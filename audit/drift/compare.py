@@ -37,7 +37,7 @@ from .null import BenignNull, LayerNull, build_benign_null, content_features, he
 from .resampling import bootstrap_statistics, cluster_bootstrap_indices, content_p_value, percentile_interval, \
     photograph_labels, power_statement, topk_overlap_p_value
 from .statistics import correlation_matrix, cross_activation, effective_k, evidence_distances, ks, margin_distance, \
-    retention, spearman, top_indices, topk_overlap, visual_distance, wasserstein_norm
+    partner_distance, retention, spearman, top_indices, topk_overlap, visual_distance, wasserstein_norm
 from .verdicts import assign_verdicts
 
 SELF_EXCITATION_MIN = 0.9       # a visualization counts as strong evidence only if it excites its own version this much
@@ -83,9 +83,14 @@ def _grid_column(la: LayerActivations, i: int) -> np.ndarray | None:
     return None if la.grid is None else la.grid[:, i:i + 1, :]
 
 
-def _distances(ctx: _Context, a: np.ndarray, b: np.ndarray, grid_a, grid_b) -> dict[str, float]:
-    d = evidence_distances(a[:, None], b[:, None], ctx.k, ctx.features, grid_a, grid_b)
-    return {kind: float(v[0]) for kind, v in d.items()}
+def _distances(ctx: _Context, la: LayerActivations, i: int, b: np.ndarray, grid_b) -> tuple[dict[str, float], int]:
+    """(kind -> distance of baseline channel i against candidate values b, the partner unit or -1)."""
+    a = la.max[:, i].astype(float)
+    d = evidence_distances(a[:, None], b[:, None], ctx.k, ctx.features, _grid_column(la, i), grid_b)
+    out = {kind: float(v[0]) for kind, v in d.items()}
+    size, partner = partner_distance(la.max, b[:, None], np.array([i]))
+    out["partner"] = float(size[0])
+    return out, int(partner[0])
 
 
 def _photo_counts(ctx: _Context, idx: np.ndarray) -> list[tuple[str, int]]:
@@ -188,12 +193,13 @@ def _effect_flags(t: ThresholdsConfig, rho: float, jac: float, wn: float) -> lis
     return flags
 
 
-def _moved_across_constant(ctx: _Context, t: ThresholdsConfig, a: np.ndarray, lb: LayerActivations,
-                           layer_null: LayerNull, i: int, grid_a, const_a: bool) -> tuple[int | None, np.ndarray | None]:
+def _moved_across_constant(ctx: _Context, t: ThresholdsConfig, la: LayerActivations, lb: LayerActivations,
+                           layer_null: LayerNull, i: int, const_a: bool) -> tuple[int | None, np.ndarray | None]:
     """(candidate channel, its values) when exactly one side of channel i is constant and the channel
     moved: a dead channel (constant in the baseline) is found at the candidate's only channel dead at
     the same value; a live channel (the candidate's index i is now constant) by the cross-fitted match,
     within the benign null. (None, None) otherwise."""
+    a = la.max[:, i].astype(float)
     if const_a:
         dead = np.flatnonzero((np.ptp(lb.max, axis=0) == 0)
                               & (np.abs(lb.max[0] - a[0]) <= 1e-6 * max(1.0, abs(float(a[0])))))
@@ -204,7 +210,7 @@ def _moved_across_constant(ctx: _Context, t: ThresholdsConfig, a: np.ndarray, lb
     if not (m.agreed and m.index != i and m.heldout_spearman >= t.identity_match_spearman):
         return None, None
     b = lb.max[:, m.index].astype(float)
-    ev = evidence_against_null(_distances(ctx, a, b, grid_a, _grid_column(lb, m.index)), layer_null, i,
+    ev = evidence_against_null(_distances(ctx, la, i, b, _grid_column(lb, m.index))[0], layer_null, i,
                                t.false_alarm_rate, t.warn_rate)
     return (m.index, b) if not any(e.level == "fail" for e in ev) else (None, None)
 
@@ -214,22 +220,22 @@ def compare_neuron(ctx: _Context, tg: NeuronTarget, la: LayerActivations, lb: La
     """All statistics and typed evidence of one neuron."""
     t, i = ctx.t, tg.index
     a, b = la.max[:, i].astype(float), lb.max[:, i].astype(float)
-    grid_a, grid_b = _grid_column(la, i), _grid_column(lb, i)
+    grid_b = _grid_column(lb, i)
     is_head = tg.kind == "class" and tg.layer == ctx.head
     fail_rate, warn_rate = t.false_alarm_rate, t.warn_rate
     constant = None
-    evidence, identity, matched, similar = [], None, None, None
+    evidence, identity, matched, similar, partner = [], None, None, None, -1
     const_a, const_b = np.ptp(a) == 0, np.ptp(b) == 0
     if tg.kind == "inner" and const_a != const_b:
         # one side constant: a dead channel may have moved (or another channel moved into this index)
-        j, b_moved = _moved_across_constant(ctx, t, a, lb, layer_null, i, grid_a, const_a)
+        j, b_moved = _moved_across_constant(ctx, t, la, lb, layer_null, i, const_a)
         if j is not None:
             matched, b, const_b, grid_b = j, b_moved, bool(np.ptp(b_moved) == 0), _grid_column(lb, j)
     if const_a or const_b:
         same = bool(const_a and const_b and abs(a[0] - b[0]) <= 1e-6 * max(1.0, abs(a[0])))
         constant = ConstantChannel("both" if const_a and const_b else ("baseline" if const_a else "candidate"), same)
     else:
-        d = _distances(ctx, a, b, grid_a, grid_b)
+        d, partner = _distances(ctx, la, i, b, grid_b)
         if is_head:
             d["margin"] = float(ctx.margins(tg.layer, la, lb)[i])
         evidence = evidence_against_null(d, layer_null, i, fail_rate, warn_rate)
@@ -238,10 +244,10 @@ def compare_neuron(ctx: _Context, tg: NeuronTarget, la: LayerActivations, lb: La
             identity = match_moved_channel(a, lb.max, ctx.labels)
             j = identity.index
             if identity.agreed and j != i and identity.heldout_spearman >= t.identity_match_spearman:
-                moved = evidence_against_null(_distances(ctx, a, lb.max[:, j].astype(float), grid_a, _grid_column(lb, j)),
-                                              layer_null, i, fail_rate, warn_rate)
+                d_moved, partner_moved = _distances(ctx, la, i, lb.max[:, j].astype(float), _grid_column(lb, j))
+                moved = evidence_against_null(d_moved, layer_null, i, fail_rate, warn_rate)
                 if not any(e.level == "fail" for e in moved):
-                    matched, evidence, b = j, moved, lb.max[:, j].astype(float)
+                    matched, evidence, b, partner = j, moved, lb.max[:, j].astype(float), partner_moved
         if own_fail and tg.kind == "class":
             row = correlation_matrix(a[:, None], lb.mean)[0]
             j = int(np.argmax(row))
@@ -263,7 +269,8 @@ def compare_neuron(ctx: _Context, tg: NeuronTarget, la: LayerActivations, lb: La
     if topk is not None:
         st.update(topk_p_value=topk.overlap_p_value, retention_ab=topk.retention_ab, retention_ba=topk.retention_ba,
                   content_p_value=topk.content_p_value)
-    for kind, key in (("content", "content_shift"), ("spatial", "spatial_agreement"), ("margin", "margin_shift")):
+    for kind, key in (("content", "content_shift"), ("spatial", "spatial_agreement"), ("margin", "margin_shift"),
+                      ("partner", "partner_component")):
         if kind in by_kind:
             st[key] = (1 - by_kind[kind].value) if kind == "spatial" else by_kind[kind].value
     argmax = _argmax_change(ctx, i, la, lb) if is_head else None
@@ -280,7 +287,8 @@ def compare_neuron(ctx: _Context, tg: NeuronTarget, la: LayerActivations, lb: La
     flags = _effect_flags(t, st["spearman"], jac, wn) if constant is None and np.isfinite(rho) else []
     return NeuronComparison(target=tg, statistics=st, ci=ci, evidence=evidence, topk=topk, argmax=argmax,
                             support=support, identity=identity, matched_index=matched, similar_logit=similar,
-                            visual=visual, constant=constant, effect_flags=flags)
+                            visual=visual, constant=constant, effect_flags=flags,
+                            partner=partner if partner >= 0 and "partner" in by_kind else None)
 
 
 def compare_activations(acts_a: dict[str, LayerActivations], acts_b: dict[str, LayerActivations],

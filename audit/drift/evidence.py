@@ -17,7 +17,8 @@ Level = Literal["fail", "warn", "none"]
 
 EVIDENCE_TITLES = {"rank": "ranking of the probe images", "retention": "response on its own top images",
                    "magnitude": "activation magnitude", "content": "content of the top images",
-                   "spatial": "where it fires", "margin": "top-1 margin against other classes"}
+                   "spatial": "where it fires", "margin": "top-1 margin against other classes",
+                   "partner": "now also responds like another unit"}
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,9 @@ class Evidence:
     @property
     def excess(self) -> float:
         """z over the fail bound: above 1 is beyond the null at the fail rate."""
-        return float(self.z / self.fail_bound) if self.fail_bound > 0 else float("inf")
+        if self.fail_bound > 0:
+            return float(self.z / self.fail_bound)
+        return float("inf") if self.z > 0 else 0.0
 
     @property
     def null_limit(self) -> float:
@@ -116,6 +119,7 @@ class NeuronComparison:
     identity: IdentityMatch | None = None
     matched_index: int | None = None
     similar_logit: tuple[int, float] | None = None   # class: (candidate logit that behaves like this one, Spearman)
+    partner: int | None = None                       # the baseline unit the change follows (partner evidence)
     visual: VisualEvidence | None = None
     constant: ConstantChannel | None = None
     effect_flags: list[tuple[Level, str]] = field(default_factory=list)   # user effect-size thresholds crossed
@@ -169,5 +173,6 @@ def to_jsonable(c: NeuronComparison) -> dict:
         rec = getattr(c, name)
         out[name] = asdict(rec) if rec is not None else None
     out["similar_logit"] = list(c.similar_logit) if c.similar_logit else None
+    out["partner"] = c.partner
     out["effect_flags"] = [list(f) for f in c.effect_flags]
     return clean(out)

@@ -45,7 +45,7 @@ from ..stats import LayerActivations, layer_activations_full
 from ..taps import output_layer_name
 from ..errors import AuditInputError
 from .benign import RECIPE_VERSION, BenignVariant, benign_recipe
-from .statistics import evidence_distances, margin_distance, normalize_features
+from .statistics import evidence_distances, margin_distance, normalize_features, partner_distance
 
 _TAIL_START = 0.90
 PRIOR_DRAWS = 2          # pseudo-draws of the layer's typical distance in each channel's null scale
@@ -156,6 +156,7 @@ def layer_null_distances(base: LayerActivations, variant: LayerActivations, k: i
     out = evidence_distances(base.max, variant.max, k, features, base.grid, variant.grid)
     if is_head:
         out["margin"] = margin_distance(base.mean, variant.mean)
+    out["partner"] = partner_distance(base.max, variant.max, np.arange(base.max.shape[1]))[0]
     return out
 
 

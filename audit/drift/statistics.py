@@ -21,6 +21,10 @@ oriented the same way: 0 when the two versions agree, larger when the neuron cha
 - `margin`     class neurons: mean |change| of the class's top-1 margin (its logit minus the
                best other logit) over the images where it is the top-1 class in either
                version, in units of its logit's std: a competitor that takes the argmax away.
+- `partner`    the part of the change B - A that follows ANOTHER unit of the baseline's layer
+               (after removing what follows the neuron itself), in units of the neuron's std,
+               when that unit explains most of the change: the neuron now also responds like
+               that logit or channel (a class that absorbed another's images, a mixed channel).
 """
 from __future__ import annotations
 
@@ -32,7 +36,8 @@ from scipy import stats as sps
 
 _EPS = 1e-12
 
-EVIDENCE_KINDS = ("rank", "retention", "magnitude", "content", "spatial", "margin")
+PARTNER_SHARE = 0.5        # the partner must explain at least half of the change's variance
+EVIDENCE_KINDS = ("rank", "retention", "magnitude", "content", "spatial", "margin", "partner")
 
 
 # ---------------------------------------------------------------- one neuron
@@ -250,6 +255,47 @@ def margin_distance(logits_a: np.ndarray, logits_b: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(count > 0, (np.abs(mb - ma) * where).sum(0) / np.maximum(count, 1), np.nan)
         return np.where(sd > _EPS, mean / np.maximum(sd, _EPS), np.where(mean > _EPS, np.inf, 0.0))
+
+
+def _standardized(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(columns centered and scaled to unit std (ddof 1; constant columns zero), their std)."""
+    x = np.asarray(x, float)
+    sd = x.std(0, ddof=1) if x.shape[0] > 1 else np.zeros(x.shape[1])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(sd > _EPS, (x - x.mean(0)) / np.maximum(sd, _EPS), 0.0), sd
+
+
+def partner_distance(layer_a: np.ndarray, b: np.ndarray, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """([M] size, [M] partner) for the columns `columns` of the baseline layer `layer_a` ([N, C]) and their
+    candidate values `b` ([N, M]): the change d = b - a is projected off the neuron's own baseline
+    values; its partial correlation with every other baseline unit j (given the neuron) picks the
+    partner, and the size is |partial correlation| x std(d given the neuron) / std(a): the std of the
+    part of the change that follows the partner. It counts only when the partner explains at least
+    PARTNER_SHARE of the change's variance (a change that is mostly another unit's response; the
+    best of hundreds of chance correlations with a diffuse change does not); units nearly collinear
+    with the neuron (|r| > 0.98) are not partners. Size 0 (partner -1) otherwise."""
+    columns = np.asarray(columns, int)
+    za, sd_a = _standardized(layer_a)
+    n = za.shape[0]
+    d = np.asarray(b, float) - np.asarray(layer_a, float)[:, columns]
+    zd, sd_d = _standardized(d)
+    r_aa = (za[:, columns].T @ za) / max(n - 1, 1)                         # [M, C]
+    r_da = (zd.T @ za) / max(n - 1, 1)                                     # [M, C]
+    rows = np.arange(len(columns))
+    r_dc = r_da[rows, columns]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        den = np.sqrt(np.clip(1 - r_dc ** 2, 0, None)[:, None] * np.clip(1 - r_aa ** 2, 0, None))
+        partial = np.where(den > 1e-9, (r_da - r_dc[:, None] * r_aa) / np.maximum(den, 1e-9), 0.0)
+    partial[np.abs(r_aa) > 0.98] = 0.0
+    partial[rows, columns] = 0.0
+    partial[:, sd_a <= _EPS] = 0.0
+    best = np.argmax(np.abs(partial), axis=1)
+    own_sd = sd_a[columns]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        size = np.abs(partial[rows, best]) * sd_d * np.sqrt(np.clip(1 - r_dc ** 2, 0, None)) / np.maximum(own_sd, _EPS)
+    explained = partial[rows, best] ** 2 >= PARTNER_SHARE
+    size = np.where((sd_d > _EPS) & (own_sd > _EPS) & explained, size, 0.0)
+    return size, np.where((sd_d > _EPS) & explained, best, -1)
 
 
 def evidence_distances(a: np.ndarray, b: np.ndarray, k: int, features: np.ndarray | None = None,

@@ -22,7 +22,7 @@ from ..config import ThresholdsConfig
 from ..records import DriftResult
 from .evidence import Evidence, NeuronComparison, to_jsonable
 
-OWN_KINDS = ("rank", "retention", "magnitude", "content", "spatial")
+OWN_KINDS = ("rank", "retention", "magnitude", "content", "spatial", "partner")
 
 
 def _photos(photos: list[tuple[str, int]], k: int, limit: int = 2) -> str:
@@ -68,6 +68,11 @@ def _sentence(e: Evidence, c: NeuronComparison, class_names: dict[int, str]) -> 
     if e.kind == "spatial":
         return (f"fires in other places on its top images: map agreement {1 - e.value:.2f}; "
                 f"benign re-saves keep it above {1 - e.null_limit:.2f}")
+    if e.kind == "partner" and c.partner is not None:
+        unit = (f"{class_names[c.partner]} (logit {c.partner})" if c.target.kind == "class" and c.partner in class_names
+                else f"{'logit' if c.target.kind == 'class' else 'channel'} {c.partner}")
+        return (f"now also responds like {unit}: a component of {e.value:.2f} of its std follows it "
+                f"(benign re-saves stay below {e.null_limit:.2f})")
     if e.kind == "margin" and c.argmax is not None:
         return _argmax_sentence(c, class_names) or f"top-1 margin moved by {e.value:.2f} sigma"
     return f"{e.kind} {e.value:.3g} beyond the benign null"

@@ -110,6 +110,19 @@ def test_magnitude_path(inner_layer):
     assert verdict(base, cand, null_of(base, 0.05, drop=("magnitude",)), INNER).verdict == "PASS"
 
 
+def test_partner_path(inner_layer):
+    values, grid = inner_layer
+    base = acts(values, grid)
+    b = values.copy()
+    b[:, 0] = values[:, 0] + 0.5 * values[:, 5]              # channel 0 now also carries half of channel 5
+    cand = acts(b, grid)
+    res = verdict(base, cand, null_of(base, 0.5), INNER)
+    assert res.verdict == "FAIL"
+    assert {e["kind"] for e in res.evidence["evidence"] if e["level"] == "fail"} == {"partner"}
+    assert res.evidence["partner"] == 5 and "now also responds like channel 5" in res.reason
+    assert verdict(base, cand, null_of(base, 0.5, drop=("partner",)), INNER).verdict == "PASS"
+
+
 def test_margin_path_and_attribution():
     # 20 classes; class 0 is the top-1 class on photograph 0. The candidate raises class 5 on photograph 0:
     # class 0's own logit is unchanged, but it lost the top-1 there.

@@ -96,6 +96,23 @@ def test_margin_distance_hand_computed():
     assert np.isnan(d[2])
 
 
+def test_partner_distance_hand_computed():
+    # Four orthogonal +-1 columns (Walsh), so every correlation is 0 or 1 and std(a) = std(p) = 1.07.
+    # b = a + 0.5 p + 0.3 q: the change 0.5 p + 0.3 q follows p with r = 0.5 / sqrt(0.34) (r^2 = 0.74 >= 0.5),
+    # and the part that follows p has std 0.5 x std(p): size 0.5 of the neuron's std, partner p (column 1).
+    # b = a + 0.4 (p + q + r): the best partner explains 1/3 of the change: no partner. b = 1.5 a: the change
+    # follows the neuron itself, and the collinear column 2a is never a partner: no partner.
+    a = np.array([1, -1, 1, -1, 1, -1, 1, -1.])
+    p = np.array([1, 1, -1, -1, 1, 1, -1, -1.])
+    q = np.array([1, 1, 1, 1, -1, -1, -1, -1.])
+    r = np.array([1, -1, -1, 1, 1, -1, -1, 1.])
+    layer = np.stack([a, p, q, r, 2 * a], 1)
+    b = np.stack([a + 0.5 * p + 0.3 * q, a + 0.4 * (p + q + r), 1.5 * a], 1)
+    size, partner = st.partner_distance(layer, b, np.array([0, 0, 0]))
+    np.testing.assert_allclose(size, [0.5, 0, 0], atol=1e-12)
+    assert partner.tolist() == [1, -1, -1]
+
+
 def test_holm_and_bh_hand_computed():
     p = [0.01, 0.04, 0.03, 0.005]
     # Holm: sorted 0.005*4=0.02, 0.01*3=0.03, 0.03*2=0.06, 0.04*1=0.04 -> monotone 0.06
