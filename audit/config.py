@@ -241,43 +241,59 @@ class ProbeConfig(_Strict):
 
 
 class ThresholdsConfig(_Strict):
-    """Drift verdicts (audit/drift.py). A neuron FAILs when it is significantly beyond a FAIL
-    threshold after Holm correction across neurons, WARNs when it is significantly beyond a
-    WARN threshold after Benjamini-Hochberg correction (or a visual statistic is beyond its
-    WARN threshold), and PASSes otherwise."""
+    """How drift verdicts are reached (audit/drift/). A FAIL means: the neuron responds further from
+    the baseline than benign re-saves of the baseline move it (fp16/bf16 round trips, int8
+    per-channel weights, int8-scale weight noise, BN statistics re-estimated on 4096 images), at
+    `false_alarm_rate` per neuron. The null is built from the baseline itself for every channel of
+    each registered layer, cached per baseline weights + probe set, and needs no large probe set.
 
-    spearman_fail: float = Field(default=0.80, description=(
-        "FAIL below this Spearman correlation of the two versions' values over the probe images (function)."))
-    spearman_warn: float = Field(default=0.95, description="WARN below this Spearman correlation.")
+    Rates are per neuron and per compare: there is no correction over the registered neurons, so
+    registering more neurons does not make a FAIL harder; a compare of M unchanged neurons has on
+    average M x false_alarm_rate false FAILs. Within a neuron the rate is split evenly over the
+    kinds of evidence measured (Bonferroni: 5 kinds for inner and class neurons).
+    """
+    false_alarm_rate: float = Field(default=0.001, gt=0, lt=0.5, description=(
+        "FAIL when some evidence about the neuron's own response lies beyond the benign null's "
+        "(1 - rate) quantile: the chance that a benign re-save of the recipe's kinds FAILs a neuron"))
+    warn_rate: float = Field(default=0.01, gt=0, lt=0.5, description=(
+        "WARN when evidence lies beyond the benign null's (1 - rate) quantile but not beyond the FAIL one"))
+    # Effect sizes, in the units a person reads. Each crossing FAILs (or WARNs) only when some evidence is
+    # also beyond the benign null at `warn_rate`, so a neuron whose benign re-saves already scatter this much
+    # is not failed by it. Their meaning does not depend on the probe count, but their noise does: the
+    # report gives intervals over photographs.
+    spearman_fail: float = Field(default=0.80, description="FAIL below this rank correlation of the two versions' probe values")
+    spearman_warn: float = Field(default=0.95, description="WARN below this rank correlation")
     topk_jaccard_fail: float = Field(default=0.30, description=(
-        "FAIL below this Jaccard overlap of the two versions' top-k probe images (selectivity)."))
-    topk_jaccard_warn: float = Field(default=0.60, description="WARN below this top-k Jaccard overlap.")
+        "FAIL below this Jaccard overlap of the two versions' top-k probe images (k: see top_k)"))
+    topk_jaccard_warn: float = Field(default=0.60, description="WARN below this top-k Jaccard overlap")
     wasserstein_fail: float = Field(default=1.0, description=(
-        "FAIL above this Wasserstein distance between the value distributions, divided by the baseline's "
-        "standard deviation (magnitude)."))
-    wasserstein_warn: float = Field(default=0.35, description="WARN above this normalized Wasserstein distance.")
+        "FAIL above this Wasserstein-1 distance of the value distributions, in units of the baseline's std"))
+    wasserstein_warn: float = Field(default=0.35, description="WARN above this normalized Wasserstein distance")
     visual_distance_warn: float = Field(default=2.0, description=(
-        "WARN above this distance between the versions' visualizations, in units of the seed-to-seed spread."))
-    top_k: int = Field(default=20, ge=2, description="k of the top-k overlap (capped at 10 % of the probe set).")
+        "WARN when the two versions' visualizations are further apart than this many seed-to-seed spreads"))
+    top_k: int = Field(default=20, ge=2, description=(
+        "Size of the top-activating set; the effective k is min(top_k, 10 % of the probe images) (a quarter "
+        "below 20 images), so it changes with the probe count; every top-k statistic is calibrated against "
+        "the benign null at the same k"))
     alpha: float = Field(default=0.05, gt=0, lt=1, description=(
-        "Error level: family-wise across neurons for FAIL (Holm), false discovery rate for WARN (Benjamini-Hochberg); "
-        "also the level of the reported bootstrap intervals."))
-    bootstrap: int = Field(default=500, ge=50, le=100000, description="Paired bootstrap resamples of the probe set per neuron.")
-    # Added for audit/drift.py (see its module docstring for how each is used).
+        "Level of the intervals over photographs (1 - alpha) and of the photograph-level power statement"))
+    bootstrap: int = Field(default=500, ge=50, le=100000, description="Photograph bootstrap resamples for the intervals")
     cross_activation_warn: float = Field(default=0.5, ge=0, le=1, description=(
-        "WARN when a version's visualization, placed among the other version's probe values, ranks below this "
-        "percentile (0-1) while each visualization still excites its own version at least this much."))
+        "WARN when a version's visualization falls below this percentile of the other version's probe "
+        "values while each excites its own version at least as much"))
+    cross_activation_fail: float = Field(default=0.05, ge=0, le=1, description=(
+        "FAIL (strong visual evidence) when a version's visualization falls to this percentile of the other "
+        "version's probe values while each excites its own version at least to percentile 0.9"))
     identity_match_spearman: float = Field(default=0.90, ge=0, le=1, description=(
-        "An inner channel whose function moved to another index counts as the same neuron (reported as "
-        "`matched_index`) when the matched channel's Spearman is at least this."))
-    bootstrap_seed: int = Field(default=0, description="Seed of the bootstrap resamples (verdicts are reproducible).")
-    # The bootstrap unit. False (default): single probe images. The audit asks whether the neuron's function on
-    # this fixed probe set changed, and a change confined to one source photograph must still be able to FAIL;
-    # resampling whole photographs can never make a one-photograph effect significant (~37% of resamples omit it).
-    # True: whole source photographs (all their crops), for claims about images beyond the probe set.
-    cluster_bootstrap: bool = Field(default=False, description=(
-        "false: resample single probe images (a change confined to one source photograph can still FAIL). "
-        "true: resample whole source photographs with all their crops, for claims about images beyond the probe set."))
+        "A channel found at another index counts as moved only if both photograph folds choose it and its "
+        "Spearman on the held-out photographs is at least this (then it is judged against the null as usual)"))
+    bootstrap_seed: int = Field(default=0, description="Seed of the bootstrap and permutation draws")
+    cluster_bootstrap: bool = Field(default=True, description=(
+        "Intervals resample whole source photographs (all their crops), the independent unit; false: "
+        "single probe images (only right when every probe image is its own photograph)"))
+    detect_fraction: float = Field(default=0.1, gt=0, le=1, description=(
+        "The share of images a change may touch that the probe set should be able to show beyond its "
+        "own photographs; the compare warns (in words, with the photographs needed) when it has too few"))
 
 
 class WatchConfig(_Strict):

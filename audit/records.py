@@ -56,3 +56,4 @@ class DriftResult:
     matched_index: int | None
     reason: str
     ci: dict[str, list[float]] = field(default_factory=dict)
+    evidence: dict = field(default_factory=dict)   # audit.drift.evidence.to_jsonable: the typed evidence as JSON

@@ -24,6 +24,10 @@ def _json_number(v):
 
 def build_report(model_name: str, baseline: str, candidate: str, probe_sha256: str,
                  results: list[DriftResult]) -> dict:
+    """The compare report of SPEC.md. Beyond the required keys, each neuron carries its typed
+    evidence (`evidence`, audit.drift.evidence.to_jsonable) and, when `results` is an
+    audit.drift.CompareResults, the report says how many photographs the verdicts rest on and
+    whether that is enough (`probe`), and what the benign null was (`benign_null`)."""
     neurons = []
     for r in results:
         st = {k: _json_number(r.statistics.get(k)) for k in REQUIRED_STATISTICS}
@@ -32,11 +36,18 @@ def build_report(model_name: str, baseline: str, candidate: str, probe_sha256: s
                         "verdict": r.verdict, "statistics": st,
                         "matched_index": None if r.matched_index is None else int(r.matched_index),
                         "reason": r.reason,
-                        "ci": {k: [_json_number(x) for x in v] for k, v in (r.ci or {}).items()}})
+                        "ci": {k: [_json_number(x) for x in v] for k, v in (r.ci or {}).items()},
+                        "evidence": r.evidence or {}})
     summary = {v: sum(1 for r in results if r.verdict == v) for v in VERDICTS}
-    return {"model": model_name, "baseline": str(baseline), "candidate": str(candidate),
-            "probe_set_sha256": probe_sha256, "created_at": datetime.now(timezone.utc).isoformat(),
-            "neurons": neurons, "summary": summary}
+    report = {"model": model_name, "baseline": str(baseline), "candidate": str(candidate),
+              "probe_set_sha256": probe_sha256, "created_at": datetime.now(timezone.utc).isoformat(),
+              "neurons": neurons, "summary": summary}
+    if hasattr(results, "power"):
+        report["probe"] = {"n_images": int(results.n_images), "n_photographs": int(results.n_photographs),
+                           "enough_photographs": bool(results.enough_photographs), "power": results.power}
+        report["benign_null"] = {"variants": list(results.null_variants),
+                                 "build_seconds": _json_number(results.null_seconds)}
+    return report
 
 
 def exit_code(report: dict) -> int:
@@ -63,6 +74,9 @@ def verdict_table(report: dict):
     style = {"PASS": "green", "WARN": "yellow", "FAIL": "bold red"}
     notes = [f"[{style[n['verdict']]}]{n['id']}[/]: {n.get('reason', '')}"
              for n in report.get("neurons", []) if n.get("verdict") in ("WARN", "FAIL")]
+    probe = report.get("probe") or {}
+    if probe and not probe.get("enough_photographs", True):
+        notes.append(f"[yellow]probe set[/]: {probe.get('power', '')}")
     from rich import box
 
     table = Table(title=title, caption="\n".join(notes) or None, caption_justify="left", show_lines=False,

@@ -2,7 +2,9 @@
 
 Convention (DESIGN.md): a class neuron's value is its logit (max = mean = logit); an
 inner neuron's values are the spatial max and spatial mean of its channel (tokens:
-max/mean over tokens).
+max/mean over tokens). Layers with a square map (or a square token grid) also keep each
+channel's map mean-pooled to at most 4x4 cells (`LayerActivations.grid`): where a channel
+fires, for the drift evidence.
 
 Activations are computed per *layer* (all channels at once) in one pass over the probe
 set and cached by (weights SHA-256, probe SHA-256 — which covers the preprocessing —,
@@ -32,6 +34,7 @@ QUANTILES = (1, 5, 25, 50, 75, 95, 99)
 HIST_BINS = 32
 TOP_K = 10
 CACHE_VERSION = "acts-v2"
+GRID_SIDE = 4                      # spatial maps are mean-pooled to at most GRID_SIDE x GRID_SIDE cells
 
 
 @dataclass
@@ -46,6 +49,7 @@ class LayerActivations:
     max: np.ndarray                      # [N, C]
     mean: np.ndarray                     # [N, C]
     argmax: np.ndarray                   # [N] channel with the largest mean (top-1 class for heads)
+    grid: np.ndarray | None = None       # [N, C, G] float16 maps pooled to <= 4x4 cells; None: no square map
 
 
 class ActivationCache:
@@ -74,7 +78,8 @@ class ActivationCache:
             if path.is_file():
                 try:
                     with np.load(path) as z:
-                        value = LayerActivations(z["max"], z["mean"], z["argmax"])
+                        value = LayerActivations(z["max"], z["mean"], z["argmax"],
+                                                 z["grid"] if "grid" in z.files else None)
                 except (OSError, ValueError, KeyError):
                     value = None
                 if value is not None:
@@ -99,7 +104,10 @@ class ActivationCache:
             self.directory.mkdir(parents=True, exist_ok=True)
             path = self.directory / self._file_name(key)
             tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-            np.savez(tmp, max=value.max, mean=value.mean, argmax=value.argmax)
+            arrays = {"max": value.max, "mean": value.mean, "argmax": value.argmax}
+            if value.grid is not None:
+                arrays["grid"] = value.grid
+            np.savez(tmp, **arrays)
             os.replace(tmp, path)
 
     def clear(self) -> None:
@@ -120,9 +128,22 @@ def set_cache_dir(directory: str | Path | None) -> None:
     _CACHE.directory = Path(directory) if directory else None
 
 
-def _reduce(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _reduce(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(spatial max [B, C], spatial mean [B, C], map pooled to <= GRID_SIDE^2 cells [B, C, G] or None)."""
     cf = channels_first(t.detach()).float()           # [B, C, N]
-    return cf.amax(dim=2), cf.mean(dim=2)
+    return cf.amax(dim=2), cf.mean(dim=2), _grid(cf)
+
+
+def _grid(cf: torch.Tensor) -> torch.Tensor | None:
+    """Each channel's map, mean-pooled to at most GRID_SIDE x GRID_SIDE cells, when its N positions form a
+    square (conv maps of square probes; token grids without extra tokens); None otherwise."""
+    b, c, n = cf.shape
+    side = int(round(n ** 0.5))
+    if n < 4 or side * side != n:
+        return None
+    cells = min(GRID_SIDE, side)
+    pooled = torch.nn.functional.adaptive_avg_pool2d(cf.reshape(b, c, side, side), cells)
+    return pooled.reshape(b, c, cells * cells)
 
 
 @torch.no_grad()
@@ -133,6 +154,7 @@ def _compute_layers(model: nn.Module, probe: ProbeSet, layers: list[str], batch_
     dtype = next(model.parameters()).dtype
     maxes: dict[str, list] = {l: [] for l in layers}
     means: dict[str, list] = {l: [] for l in layers}
+    grids: dict[str, list] = {l: [] for l in layers}
     was_training = model.training
     model.eval()
     try:
@@ -141,9 +163,11 @@ def _compute_layers(model: nn.Module, probe: ProbeSet, layers: list[str], batch_
                 x = probe.images[i:i + batch_size].to(device=device, dtype=dtype)
                 model(x)
                 for l in layers:
-                    mx, mn = _reduce(acts[l])
+                    mx, mn, gr = _reduce(acts[l])
                     maxes[l].append(mx.cpu().numpy())
                     means[l].append(mn.cpu().numpy())
+                    if gr is not None:
+                        grids[l].append(gr.cpu().numpy().astype(np.float16))
                 acts.clear()
     finally:
         model.train(was_training)
@@ -151,7 +175,8 @@ def _compute_layers(model: nn.Module, probe: ProbeSet, layers: list[str], batch_
     for l in layers:
         mx = np.concatenate(maxes[l]).astype(np.float32)
         mn = np.concatenate(means[l]).astype(np.float32)
-        out[l] = LayerActivations(mx, mn, mn.argmax(axis=1).astype(np.int64))
+        grid = np.concatenate(grids[l]) if len(grids[l]) == len(maxes[l]) and grids[l] else None
+        out[l] = LayerActivations(mx, mn, mn.argmax(axis=1).astype(np.int64), grid)
     return out
 
 

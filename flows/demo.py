@@ -19,8 +19,8 @@ PLANTED_CLASS = 967
 def demo_config(quick: bool) -> dict:
     vis = ({"resolution": 96, "steps": 40, "seeds": [0, 1], "n_references": 8} if quick
            else {"resolution": 160, "steps": 300, "seeds": [0, 1], "n_references": 16})
-    # The planted change lives in one of the 12 built-in photographs: the probe set needs enough crops of
-    # each for the change to be significant after Holm (96 probe images are too few; 288 give p ~ 1e-12).
+    # The planted change lives in one of the 12 built-in photographs. Verdicts are judged against the
+    # baseline's benign null on these photographs, so crops add precision, not independent evidence.
     probe = {"crops_per_image": 16, "resolution": 112} if quick else {"crops_per_image": 24, "resolution": 224}
     return {
         "store": {"database": "sqlite:///./store/audit.db", "mlflow_tracking_uri": "sqlite:///./store/mlflow.db",

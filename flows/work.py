@@ -254,13 +254,17 @@ def compare_pair(cfg_path: str, model_name: str, baseline: str, candidate: str, 
             on_b = neuron_activations(b.model, vp, t, use_cache=False)[n.id].max
             # (A's image under A, A's image under B, B's image under B, B's image under A)
             viz_acts[n.id] = (float(on_a[0]), float(on_b[0]), float(on_b[1]), float(on_a[1]))
+    # The baseline's benign null is kept next to the probe activations, keyed by its weights and the probe set.
+    null_dir = cfg.resolve_path(cfg.store.artifacts) / "cache" / "nulls"
+    class_names = {n.index: n.label or n.id for n in neurons if n.kind == "class"}
     results = compare_versions(a.model, b.model, probe, targets, mcfg.thresholds,
                                visual_features_a=feats_a, visual_features_b=feats_b, viz_acts=viz_acts,
-                               probe_cache_key=(a.weights_sha256, b.weights_sha256), visual_paired=paired)
+                               probe_cache_key=(a.weights_sha256, b.weights_sha256), visual_paired=paired,
+                               null_cache_dir=null_dir, class_names=class_names)
     report = build_report(model_name, baseline, candidate, probe.sha256, results)
     report["errors"] = {**errors_a.neuron_errors, **errors_b.neuron_errors}
     drift_ids = {}
-    for r in results:
+    for r in results:     # the typed evidence is in the saved report (store.load_report), for the neuron page
         drift_ids[r.neuron_id] = store.save_drift(model_name, baseline, candidate, probe.sha256, r, run_id)
     report["report_path"] = str(store.save_report(model_name, baseline, candidate, report))
     report["drift_ids"] = drift_ids

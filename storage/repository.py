@@ -537,6 +537,14 @@ class AuditStore(DashboardQueries):
         data = json.dumps(jsonable(report), indent=2, sort_keys=False, allow_nan=False).encode()
         return self.artifacts.write_named(rel, data)   # = report_file(model, baseline, candidate)
 
+    def load_report(self, model: str, baseline: str, candidate: str) -> dict | None:
+        """The latest compare report of candidate vs baseline written by `save_report` (None if absent or unreadable)."""
+        rel = f"reports/{_safe_name(model)}/{_safe_name(baseline)}-vs-{_safe_name(candidate)}.json"
+        try:
+            return json.loads(self.artifacts.path(rel).read_text())
+        except (OSError, ValueError):
+            return None
+
     def create_alert_if_new(self, drift_result_id: int, channel: str) -> int | None:
         """A new alert for a drift result, or None when an open alert (resolved_at NULL) already exists on this
         channel for the same neuron and (baseline, candidate) pair. A resolved alert of the same drift result and

@@ -2,8 +2,8 @@
 images, activation histograms), and each drift statistic over the comparisons against its threshold
 band, with the open alerts and the MLflow and Prefect runs behind each version and comparison.
 
-Nine queries whatever the history: the model, the neuron's history (six), its open alerts, the
-versions' MLflow runs.
+Eleven queries whatever the history: the model, the neuron's history (six), its open alerts, the
+versions' MLflow runs, and the latest comparison's saved report and probe-set record (its evidence).
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from .. import svg
 from ..errors import NotFound
+from ..evidence_view import evidence_context
 from ..formatting import fmt_num, float_or, quantile_key, time_key
 
 if TYPE_CHECKING:
@@ -51,12 +52,14 @@ def neuron_page(views: "Views", links: "Links", model: str, neuron_id: str) -> t
     drift_rows = [{**d, "cells": views.stat_cells(d.get("statistics")),
                    "alert": (str(d.get("baseline")), str(d.get("candidate"))) in alert_keys,
                    "prefect": views.run_link("prefect", d.get("flow_run_id"))} for d in reversed(drift)]
+    latest = drift[-1] if drift else None
     ctx = views.common(links)
+    ctx.update(evidence=evidence_context(store, links, model, neuron_id, latest))   # one report read, latest only
     ctx.update(page_title=f"{h['neuron'].get('neuron_id', neuron_id)} · {model}", model=m, model_name=model,
                neuron=h["neuron"], versions=versions, viz_rows=viz_rows,
                any_mask=any(it["mask"] for row in viz_rows for cell in row["cells"] for it in cell),
                hist_svg=hist, charts=charts, drift=drift_rows, stat_keys=stat_keys,
-               latest=drift[-1] if drift else None, alerts=alerts, has_topk=any(v["topk_rows"] for v in versions))
+               latest=latest, alerts=alerts, has_topk=any(v["topk_rows"] for v in versions))
     return "neuron.html", ctx
 
 

@@ -1,0 +1,272 @@
+"""The benign null: how far each neuron moves when the baseline is re-saved benignly, and the
+calibrated bounds a verdict compares the candidate with.
+
+For every registered layer, each variant of the benign recipe (audit.drift.benign) is run over
+the probe set and every evidence distance (audit.drift.statistics) is measured for EVERY channel
+of the layer against the baseline: a [variants, channels] table per kind of evidence.
+
+Calibration, per layer and kind of evidence:
+1. Each channel's null scale is the root mean square of its distances over the variants, shrunk
+   towards the layer's typical value by two pseudo-draws (top-k statistics are often exactly 0
+   for most variants). A candidate's distance is divided by it: z = distance / scale.
+2. The same standardization is applied to the null itself leaving each variant out of its own
+   scale (leave-one-out), which makes the null's z values honest stand-ins for a new benign
+   re-save.
+3. Pooling those z values over all channels of the layer (thousands of draws for a head of
+   1000 classes, hundreds for a stage) gives the shape of the null. The bound at false-alarm
+   rate r is, for each benign kind of the recipe, the (1 - r) quantile of that kind's z values
+   (peaks over threshold: an exponential tail fitted above the 90th percentile, so that a
+   0.1 % quantile is not read off a handful of points); the bound is the largest over the kinds.
+
+So "beyond the fail bound" means: further from the baseline than a benign re-save of any kind in
+the recipe moves a neuron of this layer, standardized to this neuron's own sensitivity, with
+probability at most r per kind. It does not promise anything about edits outside the recipe
+(larger noise, a re-estimate on another distribution, pruning): those are changes.
+
+The tables are cached per (recipe version, baseline weights SHA-256, probe set SHA-256, layer,
+top-k) in memory and, with a directory, on disk (.npz). Building them costs one pass over the
+probe set per variant (11 for a network with batch norm) plus one pass for the BN moments.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from ..probe import ProbeSet
+from ..stats import LayerActivations, layer_activations_full
+from ..taps import output_layer_name
+from ..errors import AuditInputError
+from .benign import RECIPE_VERSION, BenignVariant, benign_recipe
+from .statistics import evidence_distances, margin_distance, normalize_features, partner_distance
+
+_TAIL_START = 0.90
+PRIOR_DRAWS = 2          # pseudo-draws of the layer's typical distance in each channel's null scale
+
+
+def tail_quantile(values: np.ndarray, p: float) -> float:
+    """The p quantile of `values` (finite ones); above the 90th percentile from an exponential tail
+    fitted to the excesses over it (peaks over threshold): u + mean excess * ln(0.1 / (1 - p))."""
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return float("inf")
+    if p <= _TAIL_START or len(v) < 20:
+        return float(np.quantile(v, min(p, 1.0)))
+    u = float(np.quantile(v, _TAIL_START))
+    excess = v[v > u] - u
+    if len(excess) == 0:
+        return u
+    return u + float(excess.mean()) * math.log((1 - _TAIL_START) / (1 - p))
+
+
+@dataclass
+class LayerNull:
+    """Null distances of every channel of one layer: kind -> [variants, channels]."""
+    distances: dict[str, np.ndarray]
+    variant_kinds: list[str]
+    variant_names: list[str]
+    _bounds: dict = field(default_factory=dict, repr=False)
+    _scales: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def channels(self) -> int:
+        return next(iter(self.distances.values())).shape[1]
+
+    def _pooled_square(self, kind: str) -> float:
+        """The layer's typical squared null distance: median over channels of their mean square."""
+        if ("pool", kind) not in self._scales:
+            d = self.distances[kind].astype(float)
+            ok = np.isfinite(d)
+            n = ok.sum(0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ms = np.where(ok, d * d, 0.0).sum(0) / n
+            ms = ms[(n > 0) & np.isfinite(ms)]
+            self._scales[("pool", kind)] = max(float(np.median(ms)) if len(ms) else 0.0, 1e-18)
+        return self._scales[("pool", kind)]
+
+    def scales(self, kind: str) -> np.ndarray:
+        """[C] null scale of each channel: the root mean square of its finite null distances, shrunk
+        towards the layer's typical value with PRIOR_DRAWS pseudo-draws (a channel that no variant
+        moved still has a scale); nan where no variant gave a finite value."""
+        if kind not in self._scales:
+            d = self.distances[kind].astype(float)
+            ok = np.isfinite(d)
+            n = ok.sum(0)
+            prior = PRIOR_DRAWS * self._pooled_square(kind)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                rms = np.sqrt((np.where(ok, d * d, 0.0).sum(0) + prior) / (n + PRIOR_DRAWS))
+            self._scales[kind] = np.where(n > 0, rms, np.nan)
+        return self._scales[kind]
+
+    def leave_one_out_z(self, kind: str) -> np.ndarray:
+        """[J, C] each null distance over its channel's scale computed without that variant."""
+        d = self.distances[kind].astype(float)
+        ok = np.isfinite(d)
+        sq = np.where(ok, d * d, 0.0)
+        n = ok.sum(0, keepdims=True)
+        prior = PRIOR_DRAWS * self._pooled_square(kind)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            loo = np.sqrt((sq.sum(0, keepdims=True) - sq + prior) / (n - ok + PRIOR_DRAWS))
+            return np.where(ok & np.isfinite(loo) & (loo > 0), d / loo, np.nan)
+
+    def bound(self, kind: str, rate: float) -> float:
+        """The z above which a distance of `kind` lies beyond the null at false-alarm rate `rate`:
+        the largest over the recipe's kinds of variant of their pooled (1 - rate) quantile."""
+        key = (kind, rate)
+        if key not in self._bounds:
+            z = self.leave_one_out_z(kind)
+            kinds = np.asarray(self.variant_kinds)
+            per_kind = [tail_quantile(z[kinds == vk].ravel(), 1 - rate) for vk in dict.fromkeys(self.variant_kinds)]
+            finite = [q for q in per_kind if math.isfinite(q)]
+            self._bounds[key] = max(finite) if finite else float("inf")
+        return self._bounds[key]
+
+
+@dataclass
+class BenignNull:
+    """The benign null of one baseline on one probe set: layer -> LayerNull."""
+    layers: dict[str, LayerNull]
+    recipe: str = RECIPE_VERSION
+    seconds: float = 0.0               # time spent building what was not cached
+    variants: list[str] = field(default_factory=list)
+
+    def kinds(self, layer: str) -> list[str]:
+        return list(self.layers[layer].distances)
+
+
+# ---------------------------------------------------------------- building
+def content_features(acts: dict[str, LayerActivations], feature_layer: str | None) -> np.ndarray | None:
+    """Normalized [N, D] features of the probe images in the baseline's pooled final features."""
+    if feature_layer is None or feature_layer not in acts:
+        return None
+    return normalize_features(acts[feature_layer].mean)
+
+
+def layer_null_distances(base: LayerActivations, variant: LayerActivations, k: int, features: np.ndarray | None,
+                         is_head: bool) -> dict[str, np.ndarray]:
+    """kind -> [C] distances of every channel of one variant from the baseline."""
+    out = evidence_distances(base.max, variant.max, k, features, base.grid, variant.grid)
+    if is_head:
+        out["margin"] = margin_distance(base.mean, variant.mean)
+    out["partner"] = partner_distance(base.max, variant.max, np.arange(base.max.shape[1]))[0]
+    return out
+
+
+def head_layer(model: nn.Module) -> str | None:
+    try:
+        return output_layer_name(model)
+    except AuditInputError:
+        return None
+
+
+class NullCache:
+    """In-memory LRU plus optional on-disk .npz store of LayerNull tables."""
+
+    def __init__(self, max_entries: int = 32):
+        self.max_entries = max_entries
+        self._mem: OrderedDict[str, LayerNull] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(weights_key: str, probe_sha: str, layer: str, k: int, feature_layer: str | None, is_head: bool) -> str:
+        raw = repr((RECIPE_VERSION, weights_key, probe_sha, layer, int(k), feature_layer, bool(is_head)))
+        return hashlib.sha256(raw.encode()).hexdigest()[:40]
+
+    def get(self, key: str, directory: Path | None) -> LayerNull | None:
+        with self._lock:
+            if key in self._mem:
+                self._mem.move_to_end(key)
+                return self._mem[key]
+        if directory is not None and (directory / f"{key}.npz").is_file():
+            try:
+                with np.load(directory / f"{key}.npz", allow_pickle=False) as z:
+                    kinds = [str(x) for x in z["__variant_kinds"]]
+                    names = [str(x) for x in z["__variant_names"]]
+                    dist = {f: z[f] for f in z.files if not f.startswith("__")}
+                value = LayerNull(dist, kinds, names)
+            except (OSError, ValueError, KeyError):
+                return None
+            self._put_mem(key, value)
+            return value
+        return None
+
+    def _put_mem(self, key: str, value: LayerNull) -> None:
+        with self._lock:
+            self._mem[key] = value
+            self._mem.move_to_end(key)
+            while len(self._mem) > self.max_entries:
+                self._mem.popitem(last=False)
+
+    def put(self, key: str, value: LayerNull, directory: Path | None) -> None:
+        self._put_mem(key, value)
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+            path = directory / f"{key}.npz"
+            tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+            np.savez(tmp, __variant_kinds=np.asarray(value.variant_kinds), __variant_names=np.asarray(value.variant_names),
+                     **{k: v.astype(np.float32) for k, v in value.distances.items()})
+            os.replace(tmp, path)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._mem.clear()
+
+
+_NULL_CACHE = NullCache()
+
+
+def null_cache() -> NullCache:
+    return _NULL_CACHE
+
+
+def build_benign_null(model: nn.Module, probe: ProbeSet, layers: list[str], base_acts: dict[str, LayerActivations],
+                      k: int, feature_layer: str | None, weights_key: str, cache_dir: str | Path | None = None,
+                      batch_size: int = 32, variants: list[BenignVariant] | None = None) -> BenignNull:
+    """The benign null of `model` (the baseline) for `layers`, from the cache where possible.
+
+    `base_acts` holds the baseline's activations of `layers` and of `feature_layer`; the missing
+    layers are computed together, one pass over the probe set per benign variant."""
+    import time
+
+    directory = Path(cache_dir) if cache_dir else None
+    features = content_features(base_acts, feature_layer)
+    head = head_layer(model)
+    layers = list(dict.fromkeys(layers))
+    keys = {l: _NULL_CACHE.key(weights_key, probe.sha256, l, k, feature_layer, l == head) for l in layers}
+    out: dict[str, LayerNull] = {}
+    todo = []
+    for l in layers:
+        hit = _NULL_CACHE.get(keys[l], directory)
+        if hit is None:
+            todo.append(l)
+        else:
+            out[l] = hit
+    t0 = time.perf_counter()
+    names: list[str] = []
+    if todo:
+        recipe = variants if variants is not None else benign_recipe(model, probe.images, batch_size)
+        tables: dict[str, dict[str, list]] = {l: {} for l in todo}
+        for variant in recipe:
+            vm = variant.build()
+            acts = layer_activations_full(vm, probe, todo, batch_size, use_cache=False)
+            del vm
+            for l in todo:
+                for kind, d in layer_null_distances(base_acts[l], acts[l], k, features, l == head).items():
+                    tables[l].setdefault(kind, []).append(d)
+        kinds = [v.kind for v in recipe]
+        names = [v.name for v in recipe]
+        for l in todo:
+            value = LayerNull({kind: np.stack(v) for kind, v in tables[l].items()}, kinds, names)
+            _NULL_CACHE.put(keys[l], value, directory)
+            out[l] = value
+    seconds = time.perf_counter() - t0 if todo else 0.0
+    any_layer = next(iter(out.values()), None)
+    return BenignNull(out, RECIPE_VERSION, seconds, names or (any_layer.variant_names if any_layer else []))

@@ -1,0 +1,220 @@
+"""PASS / WARN / FAIL from the typed evidence of each neuron, and the reason a person can act on.
+
+Rules (per neuron; rates from ThresholdsConfig):
+- FAIL when any evidence about the neuron's own response (rank, retention, magnitude, content,
+  spatial) is beyond the benign null at `false_alarm_rate`; or when its top-1 margin is, unless
+  every class that took or gave the top-1 is a registered neuron that FAILs on its own response
+  (then the change is that neuron's, and this one PASSes with a note); or when the visual
+  evidence is strong (`cross_activation_fail`); or when an effect size crosses a user FAIL
+  threshold (spearman_fail, topk_jaccard_fail, wasserstein_fail) while some evidence is also
+  beyond the null at `warn_rate`.
+- WARN when evidence is beyond the null at `warn_rate` (not attributed elsewhere), or the visual
+  evidence is moderate.
+- PASS otherwise. A channel found at another index (audit.drift.identity) whose function is
+  within the null PASSes and reports `matched_index`.
+There is no correction across neurons: the false-alarm rate is per neuron, so registering more
+neurons does not make any FAIL harder to reach; a compare of M unchanged neurons has on average
+M x false_alarm_rate false FAILs.
+"""
+from __future__ import annotations
+
+from ..config import ThresholdsConfig
+from ..records import DriftResult
+from .evidence import Evidence, NeuronComparison, to_jsonable
+
+OWN_KINDS = ("rank", "retention", "magnitude", "content", "spatial", "partner")
+
+
+def _photos(photos: list[tuple[str, int]], k: int, limit: int = 2) -> str:
+    if not photos:
+        return "no images"
+    parts = [f"{name} ({count}/{k})" for name, count in photos[:limit]]
+    return "crops of " + ", ".join(parts)
+
+
+def _classes(counts: dict[int, int], names: dict[int, str], limit: int = 2) -> str:
+    items = sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
+    return ", ".join(f"{names.get(int(c), 'logit')} (logit {int(c)})" if int(c) in names else f"logit {int(c)}"
+                     for c, _ in items)
+
+
+def _ci(c: NeuronComparison, key: str) -> str:
+    v = c.ci.get(key)
+    if not v or any(x != x for x in v):
+        return ""
+    return f" [{v[0]:.2f}, {v[1]:.2f}]"
+
+
+def _sentence(e: Evidence, c: NeuronComparison, class_names: dict[int, str]) -> str:
+    st, tk = c.statistics, c.topk
+    what = "logit" if c.target.kind == "class" else "channel"
+    if e.kind == "rank":
+        return (f"{what} ranks the probe images differently: Spearman {st['spearman']:.2f}{_ci(c, 'spearman')} "
+                f"over photographs; benign re-saves keep it above {1 - e.null_limit:.3f}")
+    if e.kind == "retention" and tk is not None:
+        if tk.retention_ab <= tk.retention_ba:
+            return (f"stopped firing on its own top images: under the candidate they rank at retention "
+                    f"{tk.retention_ab:.2f} (1 = still its top, 0 = random)")
+        return (f"its new top images were not its top before: retention {tk.retention_ba:.2f} under the baseline "
+                f"(1 = were its top, 0 = random)")
+    if e.kind == "content" and tk is not None:
+        p = f", permutation p {tk.content_p_value:.3f}" if tk.content_p_value is not None else ""
+        return (f"its top images show other content: centroid shift {e.value:.2f} "
+                f"(1 = as different as two random sets){p}")
+    if e.kind == "magnitude":
+        return (f"activation magnitude shifted: W/sigma {st['wasserstein_norm']:.2f}{_ci(c, 'wasserstein_norm')} "
+                f"(mean {st['mean_a']:.2f} -> {st['mean_b']:.2f}, std {st['std_a']:.2f} -> {st['std_b']:.2f}); "
+                f"benign re-saves stay below {e.null_limit:.2f}")
+    if e.kind == "spatial":
+        return (f"fires in other places on its top images: map agreement {1 - e.value:.2f}; "
+                f"benign re-saves keep it above {1 - e.null_limit:.2f}")
+    if e.kind == "partner" and c.partner is not None:
+        unit = (f"{class_names[c.partner]} (logit {c.partner})" if c.target.kind == "class" and c.partner in class_names
+                else f"{'logit' if c.target.kind == 'class' else 'channel'} {c.partner}")
+        return (f"now also responds like {unit}: a component of {e.value:.2f} of its std follows it "
+                f"(benign re-saves stay below {e.null_limit:.2f})")
+    if e.kind == "margin" and c.argmax is not None:
+        return _argmax_sentence(c, class_names) or f"top-1 margin moved by {e.value:.2f} sigma"
+    return f"{e.kind} {e.value:.3g} beyond the benign null"
+
+
+def _argmax_sentence(c: NeuronComparison, class_names: dict[int, str]) -> str:
+    am = c.argmax
+    parts = []
+    if am.lost:
+        where = f" ({', '.join(am.lost_photos[:2])})" if am.lost_photos else ""
+        parts.append(f"no longer the top-1 class on {am.lost} probe images{where}, now "
+                     f"{_classes(am.lost_to, class_names)}")
+    if am.gained:
+        where = f" ({', '.join(am.gained_photos[:2])})" if am.gained_photos else ""
+        parts.append(f"now the top-1 class on {am.gained} probe images{where}, previously "
+                     f"{_classes(am.gained_from, class_names)}")
+    return "; ".join(parts)
+
+
+def _topk_sentence(c: NeuronComparison) -> str:
+    tk = c.topk
+    if tk is None or tk.overlap == tk.k:
+        return ""
+    return (f"top-activating probes changed from {_photos(tk.photos_a, tk.k)} to {_photos(tk.photos_b, tk.k)} "
+            f"({tk.k - tk.overlap} of {tk.k} new)")
+
+
+def _support_sentence(c: NeuronComparison) -> str:
+    s = c.support
+    if s is None:
+        return ""
+    text = f"rests on {s.n_photographs} photographs ({s.n_images} probe images)"
+    if s.carried_by and len(s.carried_by) <= max(1, s.n_photographs // 3):
+        text += "; half of the change is on " + ", ".join(f"{p} ({share:.0%})" for p, share in s.carried_by)
+    if s.resample_support is not None and s.resample_support < 0.95:
+        text += (f"; holds in {s.resample_support:.0%} of photograph resamples: a fact about these photographs, "
+                 f"not yet evidence beyond them")
+    return text
+
+
+def decide(c: NeuronComparison, failing_classes: set[tuple[str, int]], t: ThresholdsConfig) -> tuple[str, str | None]:
+    """(verdict, attribution note) of one neuron; `failing_classes`: (layer, index) of the
+    registered class neurons whose own response FAILs in this compare."""
+    if c.constant is not None:
+        return ("PASS" if c.constant.same else "FAIL"), None
+    own_fail = c.at_level("fail", OWN_KINDS)
+    margin = [e for e in c.evidence if e.kind == "margin"]
+    attribution = None
+    margin_counts = bool(margin) and margin[0].level != "none"
+    if margin_counts and not own_fail and c.argmax is not None:
+        others = set(c.argmax.lost_to) | set(c.argmax.gained_from)
+        if others and all((c.target.layer, int(j)) in failing_classes for j in others):
+            margin_counts = False
+            attribution = sorted(int(j) for j in others)
+    any_warn = bool(c.at_level("warn", OWN_KINDS)) or margin_counts
+    visual = c.visual.level if c.visual is not None else "none"
+    effect_fail = any(level == "fail" for level, _ in c.effect_flags) and any_warn
+    if own_fail or (margin_counts and margin[0].level == "fail") or visual == "fail" or effect_fail:
+        return "FAIL", attribution
+    if any_warn or visual == "warn":
+        return "WARN", attribution
+    return "PASS", attribution
+
+
+def reason(c: NeuronComparison, verdict: str, attribution: list[int] | None, class_names: dict[int, str]) -> str:
+    what = "logit" if c.target.kind == "class" else "channel"
+    prefix = ""
+    if c.matched_index is not None:
+        how = (f" (held-out Spearman {c.identity.heldout_spearman:.2f}, chosen on other photographs)"
+               if c.identity is not None else "")
+        prefix = f"channel moved to index {c.matched_index}{how}; update the registry index; "
+    if c.constant is not None:
+        if c.constant.same:
+            return prefix + f"{what} is constant on the probe set in both versions (dead channel)"
+        return prefix + (f"{what} is constant on the probe set in the {c.constant.which} version: "
+                         + ("it no longer responds to inputs" if c.constant.which == "candidate"
+                            else "it now responds to inputs"))
+    st = c.statistics
+    if verdict == "PASS":
+        core = f"Spearman {st['spearman']:.2f}{_ci(c, 'spearman')}; top-{int(st['topk_k'])} overlap " \
+               f"{int(st['topk_overlap'])}/{int(st['topk_k'])}; W/sigma {st['wasserstein_norm']:.2f}"
+        top = c.strongest(OWN_KINDS if attribution else None)
+        if top is not None:
+            scope = "its own response is" if attribution else "all evidence"
+            core += f"; {scope} within the benign null (closest: {top.kind} at {top.excess:.2f} of its bound)"
+        text = prefix + "function preserved: " + core
+        if attribution and c.argmax is not None:
+            text += ("; but it is " + _argmax_sentence(c, class_names)
+                     + ": that change is the other neuron's, which FAILs")
+        return text
+    level = "fail" if verdict == "FAIL" else "warn"
+    kinds = [e for e in c.at_level(level) if not (attribution and e.kind == "margin")] or c.at_level("warn")
+    parts = []
+    if any(e.kind in ("rank", "retention", "content") for e in kinds[:3]):
+        parts.append(_topk_sentence(c))
+    parts.extend(_sentence(e, c, class_names) for e in kinds[:2])
+    if c.argmax is not None and not any(e.kind == "margin" for e in kinds[:2]) and (c.argmax.lost or c.argmax.gained):
+        parts.append(_argmax_sentence(c, class_names))
+    if c.similar_logit is not None:
+        j, rho = c.similar_logit
+        parts.append(f"the candidate's logit {j} now behaves like the baseline's logit {c.target.index} "
+                     f"(Spearman {rho:.2f}): class rows swapped or relabelled?")
+    if c.identity is not None and c.matched_index is None and c.target.kind == "inner":
+        m = c.identity
+        if m.agreed and m.index != c.target.index:
+            parts.append(f"closest candidate channel {m.index} (held-out Spearman {m.heldout_spearman:.2f}) "
+                         f"does not behave like it either: changed, not moved")
+    if not c.at_level(level, OWN_KINDS):          # the verdict came from a user threshold: say which
+        parts.extend(text for lv, text in c.effect_flags if lv == level)
+    if c.visual is not None and c.visual.level != "none":
+        parts.append(c.visual.text)
+    if not parts:
+        top = c.strongest()
+        parts.append(f"borderline: {top.kind} at {top.excess:.2f} of its fail bound" if top else "borderline")
+    if verdict == "WARN" and any(e.level == "warn" for e in kinds):
+        parts.append("beyond the benign null at the warn rate, not at the fail rate")
+    support = _support_sentence(c)
+    if support:
+        parts.append(support)
+    return prefix + "; ".join(p for p in parts if p)
+
+
+def assign_verdicts(comparisons: list[NeuronComparison], thresholds: ThresholdsConfig,
+                    class_names: dict[int, str] | None = None) -> list[DriftResult]:
+    """DriftResults of the compared neurons (see the module docstring for the rules)."""
+    t = thresholds
+    names = dict(class_names or {})
+    for c in comparisons:
+        if c.target.kind == "class":
+            names.setdefault(c.target.index, c.target.neuron_id)
+    failing = {(c.target.layer, c.target.index) for c in comparisons
+               if c.target.kind == "class" and c.constant is None and c.at_level("fail", OWN_KINDS)}
+    out = []
+    for c in comparisons:
+        verdict, attribution = decide(c, failing, t)
+        st = dict(c.statistics)
+        for e in c.evidence:
+            st[f"z_{e.kind}"] = e.z
+            st[f"bound_{e.kind}"] = e.fail_bound
+        evidence = to_jsonable(c)
+        evidence["attributed_to"] = attribution
+        out.append(DriftResult(neuron_id=c.target.neuron_id, layer=c.target.layer, index=c.target.index,
+                               kind=c.target.kind, verdict=verdict, statistics=st, matched_index=c.matched_index,
+                               reason=reason(c, verdict, attribution, names), ci=c.ci, evidence=evidence))
+    return out

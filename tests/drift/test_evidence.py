@@ -1,0 +1,210 @@
+"""Each evidence path on a small planted case that FAILs with it and PASSes without it.
+
+The activations are synthetic (12 photographs x 20 crops), but the null, the evidence and the
+verdicts go through the product's own code: the benign variants are the baseline plus small
+noise, measured with `layer_null_distances` into a `LayerNull` exactly as the real null is."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from audit.config import ThresholdsConfig
+from audit.drift import compare_activations
+from audit.drift.null import BenignNull
+from audit.drift.statistics import normalize_features
+from audit.records import NeuronTarget
+from audit.stats import LayerActivations
+from tests.drift.synthetic import CELLS, CHANNELS, CROPS, GROUPS, INNER, K, N, NAMES, PHOTOS, acts, null_of, verdict
+
+
+@pytest.fixture(scope="module")
+def inner_layer():
+    """Channel values with a clear top (20 crops far above a normal bulk) and smooth random maps."""
+    rng = np.random.default_rng(1)
+    values = rng.normal(size=(N, CHANNELS))
+    top = rng.choice(N, size=K, replace=False)
+    values[top, 0] += 10
+    grid = np.abs(rng.normal(size=(N, CHANNELS, CELLS))).cumsum(-1)      # maps that rise along the cells
+    return values, grid
+
+
+def test_rank_path(inner_layer):
+    values, grid = inner_layer
+    base = acts(values, grid)
+    b = values.copy()
+    rng = np.random.default_rng(2)
+    bottom = np.argsort(values[:, 0])[:N // 2]
+    b[bottom, 0] = b[rng.permutation(bottom), 0]             # the lower half reshuffled: top, maps, distribution kept
+    cand = acts(b, grid)
+    res = verdict(base, cand, null_of(base, 0.05), INNER)
+    assert res.verdict == "FAIL" and res.evidence["evidence"][0]["kind"] == "rank"
+    assert {e["kind"] for e in res.evidence["evidence"] if e["level"] == "fail"} == {"rank"}
+    assert verdict(base, cand, null_of(base, 0.05, drop=("rank",)), INNER).verdict == "PASS"
+
+
+def test_retention_path(inner_layer):
+    values, grid = inner_layer
+    base = acts(values, grid)
+    b = values.copy()
+    order = np.argsort(-values[:, 0])
+    top, low = order[:5], np.random.default_rng(3).choice(order[N // 2:], 5, replace=False)
+    b[top, 0], b[low, 0] = values[low, 0], values[top, 0]    # five best images swapped with ordinary ones
+    cand = acts(b, grid)
+    null = null_of(base, 0.5)                                 # the bulk reshuffles under benign noise, the top does not
+    res = verdict(base, cand, null, INNER)
+    assert res.verdict == "FAIL"
+    assert {e["kind"] for e in res.evidence["evidence"] if e["level"] == "fail"} == {"retention"}
+    assert "stopped firing on its own top images" in res.reason
+    assert verdict(base, cand, null_of(base, 0.5, drop=("retention",)), INNER).verdict == "PASS"
+
+
+def test_content_path():
+    # Photographs 0-2 share the top region (values ~10, reshuffled by benign noise); the candidate lifts
+    # photograph 1 above the others: its top images are one photograph's content, not a mix.
+    rng = np.random.default_rng(4)
+    values = rng.normal(size=(N, CHANNELS))
+    labels = np.repeat(np.arange(PHOTOS), CROPS)
+    region = labels < 3
+    values[region, 0] = 10 + rng.uniform(-1, 1, size=region.sum())
+    feats = normalize_features(rng.normal(size=(PHOTOS, 8))[labels] + 0.3 * rng.normal(size=(N, 8)))
+    base = acts(values)
+    b = values.copy()
+    b[labels == 1, 0] += 1.5
+    cand = acts(b)
+    null = null_of(base, 0.12, features=feats)
+    res = verdict(base, cand, null, INNER, features=feats)
+    assert res.verdict == "FAIL"
+    assert {e["kind"] for e in res.evidence["evidence"] if e["level"] == "fail"} == {"content"}
+    assert res.evidence["topk"]["photos_b"][0][0] == "photo1"
+    assert "top-activating probes changed from crops of" in res.reason and "to crops of photo1 (" in res.reason
+    assert verdict(base, cand, null_of(base, 0.12, features=feats, drop=("content",)), INNER,
+                   features=feats).verdict == "PASS"
+
+
+def test_spatial_path(inner_layer):
+    values, grid = inner_layer
+    base = acts(values, grid)
+    flipped = grid.copy()
+    flipped[:, 0, :] = grid[:, 0, ::-1]                      # the channel fires at the other end of the image
+    cand = acts(values, flipped)
+    res = verdict(base, cand, null_of(base, 0.05), INNER)
+    assert res.verdict == "FAIL"
+    assert {e["kind"] for e in res.evidence["evidence"] if e["level"] == "fail"} == {"spatial"}
+    assert "fires in other places" in res.reason
+    assert verdict(base, cand, null_of(base, 0.05, drop=("spatial",)), INNER).verdict == "PASS"
+
+
+def test_magnitude_path(inner_layer):
+    values, grid = inner_layer
+    base = acts(values, grid)
+    b, g = values.copy(), grid.copy()
+    b[:, 0] *= 1.5
+    g[:, 0] *= 1.5
+    cand = acts(b, g)
+    res = verdict(base, cand, null_of(base, 0.05), INNER)
+    assert res.verdict == "FAIL"
+    assert {e["kind"] for e in res.evidence["evidence"] if e["level"] == "fail"} == {"magnitude"}
+    assert "activation magnitude shifted" in res.reason
+    assert verdict(base, cand, null_of(base, 0.05, drop=("magnitude",)), INNER).verdict == "PASS"
+
+
+def test_partner_path(inner_layer):
+    values, grid = inner_layer
+    base = acts(values, grid)
+    b = values.copy()
+    b[:, 0] = values[:, 0] + 0.5 * values[:, 5]              # channel 0 now also carries half of channel 5
+    cand = acts(b, grid)
+    res = verdict(base, cand, null_of(base, 0.5), INNER)
+    assert res.verdict == "FAIL"
+    assert {e["kind"] for e in res.evidence["evidence"] if e["level"] == "fail"} == {"partner"}
+    assert res.evidence["partner"] == 5 and "now also responds like channel 5" in res.reason
+    assert verdict(base, cand, null_of(base, 0.5, drop=("partner",)), INNER).verdict == "PASS"
+
+
+def test_margin_path_and_attribution():
+    # 20 classes; class 0 is the top-1 class on photograph 0. The candidate raises class 5 on photograph 0:
+    # class 0's own logit is unchanged, but it lost the top-1 there.
+    rng = np.random.default_rng(5)
+    labels = np.repeat(np.arange(PHOTOS), CROPS)
+    logits = rng.normal(size=(N, 20))
+    logits[np.arange(N), labels % 20] += 6                    # photograph g: class g is top-1
+    base = LayerActivations(logits.astype(np.float32), logits.astype(np.float32), logits.argmax(1))
+    b = logits.copy()
+    b[labels == 0, 5] += 8
+    cand = LayerActivations(b.astype(np.float32), b.astype(np.float32), b.argmax(1))
+    t0 = NeuronTarget("class-0", "class", "head", 0)
+    t5 = NeuronTarget("class-5", "class", "head", 5)
+    null = null_of(base, 0.05, head=True)
+    res = verdict(base, cand, null, t0, head="head")
+    assert res.verdict == "FAIL"
+    assert {e["kind"] for e in res.evidence["evidence"] if e["level"] == "fail"} == {"margin"}
+    assert re.search(r"no longer the top-1 class on \d+ probe images \(photo0\), now logit 5", res.reason)
+    assert verdict(base, cand, null_of(base, 0.05, head=True, drop=("margin",)), t0, head="head").verdict == "PASS"
+    # with class 5 registered too, the change is class 5's: it FAILs, class 0 PASSes with the note
+    both = compare_activations({"head": base}, {"head": cand}, [t0, t5], BenignNull({"head": null}), NAMES, GROUPS,
+                               ThresholdsConfig(bootstrap=100), head="head")
+    v = {r.neuron_id: r for r in both}
+    assert v["class-5"].verdict == "FAIL" and v["class-0"].verdict == "PASS"
+    assert "that change is the other neuron's" in v["class-0"].reason
+    assert v["class-0"].evidence["attributed_to"] == [5]
+
+
+def test_visual_path(inner_layer):
+    values, grid = inner_layer
+    base = acts(values, grid)
+    null = null_of(base, 0.05)
+    top = float(values[:, 0].max())
+    # each version's visualization is its top image, but under the other version it falls to the bottom
+    strong = {"c0": (top, -10.0, top, -10.0)}
+    res = verdict(base, base, null, INNER, viz_acts=strong)
+    assert res.verdict == "FAIL" and "excites it" in res.reason
+    assert res.evidence["visual"]["level"] == "fail"
+    assert verdict(base, base, null, INNER).verdict == "PASS"
+    moderate = {"c0": (top, float(np.median(values[:, 0])) - 0.1, top, top)}
+    assert verdict(base, base, null, INNER, viz_acts=moderate).verdict == "WARN"
+
+
+def test_identity_moved_versus_reinitialised(inner_layer):
+    values, grid = inner_layer
+    base = acts(values, grid)
+    null = null_of(base, 0.05)
+    perm = np.random.default_rng(6).permutation(CHANNELS)
+    moved = acts(values[:, perm], grid[:, perm])
+    res = verdict(base, moved, null, INNER)
+    assert res.verdict == "PASS" and res.matched_index == int(np.flatnonzero(perm == 0)[0])
+    assert "moved to index" in res.reason and res.evidence["identity"]["agreed"]
+    b = values.copy()
+    b[:, 0] = np.random.default_rng(7).normal(size=N)
+    res = verdict(base, acts(b, grid), null, INNER)
+    assert res.verdict == "FAIL" and res.matched_index is None
+
+
+def test_dead_channel(inner_layer):
+    values, grid = inner_layer
+    base = acts(values, grid)
+    b = values.copy()
+    b[:, 0] = 0.0
+    res = verdict(base, acts(b, grid), null_of(base, 0.05), INNER)
+    assert res.verdict == "FAIL" and "no longer responds" in res.reason
+    dead = values.copy()
+    dead[:, 0] = 1.0
+    assert verdict(acts(dead, grid), acts(dead, grid), null_of(acts(dead, grid), 0.05), INNER).verdict == "PASS"
+
+
+def test_moved_channel_next_to_a_dead_one(inner_layer):
+    """A permutation that moves a dead (constant) channel: the dead channel is found at its new index, and a
+    live channel whose old index now holds the dead one is found too; both PASS."""
+    values, grid = inner_layer
+    v = values.copy()
+    v[:, 3] = 0.5                                         # channel 3 is dead in both versions
+    base = acts(v, grid)
+    null = null_of(base, 0.05)
+    perm = np.arange(CHANNELS)
+    perm[[0, 3]] = [3, 0]                                 # channels 0 and 3 trade places
+    moved = acts(v[:, perm], grid[:, perm])
+    dead = verdict(base, moved, null, NeuronTarget("c3", "inner", "blocks.1", 3))
+    assert dead.verdict == "PASS" and dead.matched_index == 0 and "dead channel" in dead.reason
+    live = verdict(base, moved, null, INNER)
+    assert live.verdict == "PASS" and live.matched_index == 3
