@@ -36,6 +36,7 @@ from .batches import BatchRepository
 from .db import make_engine, mask_url, session_factory, session_scope, sqlite_path
 from .errors import NotFoundError
 from .queries import DashboardQueries
+from .registry_repo import RegistryRepository
 from .timestamps import iso as _iso, now_utc as _now
 
 T = TypeVar("T")
@@ -57,7 +58,7 @@ def _is_retryable(exc: DBAPIError) -> bool:
     return exc.connection_invalidated or any(m in msg for m in _RETRYABLE)
 
 
-class AuditStore(DashboardQueries):
+class AuditStore(RegistryRepository, DashboardQueries):
     def __init__(self, database_url: str, artifacts_root: str | Path | None = None, *, write_retries: int = 8,
                  connect_retries: int = 4, upgrade: bool = False, read_only: bool = False):
         """artifacts_root None: `artifacts/` next to a SQLite file, else ./.neuron-audit/artifacts.
@@ -175,36 +176,6 @@ class AuditStore(DashboardQueries):
         if pid is None:
             raise NotFoundError(f"probe set {sha256[:12]}... is not in the store (upsert_probe_set first)")
         return pid
-
-    # ------------------------------------------------------------------ registry
-    def sync_registry(self, cfg) -> None:
-        """Upsert the models and neurons of an AuditConfig; neurons no longer in the config become inactive."""
-        def tx(s: Session) -> None:
-            for m in cfg.models:
-                mid = self._upsert(s, S.Model.__table__, {"name": m.name, "architecture": m.architecture,
-                                                          "champion": m.champion, "created_at": _now()},
-                                   ["name"], ["architecture", "champion"])
-                keep = []
-                for n in m.neurons:
-                    self._upsert(s, S.Neuron.__table__,
-                                 {"model_id": mid, "neuron_id": n.id, "kind": n.kind, "layer": n.layer, "index": n.index,
-                                  "label": n.label, "references": n.references_text, "critical": n.critical, "active": True},
-                                 ["model_id", "neuron_id"],
-                                 ["kind", "layer", "index", "label", "references", "critical", "active"])
-                    keep.append(n.id)
-                s.execute(update(S.Neuron).where(S.Neuron.model_id == mid, S.Neuron.neuron_id.not_in(keep))
-                          .values(active=False))
-        self._write(tx)
-
-    def upsert_model_version(self, model: str, version: str, source: str | None, weights_sha256: str | None) -> int:
-        def tx(s: Session) -> int:
-            mid = self._upsert(s, S.Model.__table__, {"name": model, "architecture": None, "champion": None,
-                                                      "created_at": _now()}, ["name"])
-            return self._upsert(s, S.ModelVersion.__table__,
-                                {"model_id": mid, "version": str(version), "source": source,
-                                 "weights_sha256": weights_sha256, "registered_at": _now()},
-                                ["model_id", "version"], ["source", "weights_sha256"])
-        return self._write(tx)
 
     # ------------------------------------------------------------------ runs
     def start_run(self, flow_run_id: str | None, config_sha256: str | None, package_version: str | None) -> int:
@@ -341,19 +312,6 @@ class AuditStore(DashboardQueries):
         return sorted(set(paths))
 
     # ------------------------------------------------------------------ probe sets and statistics
-    def upsert_probe_set(self, sha256: str, spec: str, n_images: int, meta: Mapping | None = None) -> int:
-        """meta may hold `names` (one per probe image), used to name top-k images in neuron_history."""
-        return self._write(lambda s: self._upsert(
-            s, S.ProbeSet.__table__, {"sha256": sha256, "spec": spec, "n_images": int(n_images),
-                                      "meta": jsonable(dict(meta or {})), "created_at": _now()},
-            ["sha256"], ["spec", "n_images", "meta"]))
-
-    def probe_set_meta(self, sha256: str) -> dict | None:
-        """The stored meta of a probe set, or None when the probe set is not stored yet."""
-        with self._read() as s:
-            meta = s.execute(select(S.ProbeSet.meta).where(S.ProbeSet.sha256 == sha256)).first()
-        return None if meta is None else dict(meta[0] or {})
-
     def _save_stats(self, s: Session, model: str, version: str, neuron_id: str, probe_sha256: str,
                     stats: ActivationStats, values_path: str | None, run_id: int | None) -> int:
         return self._upsert(s, S.ActivationStatsRow.__table__,
