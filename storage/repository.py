@@ -37,7 +37,7 @@ from .db import make_engine, mask_url, session_factory, session_scope, sqlite_pa
 from .errors import NotFoundError
 from .queries import DashboardQueries
 from .registry_repo import RegistryRepository
-from .timestamps import iso as _iso, now_utc as _now
+from .timestamps import aware as _aware, iso as _iso, now_utc as _now
 
 T = TypeVar("T")
 VERDICTS = ("PASS", "WARN", "FAIL")
