@@ -29,6 +29,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .layouts import parse_layer_name
 from .models import model_input_size
 from .taps import default_taps, final_feature_layer, get_layer
 
@@ -120,9 +121,14 @@ class ForwardTrace:
     start: dict[str, int]
     end: dict[str, int]
 
+    def end_of(self, layer: str) -> int | None:
+        """When the module a layer address names (`blocks.6.attn:heads` -> `blocks.6.attn`) ends; None
+        when it does not run in the forward."""
+        return self.end.get(parse_layer_name(layer).module)
+
     def ends_before(self, a: str, b: str) -> bool:
         """Is layer a's output computed no later than layer b's?"""
-        return self.end[a] <= self.end[b]
+        return self.end_of(a) <= self.end_of(b)
 
 
 _TRACE_CACHE: dict[tuple, ForwardTrace] = {}
@@ -198,11 +204,11 @@ def read_state_sha256(model: nn.Module, layers: Sequence[str], trace: ForwardTra
     """Hash of the parameters and buffers the given layers' outputs can depend on: those owned
     (directly) by every module whose forward starts before the last of the layers ends."""
     trace = trace or forward_trace(model)
-    missing = [l for l in layers if l not in trace.end]
+    missing = [l for l in layers if trace.end_of(l) is None]
     if missing:
         get_layer(model, missing[0])                      # an unknown name: the readable error
         raise ValueError(f"layer {missing[0]!r} does not run in the model's forward")
-    deadline = max(trace.end[l] for l in layers)
+    deadline = max(trace.end_of(l) for l in layers)
     h = hashlib.sha256()
     for name, module in sorted(model.named_modules(), key=lambda kv: kv[0]):
         if trace.start.get(name, deadline + 1) >= deadline:

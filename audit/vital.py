@@ -263,7 +263,7 @@ def _plan(model: nn.Module, requests: Sequence[VitalRequest], settings: VitalSet
         get_layer(model, layer)
     trace: ForwardTrace = forward_trace(model, s.resolution)
     read = [set(read_layers(trace, s.taps, s.weights_for(r), layer, r)) for r, layer in zip(rel, layers)]
-    used = sorted({t for t in s.taps if any(t in rd for rd in read)}, key=lambda t: trace.end[t])
+    used = sorted({t for t in s.taps if any(t in rd for rd in read)}, key=lambda t: trace.end_of(t))
     weight = torch.zeros(len(requests), len(used), device=dev)
     for i, (r, rd) in enumerate(zip(rel, read)):
         for j, t in enumerate(used):
@@ -546,7 +546,7 @@ def benchmark_step(model: nn.Module, resolution: int = 224, taps: Sequence[str] 
         if sort_samples:
             refs = {t: resample_sorted(v, min(v.shape[-1], sort_samples)) for t, v in refs.items()}
         trace = forward_trace(model, resolution)
-        stop = max(taps, key=lambda t: trace.end[t])
+        stop = max(taps, key=lambda t: trace.end_of(t))
 
         def bare():
             model(x).sum().backward()

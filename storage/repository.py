@@ -8,35 +8,40 @@ transactions start with BEGIN IMMEDIATE behind a busy timeout; PostgreSQL uses
 
 Read queries return plain dicts (JSON-friendly: timestamps are ISO-8601 UTC strings); artifact paths
 (`image_path`, `mask_path`, `values_path`) are relative to the artifact root: `store.artifact_path(rel)`.
+
+This module holds the construction of the store, its engine and sessions, and what every aggregate
+shares (the retried write transaction, the dialect's upsert, the id lookups). Each aggregate's reads and
+writes live in a module of its own, mixed into `AuditStore` so that every method stays `store.<name>`:
+`storage/registry_repo.py` (models, versions, neurons, probe sets), `storage/runs_repo.py` (audit runs,
+recorded checks, MLflow bookkeeping), `storage/results_repo.py` (statistics, visualizations, drift
+results, reports), `storage/alerts_repo.py` (alerts) and `storage/queries.py` (the dashboard's reads);
+production batches are `store.batches` (`storage/batches.py`).
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import json
 import random
-import re
 import time
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Callable, TypeVar
 
-import numpy as np
-from sqlalchemy import Table, and_, select, update
+from sqlalchemy import Table, and_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session, aliased
-
-from audit.records import ActivationStats, DriftResult, Visualization
+from sqlalchemy.orm import Session
 
 from . import schema as S
-from .artifacts import ArtifactStore, jsonable
+from .alerts_repo import AlertRepository
+from .artifacts import ArtifactStore
 from .batches import BatchRepository
 from .db import make_engine, mask_url, session_factory, session_scope, sqlite_path
 from .errors import NotFoundError
 from .queries import DashboardQueries
-from .timestamps import iso as _iso, now_utc as _now
+from .registry_repo import RegistryRepository
+from .results_repo import ResultRepository
+from .runs_repo import RunRepository
+from .timestamps import iso as _iso, now_utc as _now  # noqa: F401 (storage/batches.py imports both from here)
 
 T = TypeVar("T")
 VERDICTS = ("PASS", "WARN", "FAIL")
@@ -44,20 +49,17 @@ _RETRYABLE = ("database is locked", "database is busy", "deadlock detected", "co
               "server closed the connection", "connection reset", "terminating connection")
 
 
-def _sha(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(jsonable(obj), sort_keys=True).encode()).hexdigest()
-
-
-def _safe_name(s: str) -> str:
-    return re.sub(r"[^\w.-]+", "_", str(s)).strip("._") or "_"
-
-
 def _is_retryable(exc: DBAPIError) -> bool:
     msg = str(exc.orig if exc.orig is not None else exc).lower()
     return exc.connection_invalidated or any(m in msg for m in _RETRYABLE)
 
 
-class AuditStore(DashboardQueries):
+class AuditStore(RegistryRepository, RunRepository, ResultRepository, AlertRepository, DashboardQueries):
+    """The audit store: this class opens the database and the artifact files and holds what every aggregate
+    shares (transactions with retries, upserts, id lookups); the reads and writes of each aggregate are
+    mixed in: `RegistryRepository`, `RunRepository`, `ResultRepository`, `AlertRepository`, `DashboardQueries`;
+    production batches are `store.batches`."""
+
     def __init__(self, database_url: str, artifacts_root: str | Path | None = None, *, write_retries: int = 8,
                  connect_retries: int = 4, upgrade: bool = False, read_only: bool = False):
         """artifacts_root None: `artifacts/` next to a SQLite file, else ./.neuron-audit/artifacts.
@@ -176,582 +178,9 @@ class AuditStore(DashboardQueries):
             raise NotFoundError(f"probe set {sha256[:12]}... is not in the store (upsert_probe_set first)")
         return pid
 
-    # ------------------------------------------------------------------ registry
-    def sync_registry(self, cfg) -> None:
-        """Upsert the models and neurons of an AuditConfig; neurons no longer in the config become inactive."""
-        def tx(s: Session) -> None:
-            for m in cfg.models:
-                mid = self._upsert(s, S.Model.__table__, {"name": m.name, "architecture": m.architecture,
-                                                          "champion": m.champion, "created_at": _now()},
-                                   ["name"], ["architecture", "champion"])
-                keep = []
-                for n in m.neurons:
-                    self._upsert(s, S.Neuron.__table__,
-                                 {"model_id": mid, "neuron_id": n.id, "kind": n.kind, "layer": n.layer, "index": n.index,
-                                  "label": n.label, "references": n.references_text, "critical": n.critical, "active": True},
-                                 ["model_id", "neuron_id"],
-                                 ["kind", "layer", "index", "label", "references", "critical", "active"])
-                    keep.append(n.id)
-                s.execute(update(S.Neuron).where(S.Neuron.model_id == mid, S.Neuron.neuron_id.not_in(keep))
-                          .values(active=False))
-        self._write(tx)
-
-    def upsert_model_version(self, model: str, version: str, source: str | None, weights_sha256: str | None) -> int:
-        def tx(s: Session) -> int:
-            mid = self._upsert(s, S.Model.__table__, {"name": model, "architecture": None, "champion": None,
-                                                      "created_at": _now()}, ["name"])
-            return self._upsert(s, S.ModelVersion.__table__,
-                                {"model_id": mid, "version": str(version), "source": source,
-                                 "weights_sha256": weights_sha256, "registered_at": _now()},
-                                ["model_id", "version"], ["source", "weights_sha256"])
-        return self._write(tx)
-
-    # ------------------------------------------------------------------ runs
-    def start_run(self, flow_run_id: str | None, config_sha256: str | None, package_version: str | None) -> int:
-        """A new audit run (status 'running'), owned by this process (host, pid, pid start time), so that
-        the next run can tell it was killed. The same flow_run_id (a retried flow run) reuses its row."""
-        from .process import current_process
-
-        me = current_process()
-
-        def tx(s: Session) -> int:
-            values = {"flow_run_id": flow_run_id, "config_sha256": config_sha256, "package_version": package_version,
-                      "started_at": _now(), "finished_at": None, "status": "running", "error": None,
-                      "host": me.host[:255], "pid": me.pid, "pid_started": me.started, "heartbeat_at": _now(),
-                      "summary": None}
-            if flow_run_id is None:
-                return s.execute(self._insert(s, S.AuditRun.__table__).values(**values)
-                                 .returning(S.AuditRun.__table__.c.id)).scalar_one()
-            return self._upsert(s, S.AuditRun.__table__, values, ["flow_run_id"],
-                                ["config_sha256", "package_version", "finished_at", "status", "error", "host", "pid",
-                                 "pid_started", "heartbeat_at", "summary"])
-        return self._write(tx)
-
-    def heartbeat(self, run_id: int) -> None:
-        """A sign of life of a running run (each task calls it); runs of other hosts are judged by its age."""
-        self._write(lambda s: s.execute(update(S.AuditRun).where(S.AuditRun.id == run_id, S.AuditRun.status == "running")
-                                        .values(heartbeat_at=_now())))
-
-    def finish_run(self, run_id: int, status: str, error: str | None = None, summary: Mapping | None = None) -> None:
-        """status: 'completed' | 'completed_with_errors' | 'interrupted' | 'failed' (free text allowed).
-        summary: what the run skipped, could not audit and warned about (JSON)."""
-        def tx(s: Session) -> None:
-            values: dict[str, Any] = {"status": status, "finished_at": _now(),
-                                      "error": (error or None) and str(error)[:20000]}
-            if summary is not None:
-                values["summary"] = jsonable(dict(summary))
-            n = s.execute(update(S.AuditRun).where(S.AuditRun.id == run_id).values(**values)).rowcount
-            if not n:
-                raise NotFoundError(f"audit run {run_id} does not exist")
-        self._write(tx)
-
-    def run(self, run_id: int) -> dict:
-        """dict(id, status, error, summary, started_at, finished_at, host, pid) of one audit run."""
-        with self._read() as s:
-            r = s.get(S.AuditRun, run_id)
-            if r is None:
-                raise NotFoundError(f"audit run {run_id} does not exist")
-            return {"id": r.id, "status": r.status, "error": r.error, "summary": r.summary or {},
-                    "started_at": _iso(r.started_at), "finished_at": _iso(r.finished_at), "host": r.host, "pid": r.pid}
-
-    def mark_interrupted_runs(self, stale_heartbeat_s: float = 3 * 3600) -> list[int]:
-        """Runs still 'running' whose process is gone become 'interrupted': on this host, a dead (or reused)
-        pid; on another host (or without an owner), a heartbeat older than stale_heartbeat_s. Returns their ids."""
-        from .process import owner_alive
-
-        cutoff = datetime.fromtimestamp(time.time() - stale_heartbeat_s, timezone.utc)
-        with self._read() as s:
-            running = s.execute(select(S.AuditRun.id, S.AuditRun.host, S.AuditRun.pid, S.AuditRun.pid_started,
-                                       S.AuditRun.heartbeat_at, S.AuditRun.started_at)
-                                .where(S.AuditRun.status == "running")).all()
-        dead = []
-        for rid, host, pid, started, beat, began in running:
-            alive = owner_alive(host, pid, started)
-            if alive is False or (alive is None and (_aware(beat) or _aware(began)) < cutoff):
-                dead.append(rid)
-        if not dead:
-            return []
-
-        def tx(s: Session) -> None:
-            s.execute(update(S.AuditRun).where(S.AuditRun.id.in_(dead), S.AuditRun.status == "running")
-                      .values(status="interrupted", finished_at=_now(),
-                              error="interrupted: the audit process ended before the run finished (killed or lost); "
-                                    "finished results are kept and the next run completes the rest"))
-        self._write(tx)
-        return dead
-
-    def mark_stale_runs(self, older_than_s: float = 6 * 3600, status: str = "crashed") -> int:
-        """Runs still 'running' that started more than older_than_s ago (their process died) get `status`."""
-        cutoff = datetime.fromtimestamp(time.time() - older_than_s, timezone.utc)
-
-        def tx(s: Session) -> int:
-            return s.execute(update(S.AuditRun).where(S.AuditRun.status == "running", S.AuditRun.started_at < cutoff)
-                             .values(status=status, finished_at=_now(),
-                                     error="the audit process ended without finishing the run")).rowcount
-        return self._write(tx)
-
-    # ------------------------------------------------------------------ recorded checks (unchanged versions)
-    def record_check(self, model: str, kind: str, subject: str, fingerprint: str, manifest: Mapping,
-                     run_id: int | None) -> int:
-        """Upsert the fingerprint of a complete audit of a version (kind 'version') or comparison ('compare')."""
-        def tx(s: Session) -> int:
-            return self._upsert(s, S.AuditCheck.__table__,
-                                {"model_id": self._model_id(s, model), "kind": kind, "subject": str(subject),
-                                 "fingerprint": fingerprint, "manifest": jsonable(dict(manifest)),
-                                 "audit_run_id": run_id, "checked_at": _now()},
-                                ["model_id", "kind", "subject"], ["fingerprint", "manifest", "audit_run_id", "checked_at"])
-        return self._write(tx)
-
-    def get_check(self, model: str, kind: str, subject: str) -> dict | None:
-        """dict(fingerprint, manifest, audit_run_id, checked_at) of the recorded check, or None."""
-        with self._read() as s:
-            row = s.execute(select(S.AuditCheck).join(S.Model, S.Model.id == S.AuditCheck.model_id)
-                            .where(S.Model.name == model, S.AuditCheck.kind == kind,
-                                   S.AuditCheck.subject == str(subject))).scalar_one_or_none()
-        if row is None:
-            return None
-        return {"fingerprint": row.fingerprint, "manifest": dict(row.manifest or {}), "audit_run_id": row.audit_run_id,
-                "checked_at": _iso(row.checked_at)}
-
-    def forget_check(self, model: str, kind: str, subject: str) -> None:
-        """Drop a recorded check (its results must be recomputed, e.g. an artifact is gone)."""
-        def tx(s: Session) -> None:
-            mid = s.execute(select(S.Model.id).where(S.Model.name == model)).scalar_one_or_none()
-            if mid is not None:
-                s.execute(S.AuditCheck.__table__.delete().where(S.AuditCheck.model_id == mid, S.AuditCheck.kind == kind,
-                                                                S.AuditCheck.subject == str(subject)))
-        self._write(tx)
-
-    def version_artifacts(self, model: str, version: str) -> list[str]:
-        """Relative paths of every artifact the stored results of a version rely on: activation values,
-        visualization images and masks, probe thumbnails."""
-        with self._read() as s:
-            vid = self._version_id(s, model, version)
-            paths = [p for (p,) in s.execute(select(S.ActivationStatsRow.values_path)
-                                             .where(S.ActivationStatsRow.model_version_id == vid)).all() if p]
-            for img, mask in s.execute(select(S.Visualization.image_path, S.Visualization.mask_path)
-                                       .join(S.VersionVisualization,
-                                             S.VersionVisualization.visualization_id == S.Visualization.id)
-                                       .where(S.VersionVisualization.model_version_id == vid)).all():
-                paths += [p for p in (img, mask) if p]
-            for (meta,) in s.execute(select(S.ProbeSet.meta).join(S.ActivationStatsRow,
-                                                                  S.ActivationStatsRow.probe_set_id == S.ProbeSet.id)
-                                     .where(S.ActivationStatsRow.model_version_id == vid).distinct()).all():
-                paths += [p for p in ((meta or {}).get("thumbnails") or []) if p]
-        return sorted(set(paths))
-
-    # ------------------------------------------------------------------ probe sets and statistics
-    def upsert_probe_set(self, sha256: str, spec: str, n_images: int, meta: Mapping | None = None) -> int:
-        """meta may hold `names` (one per probe image), used to name top-k images in neuron_history."""
-        return self._write(lambda s: self._upsert(
-            s, S.ProbeSet.__table__, {"sha256": sha256, "spec": spec, "n_images": int(n_images),
-                                      "meta": jsonable(dict(meta or {})), "created_at": _now()},
-            ["sha256"], ["spec", "n_images", "meta"]))
-
-    def probe_set_meta(self, sha256: str) -> dict | None:
-        """The stored meta of a probe set, or None when the probe set is not stored yet."""
-        with self._read() as s:
-            meta = s.execute(select(S.ProbeSet.meta).where(S.ProbeSet.sha256 == sha256)).first()
-        return None if meta is None else dict(meta[0] or {})
-
-    def _save_stats(self, s: Session, model: str, version: str, neuron_id: str, probe_sha256: str,
-                    stats: ActivationStats, values_path: str | None, run_id: int | None) -> int:
-        return self._upsert(s, S.ActivationStatsRow.__table__,
-                            {"neuron_id": self._neuron_pk(s, model, neuron_id),
-                             "model_version_id": self._version_id(s, model, version),
-                             "probe_set_id": self._probe_id(s, probe_sha256),
-                             "stats": jsonable(dataclasses.asdict(stats)), "values_path": values_path,
-                             "audit_run_id": run_id, "created_at": _now()},
-                            ["neuron_id", "model_version_id", "probe_set_id"],
-                            ["stats", "values_path", "audit_run_id", "created_at"])
-
-    def save_stats(self, model: str, version: str, neuron_id: str, probe_sha256: str, stats: ActivationStats,
-                   values: Mapping[str, np.ndarray] | None = None, run_id: int | None = None) -> int:
-        """Upsert one neuron's statistics on a probe set (+ the raw per-image values as npz). Returns the row id."""
-        values_path = self.artifacts.put_arrays(values) if values else None
-        return self._write(lambda s: self._save_stats(s, model, version, neuron_id, probe_sha256, stats, values_path, run_id))
-
-    def load_stats(self, model: str, version: str, neuron_id: str, probe_sha256: str
-                   ) -> tuple[ActivationStats, dict[str, np.ndarray]] | None:
-        with self._read() as s:
-            row = s.execute(
-                select(S.ActivationStatsRow)
-                .join(S.Neuron, S.Neuron.id == S.ActivationStatsRow.neuron_id)
-                .join(S.Model, S.Model.id == S.Neuron.model_id)
-                .join(S.ModelVersion, S.ModelVersion.id == S.ActivationStatsRow.model_version_id)
-                .join(S.ProbeSet, S.ProbeSet.id == S.ActivationStatsRow.probe_set_id)
-                .where(S.Model.name == model, S.ModelVersion.version == str(version), S.Neuron.neuron_id == neuron_id,
-                       S.ProbeSet.sha256 == probe_sha256)).scalar_one_or_none()
-        if row is None:
-            return None
-        values = {}
-        if row.values_path and self.artifacts.verify(row.values_path) is None:   # missing or corrupt: {}
-            values = self.artifacts.get_arrays(row.values_path)
-        return _stats_from_json(row.stats), values
-
-    # ------------------------------------------------------------------ visualizations
-    def find_visualization(self, model: str, neuron_id: str, content_key: str) -> dict | None:
-        """The visualization with this content key, rendered for any version of the model (for reuse)."""
-        with self._read() as s:
-            row = s.execute(
-                select(S.Visualization, S.ModelVersion.version)
-                .join(S.Neuron, S.Neuron.id == S.Visualization.neuron_id)
-                .join(S.Model, S.Model.id == S.Neuron.model_id)
-                .join(S.ModelVersion, S.ModelVersion.id == S.Visualization.model_version_id)
-                .where(S.Model.name == model, S.Neuron.neuron_id == neuron_id, S.Visualization.content_key == content_key)
-            ).first()
-        if row is None:
-            return None
-        v, version = row
-        return {"id": v.id, "model": model, "neuron_id": neuron_id, "version": version, "method": v.method, "seed": v.seed,
-                "settings": v.settings, "settings_sha256": v.settings_sha256, "content_key": v.content_key,
-                "image_path": v.image_path, "mask_path": v.mask_path, "mlflow_artifact_uri": v.mlflow_artifact_uri,
-                "loss_history": v.loss_history, "seconds": v.seconds, "audit_run_id": v.audit_run_id,
-                "created_at": _iso(v.created_at)}
-
-    def load_visualization(self, viz_id: int) -> Visualization:
-        """The stored visualization as a record (image and mask read back from the artifact store)."""
-        with self._read() as s:
-            row = s.execute(select(S.Visualization, S.Neuron.neuron_id).join(S.Neuron, S.Neuron.id == S.Visualization.neuron_id)
-                            .where(S.Visualization.id == viz_id)).first()
-        if row is None:
-            raise NotFoundError(f"visualization {viz_id} does not exist")
-        v, nid = row
-        return Visualization(neuron_id=nid, method=v.method, seed=v.seed, image=self.artifacts.get_image(v.image_path),
-                             mask=self.artifacts.get_mask(v.mask_path) if v.mask_path else None,
-                             loss_history=list(v.loss_history or []), settings=dict(v.settings or {}), seconds=v.seconds)
-
-    def _write_viz_files(self, viz: Visualization) -> tuple[str, str | None]:
-        image_path = self.artifacts.put_image(viz.image)
-        mask_path = self.artifacts.put_mask(viz.mask) if viz.mask is not None else None
-        return image_path, mask_path
-
-    def _save_visualization(self, s: Session, model: str, version: str, neuron_id: str, content_key: str,
-                            viz: Visualization, run_id: int | None, paths: tuple[str, str | None]) -> int:
-        npk, vid = self._neuron_pk(s, model, neuron_id), self._version_id(s, model, version)
-        settings = jsonable(dict(viz.settings or {}))
-        viz_id = self._upsert(s, S.Visualization.__table__,
-                              {"neuron_id": npk, "model_version_id": vid, "method": viz.method, "seed": int(viz.seed),
-                               "settings_sha256": _sha(settings), "settings": settings, "content_key": content_key,
-                               "image_path": paths[0], "mask_path": paths[1], "mlflow_artifact_uri": None,
-                               "loss_history": jsonable(list(viz.loss_history or [])), "seconds": float(viz.seconds or 0.0),
-                               "audit_run_id": run_id, "created_at": _now()},
-                              ["neuron_id", "content_key"])
-        self._link(s, vid, viz_id, reused=False)
-        return viz_id
-
-    def _link(self, s: Session, version_id: int, viz_id: int, reused: bool) -> int:
-        return self._upsert(s, S.VersionVisualization.__table__,
-                            {"model_version_id": version_id, "visualization_id": viz_id, "reused": reused},
-                            ["model_version_id", "visualization_id"])
-
-    def save_visualization(self, model: str, version: str, neuron_id: str, content_key: str, viz: Visualization,
-                           run_id: int | None = None) -> int:
-        """Store a rendered visualization (PNG image + L-mode PNG mask) for a version; the first row with the same
-        (neuron, content_key) wins. Returns the visualization id."""
-        paths = self._write_viz_files(viz)
-        return self._write(lambda s: self._save_visualization(s, model, version, neuron_id, content_key, viz, run_id, paths))
-
-    def link_visualization(self, model: str, version: str, neuron_id: str, existing_id: int) -> int:
-        """Record that `version` reuses visualization `existing_id` (same content key). Returns existing_id."""
-        def tx(s: Session) -> int:
-            npk, vid = self._neuron_pk(s, model, neuron_id), self._version_id(s, model, version)
-            owner = s.execute(select(S.Visualization.neuron_id).where(S.Visualization.id == existing_id)).scalar_one_or_none()
-            if owner is None:
-                raise NotFoundError(f"visualization {existing_id} does not exist")
-            if owner != npk:
-                raise ValueError(f"visualization {existing_id} belongs to another neuron than {model}/{neuron_id}")
-            self._link(s, vid, existing_id, reused=True)
-            return existing_id
-        return self._write(tx)
-
-    def repair_visualization(self, viz_id: int, viz: Visualization) -> dict:
-        """Rewrite the files of a stored visualization whose image or mask is missing or corrupt (a fresh
-        render of the same content key) and point its row at them. Returns the new paths."""
-        image_path, mask_path = self._write_viz_files(viz)
-
-        def tx(s: Session) -> None:
-            if not s.execute(update(S.Visualization).where(S.Visualization.id == viz_id)
-                             .values(image_path=image_path, mask_path=mask_path)).rowcount:
-                raise NotFoundError(f"visualization {viz_id} does not exist")
-        self._write(tx)
-        return {"image_path": image_path, "mask_path": mask_path}
-
-    def set_visualization_uri(self, viz_id: int, uri: str) -> None:
-        self._write(lambda s: s.execute(update(S.Visualization).where(S.Visualization.id == viz_id)
-                                        .values(mlflow_artifact_uri=uri)))
-
-    def save_neuron_results(self, model: str, version: str, neuron_id: str, *, run_id: int | None = None,
-                            probe_sha256: str | None = None, stats: ActivationStats | None = None,
-                            values: Mapping[str, np.ndarray] | None = None,
-                            visualizations: list[tuple[str, Visualization]] = (),
-                            reused_visualization_ids: list[int] = ()) -> dict:
-        """One neuron's results for one version in ONE transaction: statistics (+ values), new visualizations
-        as (content_key, Visualization) pairs, and links to reused visualizations. All or nothing.
-        Returns {"stats_id": int|None, "visualization_ids": [...]}."""
-        values_path = self.artifacts.put_arrays(values) if values else None
-        paths = [self._write_viz_files(v) for _, v in visualizations]
-
-        def tx(s: Session) -> dict:
-            out = {"stats_id": None, "visualization_ids": []}
-            if stats is not None:
-                if probe_sha256 is None:
-                    raise ValueError("save_neuron_results: stats need probe_sha256")
-                out["stats_id"] = self._save_stats(s, model, version, neuron_id, probe_sha256, stats, values_path, run_id)
-            for (key, viz), p in zip(visualizations, paths):
-                out["visualization_ids"].append(self._save_visualization(s, model, version, neuron_id, key, viz, run_id, p))
-            if reused_visualization_ids:
-                vid = self._version_id(s, model, version)
-                for rid in reused_visualization_ids:
-                    self._link(s, vid, int(rid), reused=True)
-                    out["visualization_ids"].append(int(rid))
-            return out
-        return self._write(tx)
-
-    # ------------------------------------------------------------------ drift, reports, alerts
-    def save_drift(self, model: str, baseline: str, candidate: str, probe_sha256: str, result: DriftResult,
-                   run_id: int | None = None) -> int:
-        """Upsert a neuron's comparison of candidate vs baseline; a non-FAIL verdict resolves its open alerts."""
-        def tx(s: Session) -> int:
-            rid = self._upsert(s, S.DriftResultRow.__table__,
-                               {"neuron_id": self._neuron_pk(s, model, result.neuron_id),
-                                "baseline_version_id": self._version_id(s, model, baseline),
-                                "candidate_version_id": self._version_id(s, model, candidate),
-                                "probe_set_id": self._probe_id(s, probe_sha256),
-                                "statistics": jsonable(dict(result.statistics or {})), "ci": jsonable(dict(result.ci or {})),
-                                "verdict": str(result.verdict), "reason": result.reason or "",
-                                "matched_index": None if result.matched_index is None else int(result.matched_index),
-                                "audit_run_id": run_id, "created_at": _now()},
-                               ["neuron_id", "baseline_version_id", "candidate_version_id", "probe_set_id"],
-                               ["statistics", "ci", "verdict", "reason", "matched_index", "audit_run_id", "created_at"])
-            if result.verdict != "FAIL":
-                s.execute(update(S.Alert).where(S.Alert.drift_result_id == rid, S.Alert.resolved_at.is_(None))
-                          .values(resolved_at=_now()))
-            return rid
-        return self._write(tx)
-
-    def save_report(self, model: str, baseline: str, candidate: str, report: dict) -> Path:
-        """Write the compare report as JSON under reports/<model>/<baseline>-vs-<candidate>.json (latest wins);
-        returns its absolute path."""
-        rel = f"reports/{_safe_name(model)}/{_safe_name(baseline)}-vs-{_safe_name(candidate)}.json"
-        data = json.dumps(jsonable(report), indent=2, sort_keys=False, allow_nan=False).encode()
-        return self.artifacts.write_named(rel, data)   # = report_file(model, baseline, candidate)
-
-    def load_report(self, model: str, baseline: str, candidate: str) -> dict | None:
-        """The latest compare report of candidate vs baseline written by `save_report` (None if absent or unreadable)."""
-        rel = f"reports/{_safe_name(model)}/{_safe_name(baseline)}-vs-{_safe_name(candidate)}.json"
-        try:
-            return json.loads(self.artifacts.path(rel).read_text())
-        except (OSError, ValueError):
-            return None
-
-    def create_alert_if_new(self, drift_result_id: int, channel: str) -> int | None:
-        """A new alert for a drift result, or None when an open alert (resolved_at NULL) already exists on this
-        channel for the same neuron and (baseline, candidate) pair. A resolved alert of the same drift result and
-        channel (the neuron recovered, then failed again) is reopened (delivery 'pending') and its id returned."""
-        def tx(s: Session) -> int | None:
-            dr = s.get(S.DriftResultRow, drift_result_id)
-            if dr is None:
-                raise NotFoundError(f"drift result {drift_result_id} does not exist")
-            # serialize alert creation per neuron (PostgreSQL; SQLite writers are serialized already)
-            s.execute(select(S.Neuron.id).where(S.Neuron.id == dr.neuron_id).with_for_update())
-            D = S.DriftResultRow
-            open_id = s.execute(
-                select(S.Alert.id).join(D, D.id == S.Alert.drift_result_id)
-                .where(D.neuron_id == dr.neuron_id, D.baseline_version_id == dr.baseline_version_id,
-                       D.candidate_version_id == dr.candidate_version_id, S.Alert.channel == channel,
-                       S.Alert.resolved_at.is_(None))).first()
-            if open_id is not None:
-                return None
-            resolved = s.execute(select(S.Alert.id).where(S.Alert.drift_result_id == drift_result_id,
-                                                          S.Alert.channel == channel)).scalar_one_or_none()
-            if resolved is not None:   # the neuron failed again after recovering: reopen the alert
-                s.execute(update(S.Alert).where(S.Alert.id == resolved).values(
-                    resolved_at=None, created_at=_now(), delivery_status="pending", sent_at=None, attempts=0,
-                    last_error=None))
-                return resolved
-            stmt = (self._insert(s, S.Alert.__table__)
-                    .values(drift_result_id=drift_result_id, channel=channel, created_at=_now(), delivery_status="pending",
-                            attempts=0, resolved_at=None)
-                    .on_conflict_do_nothing(index_elements=["drift_result_id", "channel"]))
-            return s.execute(stmt.returning(S.Alert.__table__.c.id)).scalar_one_or_none()
-        return self._write(tx)
-
-    def mark_alert(self, alert_id: int, delivered: bool, error: str | None = None) -> None:
-        """Record a delivery attempt: 'sent' (sent_at set) or 'failed' (last_error kept)."""
-        def tx(s: Session) -> None:
-            values: dict[str, Any] = {"attempts": S.Alert.attempts + 1}
-            if delivered:
-                values.update(delivery_status="sent", sent_at=_now(), last_error=None)
-            else:
-                values.update(delivery_status="failed", last_error=(error or "delivery failed")[:5000])
-            if not s.execute(update(S.Alert).where(S.Alert.id == alert_id).values(**values)).rowcount:
-                raise NotFoundError(f"alert {alert_id} does not exist")
-        self._write(tx)
-
-    def resolve_alert(self, alert_id: int) -> None:
-        self._write(lambda s: s.execute(update(S.Alert).where(S.Alert.id == alert_id, S.Alert.resolved_at.is_(None))
-                                        .values(resolved_at=_now())))
-
-    def alert_payload(self, alert_id: int) -> dict:
-        """What a webhook receives for an alert: model, neuron, versions, verdict, statistics, reason."""
-        for a in self._alerts(only_open=False, alert_id=alert_id):
-            return a
-        raise NotFoundError(f"alert {alert_id} does not exist")
-
-    def undelivered_alerts(self, channel: str = "webhook") -> list[dict]:
-        """Open alerts on `channel` whose delivery is 'pending' or 'failed', oldest first, each with `payload`
-        (the JSON a webhook receives: text, model, baseline, candidate, neuron{...}, links)."""
-        out = []
-        for a in reversed(self._alerts(only_open=True)):
-            if a["channel"] != channel or a["delivery_status"] == "sent":
-                continue
-            neuron = {"id": a["neuron_id"], "kind": a["kind"], "layer": a["layer"], "index": a["index"],
-                      "label": a["label"], "verdict": a["verdict"], "statistics": a["statistics"],
-                      "matched_index": a["matched_index"], "reason": a["reason"]}
-            text = (f":rotating_light: neuron-audit FAIL — {a['model']} {a['baseline']} → {a['candidate']}: "
-                    f"neuron `{a['neuron_id']}` ({a['kind']} {a['layer']}[{a['index']}]) — {a['reason']}")
-            a["payload"] = {"text": text, "model": a["model"], "baseline": a["baseline"], "candidate": a["candidate"],
-                            "neuron": neuron, "links": {}, "alert_id": a["id"], "attempts": a["attempts"]}
-            out.append(a)
-        return out
-
-    # ------------------------------------------------------------------ MLflow bookkeeping
+    # ------------------------------------------------------------------ store identity
     @property
     def store_id(self) -> str:
         """A short stable id of this store (hash of its URL, password masked): tags the MLflow runs and keys the
         Prefect artifacts of this store, so that stores sharing one MLflow or Prefect server never collide."""
         return hashlib.sha256(mask_url(self.url).encode()).hexdigest()[:12]
-
-    def mark_mlflow(self, run_id: int, model: str, version: str, mlflow_run_id: str | None = None,
-                    error: str | None = None, experiment_id: str | None = None) -> int:
-        """Record what audit run `run_id` logged for (model, version): 'logged' into `mlflow_run_id` (in experiment
-        `experiment_id`), or 'pending' (an error counts an attempt; the next run logs what is missing)."""
-        def tx(s: Session) -> int:
-            vid = self._version_id(s, model, version)
-            t = S.MlflowRun.__table__
-            row_id = self._upsert(s, t, {"audit_run_id": run_id, "model_version_id": vid, "mlflow_run_id": None,
-                                         "status": "pending", "params": {}, "report_path": None, "attempts": 0,
-                                         "updated_at": _now()},
-                                  ["audit_run_id", "model_version_id"])
-            values: dict[str, Any] = {"updated_at": _now()}
-            if mlflow_run_id:
-                values.update(mlflow_run_id=mlflow_run_id, status="logged", last_error=None)
-                if experiment_id:
-                    values["mlflow_experiment_id"] = experiment_id
-            elif error is not None:
-                values.update(status="pending", attempts=t.c.attempts + 1, last_error=str(error)[:5000])
-            s.execute(update(t).where(t.c.id == row_id).values(**values))
-            return row_id
-        return self._write(tx)
-
-    def mlflow_run(self, run_id: int, model: str, version: str) -> dict | None:
-        """What audit run `run_id` logged for (model, version): dict(id, status, mlflow_run_id, mlflow_experiment_id,
-        attempts, last_error), or None when it logged nothing (e.g. nothing was new)."""
-        with self._read() as s:
-            row = s.execute(select(S.MlflowRun).join(S.ModelVersion, S.ModelVersion.id == S.MlflowRun.model_version_id)
-                            .join(S.Model, S.Model.id == S.ModelVersion.model_id)
-                            .where(S.MlflowRun.audit_run_id == run_id, S.Model.name == model,
-                                   S.ModelVersion.version == str(version))).scalar_one_or_none()
-        if row is None:
-            return None
-        return {"id": row.id, "status": row.status, "mlflow_run_id": row.mlflow_run_id,
-                "mlflow_experiment_id": row.mlflow_experiment_id, "attempts": row.attempts,
-                "last_error": row.last_error}
-
-    def pending_mlflow(self) -> list[dict]:
-        """Versions with results not yet in MLflow: dict(id, audit_run_id, model, version, model_version_id,
-        attempts, last_error), oldest first."""
-        with self._read() as s:
-            rows = s.execute(
-                select(S.MlflowRun, S.Model.name, S.ModelVersion.version)
-                .join(S.ModelVersion, S.ModelVersion.id == S.MlflowRun.model_version_id)
-                .join(S.Model, S.Model.id == S.ModelVersion.model_id)
-                .where(S.MlflowRun.status == "pending").order_by(S.MlflowRun.id)).all()
-        return [{"id": r.id, "audit_run_id": r.audit_run_id, "model": name, "version": version,
-                 "model_version_id": r.model_version_id, "attempts": r.attempts, "last_error": r.last_error}
-                for r, name, version in rows]
-
-    def mlflow_ledger(self, model: str, version: str) -> tuple[str | None, dict[str, str]]:
-        """(MLflow run id, {key: digest}) of what the newest MLflow run of (model, version) holds according to the
-        ledger; (None, {}) when nothing was logged yet."""
-        L = S.MlflowLogged
-        with self._read() as s:
-            vid = self._version_id(s, model, version)
-            run = s.execute(select(L.mlflow_run_id).where(L.model_version_id == vid)
-                            .order_by(L.id.desc()).limit(1)).scalar_one_or_none()
-            if run is None:
-                return None, {}
-            rows = s.execute(select(L.key, L.digest).where(L.mlflow_run_id == run)).all()
-        return run, {k: d for k, d in rows}
-
-    def record_mlflow_logged(self, model: str, version: str, mlflow_run_id: str, entries: Mapping[str, str],
-                             audit_run_id: int | None = None) -> None:
-        """Add to the ledger what was just logged into `mlflow_run_id` ({key: digest}; a key logged again gets its
-        new digest)."""
-        if not entries:
-            return
-        def tx(s: Session) -> None:
-            vid = self._version_id(s, model, version)
-            t = S.MlflowLogged.__table__
-            for key, digest in entries.items():
-                self._upsert(s, t, {"model_version_id": vid, "mlflow_run_id": mlflow_run_id, "key": key[:500],
-                                    "digest": str(digest)[:128], "audit_run_id": audit_run_id, "logged_at": _now()},
-                             ["mlflow_run_id", "key"], ["digest", "audit_run_id", "logged_at"])
-        self._write(tx)
-
-    def report_file(self, model: str, baseline: str, candidate: str) -> Path:
-        """Where `save_report` writes the compare report of (baseline, candidate)."""
-        return self.artifacts.path(f"reports/{_safe_name(model)}/{_safe_name(baseline)}-vs-{_safe_name(candidate)}.json")
-
-    def mlflow_version_content(self, model: str, version: str) -> dict:
-        """Everything the MLflow run of (model, version) shows, read from the store: dict(model_version_id, source,
-        weights_sha256, registered_at, stats{neuron: stats dict} (newest probe set), drift[dict(neuron_id, baseline,
-        baseline_registered_at, verdict, reason, statistics, matched_index)] (newest per neuron and baseline),
-        visualizations[dict(id, neuron_id, method, seed, image, mask (absolute paths), image_rel, mask_rel,
-        final_loss, seconds)], reports{baseline: absolute path of its stored compare report})."""
-        with self._read() as s:
-            vid = self._version_id(s, model, version)
-            mv = s.get(S.ModelVersion, vid)
-            stats: dict[str, dict] = {}
-            for row, nid in s.execute(select(S.ActivationStatsRow, S.Neuron.neuron_id)
-                                      .join(S.Neuron, S.Neuron.id == S.ActivationStatsRow.neuron_id)
-                                      .where(S.ActivationStatsRow.model_version_id == vid)
-                                      .order_by(S.ActivationStatsRow.created_at, S.ActivationStatsRow.id)).all():
-                stats[nid] = dict(row.stats or {})          # the newest probe set wins
-            B = aliased(S.ModelVersion)
-            drift: dict[tuple[str, str], dict] = {}
-            for d, nid, base, base_at in s.execute(
-                    select(S.DriftResultRow, S.Neuron.neuron_id, B.version, B.registered_at)
-                    .join(S.Neuron, S.Neuron.id == S.DriftResultRow.neuron_id)
-                    .join(B, B.id == S.DriftResultRow.baseline_version_id)
-                    .where(S.DriftResultRow.candidate_version_id == vid)
-                    .order_by(S.DriftResultRow.created_at, S.DriftResultRow.id)).all():
-                drift[(nid, base)] = {"neuron_id": nid, "baseline": base, "baseline_registered_at": _iso(base_at),
-                                      "verdict": d.verdict, "reason": d.reason, "statistics": dict(d.statistics or {}),
-                                      "matched_index": d.matched_index}
-            vizs = []
-            for v, nid in s.execute(select(S.Visualization, S.Neuron.neuron_id)
-                                    .join(S.VersionVisualization, S.VersionVisualization.visualization_id == S.Visualization.id)
-                                    .join(S.Neuron, S.Neuron.id == S.Visualization.neuron_id)
-                                    .where(S.VersionVisualization.model_version_id == vid)
-                                    .order_by(S.Neuron.neuron_id, S.Visualization.method, S.Visualization.seed,
-                                              S.Visualization.id)).all():
-                vizs.append({"id": v.id, "neuron_id": nid, "method": v.method, "seed": v.seed,
-                             "image": str(self.artifacts.path(v.image_path)), "image_rel": v.image_path,
-                             "mask": str(self.artifacts.path(v.mask_path)) if v.mask_path else None,
-                             "mask_rel": v.mask_path,
-                             "final_loss": v.loss_history[-1] if v.loss_history else None, "seconds": v.seconds})
-        reports = {}
-        for base in sorted({b for _, b in drift}):
-            path = self.report_file(model, base, version)
-            if path.is_file():
-                reports[base] = str(path)
-        return {"model_version_id": vid, "source": mv.source, "weights_sha256": mv.weights_sha256,
-                "registered_at": _iso(mv.registered_at), "stats": stats, "drift": list(drift.values()),
-                "visualizations": vizs, "reports": reports}
-
-
-def _stats_from_json(d: dict) -> ActivationStats:
-    names = [f.name for f in dataclasses.fields(ActivationStats)]
-    return ActivationStats(**{k: d.get(k) for k in names})

@@ -52,6 +52,26 @@ def test_a_run_whose_process_died_is_marked_interrupted_and_a_live_one_is_not(tm
     store.close()
 
 
+def test_a_run_of_another_host_is_judged_by_the_age_of_its_heartbeat(tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    from sqlalchemy import update
+
+    from storage import schema as S
+    from storage.repository import AuditStore
+
+    store = AuditStore(f"sqlite:///{tmp_path}/audit.db", tmp_path / "artifacts", upgrade=True)
+    silent, beating = store.start_run(None, "cfg", "0"), store.start_run(None, "cfg", "0")
+    old = datetime.now(timezone.utc) - timedelta(hours=4)
+    with store.engine.begin() as conn:       # both owned by a host this one cannot look into
+        conn.execute(update(S.AuditRun).where(S.AuditRun.id.in_([silent, beating]))
+                     .values(host="another-host.invalid", started_at=old, heartbeat_at=old))
+    store.heartbeat(beating)
+    assert store.mark_interrupted_runs(stale_heartbeat_s=3600) == [silent]
+    assert store.run(silent)["status"] == "interrupted" and store.run(beating)["status"] == "running"
+    store.close()
+
+
 def test_artifact_integrity_is_checked_against_the_hash_in_the_name(tmp_path):
     from storage.artifacts import ArtifactStore
 
