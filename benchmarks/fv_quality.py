@@ -165,12 +165,13 @@ def score_inner(model, images: dict, targets, probe, seeds) -> dict:
 # ----------------------------------------------------------------------------------------- rendering
 
 
-def _default_model_config():
+def _default_model_config(preset: str = "fast"):
     from audit.config import ModelConfig
 
     return ModelConfig(name="lite0", architecture="efficientnet_lite0",
                        versions=[{"version": "1", "source": "builtin:efficientnet_lite0"}],
-                       neurons=[{"id": "x", "kind": "class", "layer": "classifier", "index": 0}])
+                       neurons=[{"id": "x", "kind": "class", "layer": "classifier", "index": 0}],
+                       visualization={"preset": preset})
 
 
 def image_name(key) -> str:
@@ -199,7 +200,7 @@ def load_saved(method: str, directory: Path | None, classes: dict[int, list[str]
 
 def run_method(method: str, classes: dict[int, list[str]], seeds: list[int], resolution: int | None,
                steps_scale: float, threads: int, device: str | None, inner: list[tuple[str, int]],
-               inner_seeds: list[int], saved: Path | None = None) -> dict:
+               inner_seeds: list[int], saved: Path | None = None, preset: str = "fast") -> dict:
     """Render every class (and inner target) for every seed with one method in this process; a render
     job whose images `saved` (a `--save-images` folder of an earlier run) already holds is skipped."""
     import torch
@@ -214,7 +215,7 @@ def run_method(method: str, classes: dict[int, list[str]], seeds: list[int], res
 
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model("efficientnet_lite0", "builtin:efficientnet_lite0", device=dev)
-    mcfg = _default_model_config()
+    mcfg = _default_model_config(preset)
     settings = vital_settings(mcfg)
     settings = settings.model_copy(update={"steps": max(1, round(settings.steps * steps_scale)),
                                            **({"resolution": resolution} if resolution else {})}).resolved(model)
@@ -349,7 +350,8 @@ def _num(v, fmt: str) -> str:
 
 def markdown(table: dict, classes: dict[int, list[str]], results: dict, args, inner) -> str:
     res0 = next(iter(results.values()))
-    lines = [f"Lite0, {res0['resolution']} px, seeds {args.seed_list}, device {res0['device']}; steps: "
+    lines = [f"Lite0, {res0['resolution']} px, seeds {args.seed_list}, device {res0['device']}, "
+             f"VITAL preset {getattr(args, 'preset', 'fast')}; steps: "
              + ", ".join(f"{m} {r['steps']}" for m, r in results.items()), ""]
     for split, rows in table["splits"].items():
         cs = [c for c, e in table["per_class"].items() if e["split"] == split]
@@ -415,6 +417,8 @@ def _seed_list(text: str) -> list[int]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="fast", choices=("fast", "paper"),
+                   help="VITAL preset (audit/presets.py): the default `fast`, or the authors' `paper` settings")
     p.add_argument("--resolution", type=int, default=None, help="image size in px (default: the model's, 224)")
     p.add_argument("--steps-scale", type=float, default=1.0,
                    help="multiply every method's step count (VITAL: the preset's; Fourier 512; MACO 256)")
@@ -471,7 +475,7 @@ def main(argv: list[str] | None = None) -> dict:
     t_all = time.perf_counter()
     for m in args.method_list:
         call = (m, classes, args.seed_list, args.resolution, args.steps_scale, args.threads, args.device, inner,
-                args.inner_seed_list, args.reuse_images)
+                args.inner_seed_list, args.reuse_images, args.preset)
         print(f"[fv_quality] {m}: {len(classes)} classes x {len(args.seed_list)} seeds ...", file=sys.stderr, flush=True)
         if args.in_process:
             results[m] = run_method(*call)

@@ -153,17 +153,11 @@ def create_app(store: Any, artifacts_root: str | Path, mlflow_ui_url: str | None
 
     @app.api_route("/models/{model}/batches", methods=list(_READ_METHODS), response_class=HTMLResponse)
     def batch_timeline_page(model: str):
-        try:
-            return page(watch_views.timeline_page(views, links, model))
-        except NotFound as e:
-            return not_found(str(e))
+        return shown(lambda ln: watch_views.timeline_page(views, ln, model))
 
     @app.api_route("/models/{model}/batches/{batch_id}", methods=list(_READ_METHODS), response_class=HTMLResponse)
     def batch_page(model: str, batch_id: str):
-        try:
-            return page(watch_views.batch_page(views, links, model, batch_id))
-        except NotFound as e:
-            return not_found(str(e))
+        return shown(lambda ln: watch_views.batch_page(views, ln, model, batch_id))
 
     @app.api_route("/artifacts/{path:path}", methods=list(_READ_METHODS))
     def artifact(path: str):

@@ -259,6 +259,11 @@ def check_tracking(ctx: CheckContext) -> None:
             ctx.notes.append(f"store.mlflow_tracking_uri ({uri}): the MLflow server does not answer; results will "
                              "be kept in the database as pending and logged by a later run")
     elif uri.startswith("file:") or "://" not in uri:
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("1", "true", "yes"):
+            ctx.problem("store.mlflow_tracking_uri", uri, "MLflow 3 refuses a file-system tracking store (its "
+                        "FileStore is in maintenance mode); use a database such as sqlite:///.neuron-audit/mlflow.db, "
+                        "or set MLFLOW_ALLOW_FILE_STORE=true")
+            return
         path = Path(uri[len("file://"):] if uri.startswith("file://") else uri[len("file:"):] if uri.startswith("file:")
                     else uri)
         reason = _writable_dir(path if path.is_absolute() else ctx.cfg.base_dir / path)
@@ -274,7 +279,7 @@ def _registry_resolver(cfg: AuditConfig) -> Callable[[str], ResolvedSource]:
     def resolve(source: str) -> ResolvedSource:
         from storage.resolve import parse_models_uri
 
-        from .registry_index import version_identity
+        from storage.mlflow_index import version_identity
 
         name, version, alias = parse_models_uri(source)
         identity = version_identity(name, version, alias, cfg.store.mlflow_tracking_uri)

@@ -111,10 +111,10 @@ def version_config(cfg: AuditConfig, mcfg: ModelConfig, version: str) -> Version
 def registry_versions(cfg: AuditConfig, mcfg: ModelConfig) -> list[VersionConfig]:
     """The config's versions, plus the MLflow registry's for `mlflow_registered_model` models (every version, or
     those `mlflow_aliases` point to). Every version is read without MLflow where the store allows (see
-    flows.registry_index); aliases are read through MLflow."""
+    storage.mlflow_index); aliases are read through MLflow."""
     versions = list(mcfg.versions)
     if mcfg.mlflow_registered_model:
-        from .registry_index import registered_versions
+        from storage.mlflow_index import registered_versions
 
         listed = None
         if mcfg.mlflow_aliases is None:

@@ -124,7 +124,7 @@ def pair_subject(baseline: str, candidate: str) -> str:
 def _manifest_problem(store, cfg: AuditConfig, manifest: dict) -> str | None:
     """Why the recorded results of a version are not intact (an artifact missing or corrupt, the MLflow run
     gone), or None."""
-    from .registry_index import run_exists
+    from storage.mlflow_index import run_exists
 
     for rel in manifest.get("artifacts", []):
         problem = store.artifacts.verify(rel)
@@ -262,6 +262,9 @@ def run_unchanged(cfg: AuditConfig, store, plan: AuditPlan, flow_run_id: str | N
                 store.mark_alert(alert["id"], ok, err)
                 if not ok:
                     summary["warnings"].append(f"alert {alert['id']} still undelivered: {err}")
+    index = cfg.resolve_path(cfg.store.artifacts) / "static-report" / "index.html"
+    if index.is_file():
+        summary["static_report"] = str(index)          # the report stands: nothing it shows changed
     summary["seconds"] = time.perf_counter() - t0
     store.finish_run(run_id, "completed", None, {
         "unchanged": [f"{v.model} v{v.version}" for v in plan.versions],

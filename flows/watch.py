@@ -231,12 +231,15 @@ def log_mlflow(cfg_path: str, report: dict) -> str:
     metrics["watch.joint.ratio"] = report["joint"].get("ratio")
     metrics["watch.n_images"] = float(report["n_images"])
     key = f"watch-{report['batch_id']}-{report['version']}-{report['images_sha256'][:12]}-{report['reference']['sha256'][:12]}"
-    rid, _ = tracker.log_run(model=report["model"], version=report["version"], audit_run_id=int(report["batch_pk"]),
-                             params={"batch_id": report["batch_id"], "reference": report["reference"]["description"],
-                                     "kind": "watch"},
-                             metrics={k: v for k, v in metrics.items() if v is not None}, report=report,
-                             tags={"neuron_audit.kind": "watch", "neuron_audit.batch_id": report["batch_id"],
-                                   "neuron_audit.verdict": report["verdict"]}, run_key=key[:250])
+    rid = tracker.log_keyed_run(model=report["model"], run_key=key[:250],
+                                params={"batch_id": report["batch_id"], "version": report["version"],
+                                        "reference": report["reference"]["description"], "kind": "watch"},
+                                metrics={k: v for k, v in metrics.items() if v is not None},
+                                tags={"neuron_audit.kind": "watch", "neuron_audit.batch_id": report["batch_id"],
+                                      "neuron_audit.version": str(report["version"]),
+                                      "neuron_audit.verdict": report["verdict"],
+                                      "mlflow.runName": f"{report['model']} batch {report['batch_id']}"},
+                                report=report, report_name="watch/report.json")
     store.batches.set_mlflow_run(report["batch_pk"], rid)
     return rid
 

@@ -32,6 +32,7 @@ from .links import mlflow_experiment_url, mlflow_run_url, prefect_flow_run_url  
 from .mlflow_content import (TAG, digest, flatten_params, image_items, metric_key, name_part,
                              registered_version_tags, report_html, stable_report, version_metrics, version_tags)
 from .mlflow_env import apply_mlflow_env
+from .mlflow_index import run_exists
 
 apply_mlflow_env()
 
@@ -213,8 +214,8 @@ class MlflowTracker:
         desired = self.desired_items(content, config=config, neuron_errors=neuron_errors)
         known_run, ledger = store.mlflow_ledger(model, version)
         todo = self._todo(desired, ledger)
-        if known_run and not todo and self._live_run(known_run):
-            return SyncResult(known_run, None, [])
+        if known_run and not todo and run_exists(known_run, self.tracking_uri) is not False:
+            return SyncResult(known_run, None, [])   # told without importing MLflow (storage.mlflow_index)
         run_id, created = self._ensure_run(store, model, version, content, known_run)
         if run_id != known_run:
             todo = self._todo(desired, self._params_already_in(store, model, version, run_id, created, audit_run_id))
@@ -325,6 +326,41 @@ class MlflowTracker:
             return []
         store.record_mlflow_logged(model, version, rid, {k: digest(v) for k, v in todo.items()}, step)
         return list(todo)
+
+    def log_keyed_run(self, *, model: str, run_key: str, params: Mapping[str, Any], metrics: Mapping[str, float],
+                      tags: Mapping[str, str], report: dict | None = None, report_name: str = "report.json") -> str:
+        """One self-contained MLflow run in the model's experiment, found again by `run_key` (a content key):
+        a FINISHED run with that key is returned as is, a half-logged one is deleted and logged again. Used for
+        runs that are not a model version's (a watched production batch)."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        exp_id = self.experiment_id(model)
+        key_tag = f"{TAG}.run_key"
+
+        def find_finished() -> str | None:
+            runs = self.client.search_runs([exp_id], filter_string=f"tags.`{key_tag}` = '{run_key}'", max_results=10)
+            for r in runs:
+                if r.info.status == "FINISHED":
+                    return r.info.run_id
+                self.client.delete_run(r.info.run_id)
+            return None
+
+        found = self._retry("search runs", find_finished)
+        if found:
+            return found
+        all_tags = {key_tag: run_key, f"{TAG}.model": model, **{k: str(v) for k, v in tags.items()}}
+        run = self._retry("create run", lambda: self.client.create_run(exp_id, tags=all_tags))
+        rid, now = run.info.run_id, int(time.time() * 1000)
+        self._retry("log params", lambda: self.client.log_batch(
+            rid, params=[Param(k, str(v)) for k, v in flatten_params(dict(params)).items()]))
+        self._retry("log metrics", lambda: self.client.log_batch(
+            rid, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+            tags=[RunTag("mlflow.runName", all_tags.get("mlflow.runName", run_key))]))
+        if report is not None:
+            clean = json.loads(json.dumps(report, default=str))
+            self._retry("log report", lambda: self.client.log_dict(rid, clean, report_name))
+        self._retry("finish run", lambda: self.client.set_terminated(rid, "FINISHED"))
+        return rid
 
     def log_pending(self, store, config_of: Callable[[str], Mapping | None] | None = None) -> list[str]:
         """Sync every version the store still marks 'pending'; returns their MLflow run ids. Raises

@@ -17,6 +17,27 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(scope="session")
+def prefect_harness():
+    """One Prefect test server for the whole session (`prefect_test_harness`), its API URL exported so that
+    CLI subprocesses use it too. One only: nested harnesses leave Prefect's process-wide events worker
+    sending to the outer server, and task runs then never reach the server the tests read."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        url = PREFECT_API_URL.value()
+        old = os.environ.get("PREFECT_API_URL")
+        os.environ["PREFECT_API_URL"] = url
+        try:
+            yield url
+        finally:
+            if old is None:
+                os.environ.pop("PREFECT_API_URL", None)
+            else:
+                os.environ["PREFECT_API_URL"] = old
+
+
+@pytest.fixture(scope="session")
 def lite0():
     """The built-in EfficientNet-Lite0 (ImageNet weights from the PyPI package), eval mode."""
     from audit.models import load_model

@@ -71,11 +71,9 @@ def _copy(model):
 
 
 @pytest.fixture(scope="module")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
+def prefect_server(prefect_harness):
+    """The session's Prefect test server (tests/conftest.py)."""
+    return prefect_harness
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ from tests.drift.synthetic import GROUPS, INNER, N, NAMES, acts, null_of
 
 def test_evidence_reaches_the_neuron_page(tmp_path):
     from dashboards.evidence_view import evidence_context
-    from dashboards.views import Links, _jinja_env
+    from dashboards.formatting import jinja_env
+    from dashboards.links import Links
     from storage.repository import AuditStore
 
     rng = np.random.default_rng(1)
@@ -42,7 +43,7 @@ def test_evidence_reaches_the_neuron_page(tmp_path):
     new = [t for t in ctx["top_b"] if t["new"]]
     assert {t["index"] for t in new} == set(report["neurons"][0]["evidence"]["topk"]["new_in_b"])
     assert all(t["image"] and t["image"]["url"].startswith("/artifacts/") for t in ctx["top_b"])
-    html = _jinja_env().get_template("_evidence.html").render(evidence=ctx, links=links)
+    html = jinja_env().get_template("_evidence.html").render(evidence=ctx, links=links)
     assert "Why: evidence of v1 → v2" in html and html.count('class="ev-new"') == len(new)
     assert "12 photographs" in html                     # the power statement: too few photographs
     assert evidence_context(store, links, "m", "c0", {"baseline": "1", "candidate": "3"}) is None

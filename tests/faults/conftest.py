@@ -170,22 +170,9 @@ def runs(directory: Path) -> list[tuple]:
 
 
 @pytest.fixture(scope="session")
-def prefect_api():
-    """Prefect's test harness; its API URL is exported so that CLI subprocesses use the same server."""
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        url = PREFECT_API_URL.value()
-        old = os.environ.get("PREFECT_API_URL")
-        os.environ["PREFECT_API_URL"] = url
-        try:
-            yield url
-        finally:
-            if old is None:
-                os.environ.pop("PREFECT_API_URL", None)
-            else:
-                os.environ["PREFECT_API_URL"] = old
+def prefect_api(prefect_harness):
+    """The session's Prefect test server (tests/conftest.py); its API URL is exported for CLI subprocesses."""
+    return prefect_harness
 
 
 @pytest.fixture(scope="session")

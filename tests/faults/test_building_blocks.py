@@ -120,7 +120,7 @@ def test_the_registry_is_read_without_mlflow_as_mlflow_wrote_it(tmp_path):
     import torch
 
     from audit.errors import AuditInputError
-    from flows.registry_index import registered_versions, run_exists, version_identity
+    from storage.mlflow_index import registered_versions, run_exists, version_identity
     from storage.resolve import register_state_dict
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"

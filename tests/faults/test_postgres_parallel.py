@@ -32,7 +32,13 @@ def test_two_parallel_runs_on_postgresql_duplicate_nothing(tmp_path, swapped_che
     try:
         data = tiny_config_dict()
         data["store"]["database"] = url
-        data["store"]["mlflow_tracking_uri"] = (tmp_path / "mlruns").as_uri()
+        # MLflow 3 refuses file stores; a SQLite store made once here, so that the two runs share its schema
+        mlflow_uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+        (tmp_path / "mlflow").mkdir()
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(tracking_uri=mlflow_uri).search_experiments()
+        data["store"]["mlflow_tracking_uri"] = mlflow_uri
         cfg = write_config(tmp_path, swapped_checkpoint, data)
         a, b, _, err_a, err_b = run_two_at_once(cfg)
         assert (a.returncode, b.returncode) == (reference["code"], reference["code"]), (err_a[-1500:], err_b[-1500:])

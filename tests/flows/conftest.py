@@ -47,14 +47,6 @@ def tiny_config(tmp_path, planted_checkpoint) -> Path:
     return write_config(tmp_path, planted_checkpoint)
 
 
-@pytest.fixture(scope="session")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 class _Receiver(BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))

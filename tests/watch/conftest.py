@@ -24,7 +24,7 @@ def mlflow_uri(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def batches(tmp_path_factory, sample_images) -> dict[str, Path]:
-    """clean (in distribution), blurred (radius 4 on 96 px crops, 2 bad files added), empty."""
+    """clean (in distribution), blurred (radius 4 on 96 px crops, plus an undecodable file and a greyscale one), empty."""
     root = tmp_path_factory.mktemp("batches")
     out = {"clean": write_batch(root / "clean", sample_images, seed=11),
            "blurred": write_batch(root / "blurred", sample_images, seed=12, blur=4.0)}
@@ -58,8 +58,6 @@ def webhook():
 
 
 @pytest.fixture(scope="session")
-def watch_prefect():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+def watch_prefect(prefect_harness):
+    """The session's Prefect test server (tests/conftest.py)."""
+    return prefect_harness

@@ -46,8 +46,9 @@ def test_clean_passes_blurred_fails_and_reruns_update_in_place(tmp_path, batches
     out = tmp_path / "blurred.json"
     assert watch(config, "--model", "lite0", "--images", batches["blurred"], "--json", out) == 1
     report = json.loads(out.read_text())
-    assert report["n_images"] == 48 and report["n_skipped"] == 2
-    assert set(report["skipped"]) == {"broken.jpg", "grey.png"}
+    # the greyscale image is converted and used; the undecodable one is skipped and named
+    assert report["n_images"] == 49 and report["n_skipped"] == 1
+    assert set(report["skipped"]) == {"broken.jpg"}
     fails = [n for n in report["neurons"] if n["verdict"] == "FAIL"]
     assert fails, report["summary"]
     for n in fails:
@@ -94,7 +95,8 @@ def test_too_few_usable_images_names_the_skipped(tmp_path, batches, capsys):
     config = write_config(tmp_path / "cfg", watch={"min_images": 60})
     assert watch(config, "--model", "lite0", "--images", batches["blurred"]) == 2
     err = capsys.readouterr().err
-    assert "only 48 usable image(s)" in err and "need at least 60" in err and "broken.jpg" in err
+    # broken.jpg does not decode (skipped, named); grey.png is greyscale (converted to RGB, used)
+    assert "only 49 usable image(s)" in err and "need at least 60" in err and "broken.jpg" in err
     assert not (config.parent / "store" / "audit.db").exists()
 
 
