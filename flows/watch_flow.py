@@ -60,9 +60,13 @@ def watch_batch(config_path: str, model: str, images: str, version: str | None =
         report["alerts"] = alerts_task(cfg_path, report)
     except OSError as exc:
         problems.append(f"alerts: {exc}")
+    from mlflow.exceptions import MlflowException
+
+    from storage.errors import TrackingUnavailableError
+
     try:
         report["mlflow_run_id"] = mlflow_task(cfg_path, report)
-    except Exception as exc:  # noqa: BLE001 - MLflow's errors surface after retries; the stored result stands
+    except (TrackingUnavailableError, MlflowException, OSError) as exc:   # after retries; the stored result stands
         problems.append(f"MLflow: {exc.__class__.__name__}: {exc}")
     report["problems"] = problems
     get_run_logger().info("batch %s of %s: %s (%s)", report["batch_id"], model, report["verdict"], report["summary"])
