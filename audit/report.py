@@ -24,7 +24,7 @@ def _json_number(v):
 
 def build_report(model_name: str, baseline: str, candidate: str, probe_sha256: str,
                  results: list[DriftResult]) -> dict:
-    """The compare report of SPEC.md. Beyond the required keys, each neuron carries its typed
+    """The compare report of docs/compare-report.md. Beyond the required keys, each neuron carries its typed
     evidence (`evidence`, audit.drift.evidence.to_jsonable) and, when `results` is an
     audit.drift.CompareResults, the report says how many photographs the verdicts rest on and
     whether that is enough (`probe`), and what the benign null was (`benign_null`)."""
