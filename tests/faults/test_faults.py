@@ -134,9 +134,12 @@ def test_sigterm_to_the_process_group_with_its_own_prefect_server(tmp_path, swap
     proc, err, stopped_s = _signal_after_first_results(cfg, signal.SIGTERM, group=True, env=env)
     assert proc.returncode == 143, err[-2000:]
     assert stopped_s < 30, stopped_s
-    assert [s for _, s, _ in runs(tmp_path)] == ["interrupted"]
+    # The run marks itself interrupted when its bounded cleanup gets the write in before the watchdog's exit
+    # (seen in most runs, not all: one quiet CI run left it 'running'); otherwise the next run marks it.
+    assert [s for _, s, _ in runs(tmp_path)] in (["interrupted"], ["running"])
     r = cli("run", "-c", str(cfg))
     assert r.code == reference["code"] and audit_state(tmp_path) == reference["state"]
+    assert [s for _, s, _ in runs(tmp_path)] == ["interrupted", "completed"]
 
 
 @pytest.mark.slow
