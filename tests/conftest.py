@@ -1,7 +1,11 @@
 """Fixtures shared by every test folder. Each subsystem's folder has its own conftest.py."""
 from __future__ import annotations
 
+import json
 import os
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 # Telemetry off and no hub access, before anything imports prefect/mlflow/timm.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -54,3 +58,36 @@ def sample_images():
     for name in builtin_sample_names():
         out[name] = load_rgb_images(resolve_images(f"builtin:samples/{name}")).images[0]
     return out
+
+
+class _Webhook(BaseHTTPRequestHandler):
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        srv = self.server
+        srv.calls += 1
+        if srv.mode == "hang":
+            time.sleep(srv.hang_s)
+            return
+        if srv.mode == "500" or srv.calls <= srv.fail_first:
+            self.send_response(500 if srv.mode == "500" else 503)
+            self.end_headers()
+            return
+        srv.received.append(body)
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def webhook():
+    """A real HTTP server on 127.0.0.1: mode 'ok' records the JSON it receives, '500' answers 500, 'hang'
+    accepts and never answers (for hang_s seconds); `fail_first` makes its first N answers 503."""
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Webhook)
+    srv.received, srv.calls, srv.mode, srv.hang_s, srv.fail_first = [], 0, "ok", 30.0, 0
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv.url = f"http://127.0.0.1:{srv.server_address[1]}/hook"
+    yield srv
+    srv.shutdown()

@@ -5,17 +5,13 @@ the CLI called in-process or as a real process."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import sqlite3
 import subprocess
 import sys
-import threading
-import time
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -192,35 +188,3 @@ def copy_store(reference: dict, dst: Path) -> Path:
 
 
 # ---------------------------------------------------------------- webhook receivers
-class _Hook(BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        srv = self.server
-        srv.calls += 1
-        if srv.mode == "hang":
-            time.sleep(srv.hang_s)
-            return
-        if srv.mode == "500":
-            self.send_response(500)
-            self.end_headers()
-            return
-        srv.received.append(body)
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def webhook():
-    """A real HTTP server on 127.0.0.1: mode 'ok' records the JSON it receives, '500' answers 500,
-    'hang' accepts and never answers (for hang_s seconds)."""
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
-    srv.received, srv.calls, srv.mode, srv.hang_s = [], 0, "ok", 30.0
-    srv.daemon_threads = True
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    srv.url = f"http://127.0.0.1:{srv.server_address[1]}/hook"
-    yield srv
-    srv.shutdown()

@@ -1,10 +1,7 @@
 """Fixtures for the flow tests: a small real config (planted version 2 included),
-Prefect under prefect_test_harness, and a loopback webhook receiver."""
+Prefect under the session harness; the loopback webhook receiver is tests/conftest.py's."""
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -47,31 +44,3 @@ def tiny_config(tmp_path, planted_checkpoint) -> Path:
     return write_config(tmp_path, planted_checkpoint)
 
 
-class _Receiver(BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        srv = self.server
-        srv.calls += 1
-        if srv.calls <= srv.fail_first:
-            self.send_response(503)
-            self.end_headers()
-            return
-        srv.received.append(body)
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def webhook():
-    """A real HTTP server on 127.0.0.1 that records the JSON it receives; `fail_first`
-    makes its first N answers 503."""
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
-    srv.received, srv.calls, srv.fail_first = [], 0, 0
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    srv.url = f"http://127.0.0.1:{srv.server_address[1]}/hook"
-    yield srv
-    srv.shutdown()

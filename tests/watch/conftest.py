@@ -1,11 +1,8 @@
 """Fixtures of the watch tests: batch folders written from the built-in photographs, one MLflow
-store per session, a loopback webhook receiver and Prefect under prefect_test_harness."""
+store per session; the webhook receiver and the Prefect harness are tests/conftest.py's."""
 from __future__ import annotations
 
-import json
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -34,27 +31,6 @@ def batches(tmp_path_factory, sample_images) -> dict[str, Path]:
     out["empty"].mkdir()
     (out["empty"] / "notes.txt").write_text("no images here")
     return out
-
-
-class _Receiver(BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802
-        self.server.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def webhook():
-    """A real HTTP server on 127.0.0.1 that records the JSON posted to it."""
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
-    srv.received = []
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    srv.url = f"http://127.0.0.1:{srv.server_address[1]}/hook"
-    yield srv
-    srv.shutdown()
 
 
 @pytest.fixture(scope="session")
