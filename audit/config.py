@@ -227,7 +227,8 @@ class VisualizationConfig(_Strict):
         "null: the preset's."))
     reference_form: Literal["full", "crops"] | None = Field(default=None, description=(
         "`full`: whole reference images (class photographs resized and centre-cropped; inner: the top probe "
-        "images uncropped, relevance localizes). `crops`: random crops / receptive-field patches. null: the preset's."))
+        "images uncropped, relevance localizes). `crops`: random crops of the photographs (the fast preset keeps "
+        "the 16 of 64 on which the model's class logit is highest) / receptive-field patches. null: the preset's."))
 
 
 class ProbeConfig(_Strict):

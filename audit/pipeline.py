@@ -58,7 +58,8 @@ def reference_recipe(model_cfg: ModelConfig, kind: str) -> ReferenceRecipe:
     `n_references` and `reference_form` when set."""
     v = model_cfg.visualization
     base = preset(v.preset).inner_references if kind in ("inner", "head") else preset(v.preset).class_references
-    return ReferenceRecipe(form=v.reference_form or base.form, count=v.n_references or base.count)
+    return ReferenceRecipe(form=v.reference_form or base.form, count=v.n_references or base.count,
+                           candidates=base.candidates)
 
 
 def upstream_weights_sha256(model: nn.Module, layers: list[str]) -> str:
@@ -103,7 +104,8 @@ def references_for(n: NeuronConfig, model: nn.Module, probe_images: torch.Tensor
 
     - class neuron, `references:` photographs (a folder, a file, builtin:samples/NAME, or a list of
       them): the paper's form; recipe "full" uses each photograph whole (resized, centre-cropped),
-      recipe "crops" random resized crops of them. Warns under FEW_PHOTOGRAPHS distinct photographs;
+      recipe "crops" random resized crops of them (with `candidates` > 1: those the model recognises
+      best as the class, `audit.references.recognised_crops`). Warns under FEW_PHOTOGRAPHS distinct photographs;
     - class neuron, `references: top-k` (or none): the neuron's top-activating probe images, per version;
     - inner neuron: recipe "full" (the authors' form) the probe images where the channel peaks highest,
       whole; recipe "crops" receptive-field patches around the peak, resized to `size`.
@@ -145,6 +147,10 @@ def references_for(n: NeuronConfig, model: nn.Module, probe_images: torch.Tensor
     if recipe.form == "full":
         imgs = refs.full_image_references(photos, size=size, n=recipe.count, seed=seed)
         what = f"{imgs.shape[0]} whole photographs"
+    elif recipe.candidates > 1:
+        imgs = refs.recognised_crops(model, photos, n.index, size=size, n=recipe.count, candidates=recipe.candidates,
+                                     seed=seed)
+        what = f"{imgs.shape[0]} best-recognised of {recipe.count * recipe.candidates} crops and the whole photographs"
     else:
         imgs = refs.class_references(photos, size=size, n=recipe.count, seed=seed)
         what = f"{imgs.shape[0]} crops"

@@ -2,7 +2,8 @@
 
 * class neurons, paper form: photographs of the class (`load_photographs`), used whole
   (`full_image_references`, the authors' form: resized and centre-cropped as the model's own
-  preprocessing) or as random resized crops (`class_references`);
+  preprocessing) or as random resized crops (`class_references`), optionally the crops the
+  audited model recognises best (`recognised_crops`);
 * data-driven form (class or inner): the neuron's top-activating probe images
   (`topk_image_references`);
 * inner neurons: the probe images where the channel peaks highest, whole
@@ -28,7 +29,7 @@ from .errors import AuditInputError
 from .models import image_to_tensor, normalize
 from .taps import capture, channels_first, get_layer
 
-__all__ = ["load_photographs", "full_image_references", "class_references", "top_indices", "topk_image_references",
+__all__ = ["load_photographs", "full_image_references", "class_references", "recognised_crops", "top_indices", "topk_image_references",
            "inner_full_references", "inner_patch_references", "receptive_field", "channel_maps"]
 
 # The authors' preprocessing of reference photographs: Resize(256), CenterCrop(224).
@@ -101,6 +102,32 @@ def class_references(images: Sequence[Image.Image], size: int, n: int, seed: int
             crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
         out.append(normalize(_pil_to_tensor(crop)))
     return torch.stack(out)
+
+
+@torch.no_grad()
+def recognised_crops(model: nn.Module, images: Sequence[Image.Image], class_index: int, size: int, n: int,
+                     candidates: int, seed: int = 0, batch: int = 32) -> torch.Tensor:
+    """The n references of a class the model itself recognises best: `candidates` x n random resized
+    crops (`class_references`) and the whole photographs (`full_image_references`), ranked by the
+    model's logit of `class_index` (ties: earlier candidate first).
+
+    A random crop of one photograph often cuts the object away; the mean sorted features of such
+    crops then describe background, and the visualization matching them is not recognised as the
+    class. Ranking by the audited model keeps the crops in which the class is visible to it. The
+    logit, not the softmax probability, ranks them: it depends on the class's own head row only, so a
+    version that changes another class's row selects the same references (and reuses the image).
+    The model's mode is left as it was."""
+    pool = torch.cat([full_image_references(images, size, n * candidates, seed),
+                      class_references(images, size, n * candidates, seed)])
+    dev = _device(model)
+    was_training = model.training
+    model.eval()
+    try:
+        logits = torch.cat([model(pool[i:i + batch].to(dev)).float()[:, class_index].cpu()
+                            for i in range(0, pool.shape[0], batch)])
+    finally:
+        model.train(was_training)
+    return pool[torch.as_tensor(top_indices(logits.numpy(), n).copy())]
 
 
 def top_indices(values: np.ndarray | Sequence[float], k: int) -> np.ndarray:

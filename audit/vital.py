@@ -61,7 +61,7 @@ from .priors import l2_prior, total_variation_l1, total_variation_l2
 from .records import NeuronTarget, Visualization
 from .relevance import tap_relevance
 from .sortmatch import resample_sorted, sample_positions, sort_matching_loss, sorted_reference
-from .taps import capture, channels_first, get_layer, output_layer_name
+from .taps import capture, channels_first, final_feature_layer, get_layer, output_layer_name
 from .transforms import Compose, Jitter, RandomFlip
 
 __all__ = ["VitalSettings", "VitalRequest", "render_vital", "register_family_defaults", "family_defaults",
@@ -91,7 +91,10 @@ class VitalSettings(BaseModel):
     flip: bool = True
     tap_set: Literal["vital", "paper"] = "vital"                   # used when taps is None
     taps: list[str] | None = None                                  # None: the tap set's taps for the model
-    tap_weights: list[float] | None = None                         # None: 1 per tap
+    tap_weights: list[float] | None = None                         # None: 1 per tap, final_tap_weight below
+    # Weight of the feature map the classifier pools (EfficientNet's bn2), when tap_weights is None. The
+    # logits are linear in that map's spatial mean, so matching it is what makes the class recognisable.
+    final_tap_weight: float = Field(default=1.0, gt=0)
     inner_tap_weights: list[float] | None = None                   # relevance form; None: tap_weights
     half_res_warm_start: bool = False                              # first half of the steps at half resolution
     use_relevance: bool | None = None                              # default for requests that leave it None
@@ -117,7 +120,7 @@ class VitalSettings(BaseModel):
         relevance form's priors filled in for `model`; a resolved copy resolves to itself."""
         res = self.resolution or model_input_size(model)
         taps = render_taps(model, self.taps, self.tap_set)
-        weights = list(self.tap_weights) if self.tap_weights else [1.0] * len(taps)
+        weights = list(self.tap_weights) if self.tap_weights else _default_tap_weights(model, taps, self.final_tap_weight)
         inner = list(self.inner_tap_weights) if self.inner_tap_weights else list(weights)
         for name, w in (("tap_weights", weights), ("inner_tap_weights", inner)):
             if len(w) != len(taps):
@@ -138,6 +141,12 @@ class VitalSettings(BaseModel):
         """(tv_l1, tv_l2, l2) of a neuron in the given form (resolved settings)."""
         return (self.tv_l1, self.inner_tv_l2 if use_relevance else self.tv_l2,
                 self.inner_l2 if use_relevance else self.l2)
+
+
+def _default_tap_weights(model: nn.Module, taps: list[str], final_weight: float) -> list[float]:
+    """1 per tap, and `final_weight` on the feature map the classifier pools when it is a tap."""
+    final = final_feature_layer(model)
+    return [float(final_weight) if t == final else 1.0 for t in taps]
 
 
 _FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {}

@@ -20,6 +20,7 @@ per neuron (CPU time under whatever load the machine has: rerun on a quiet machi
 four classes below only; `fv_quality.py` reports held-out classes.
 
     python benchmarks/fv_ablation.py --seeds 2                       # every row, tuned classes
+    python benchmarks/fv_ablation.py --classes held-out --rows fast,"fast - crop selection (random crops)"
     python benchmarks/fv_ablation.py --rows fast,paper --seeds 1 --save-images DIR
     python benchmarks/fv_ablation.py --rows fast --set fast:lr=0.5,steps=200   # a tuning trial
     python benchmarks/fv_ablation.py --rows paper --repeat             # the paper preset, same bytes twice?
@@ -53,15 +54,17 @@ CLASS_ROWS: dict[str, dict] = {
     "fast + paper lr": {"lr": 1.0},
     "fast + paper flip (off)": {"flip": False},
     "fast + paper sort (all positions)": {"sort_samples": None},
-    "fast + paper references (whole photographs)": {"references": ("full", 50)},
-    "fast + paper taps and weights": {"tap_set": "paper", "tap_weights": None},
+    "fast + paper references (whole photographs)": {"references": ("full", 50, 1)},
+    "fast + paper taps and weights": {"tap_set": "paper", "tap_weights": None, "final_tap_weight": 1.0},
+    "fast - crop selection (random crops)": {"references": ("crops", None, 1)},
+    "fast - final-map weight (1 per tap)": {"final_tap_weight": 1.0},
 }
 INNER_ROWS: dict[str, dict] = {
     "paper": {"preset": "paper"},
     "fast": {},
     "fast + paper inner taps and weights": {"tap_set": "paper", "tap_weights": None,
                                                                       "inner_tap_weights": [0.1, 1, 1, 1, 0]},
-    "fast + receptive-field crops (old form)": {"references": ("crops", None)},
+    "fast + receptive-field crops (old form)": {"references": ("crops", None, 1)},
     "fast + paper lr": {"lr": 1.0},
 }
 
@@ -94,11 +97,12 @@ def class_recipe(preset_name: str, refs_override):
     base = preset(preset_name).class_references
     if refs_override is None:
         return base
-    form, count = refs_override
-    return ReferenceRecipe(form, count or base.count)
+    form, count, candidates = refs_override
+    return ReferenceRecipe(form, count or base.count, candidates)
 
 
-def render_classes(model, row: dict, classes: dict[str, int], seeds: list[int], resolution: int) -> dict:
+def render_classes(model, row: dict, classes: dict[str, int], seeds: list[int], resolution: int,
+                   photos: dict[str, list[str]] | None = None) -> dict:
     """Render the class neurons of one row for every seed (one batch per seed, through the product's
     own reference path); images keyed (class, seed), seconds per neuron."""
     from audit.config import NeuronConfig
@@ -112,7 +116,8 @@ def render_classes(model, row: dict, classes: dict[str, int], seeds: list[int], 
     for seed in seeds:
         reqs = []
         for name, idx in classes.items():
-            n = NeuronConfig(id=name, kind="class", layer="classifier", index=idx, references=f"builtin:samples/{name}")
+            n = NeuronConfig(id=name, kind="class", layer="classifier", index=idx,
+                             references=[f"builtin:samples/{p}" for p in (photos or {}).get(name, [name])])
             r = references_for(n, model, None, None, size=settings.resolution, recipe=recipe, seed=seed)
             reqs.append(VitalRequest(NeuronTarget(name, "class", "classifier", idx), r.images, use_relevance=False))
         t0 = time.perf_counter()
@@ -122,7 +127,7 @@ def render_classes(model, row: dict, classes: dict[str, int], seeds: list[int], 
             images[(name, seed)] = v.image
             steps_run.append(v.settings["steps_run"])
     return {"images": images, "seconds_per_neuron": float(np.mean(seconds)), "steps_run": float(np.mean(steps_run)),
-            "settings": settings.model_dump(mode="json"), "recipe": [recipe.form, recipe.count]}
+            "settings": settings.model_dump(mode="json"), "recipe": [recipe.form, recipe.count, recipe.candidates]}
 
 
 def render_inner(model, row: dict, targets, probe, values_of, seeds: list[int], resolution: int) -> dict:
@@ -134,7 +139,8 @@ def render_inner(model, row: dict, targets, probe, values_of, seeds: list[int], 
 
     settings, refs_override = row_settings(model, row, resolution)
     base = preset(settings.preset).inner_references
-    recipe = base if refs_override is None else ReferenceRecipe(refs_override[0], refs_override[1] or base.count)
+    recipe = base if refs_override is None else ReferenceRecipe(refs_override[0], refs_override[1] or base.count,
+                                                                refs_override[2])
     images, seconds = {}, []
     for seed in seeds:
         reqs = []
@@ -151,13 +157,26 @@ def render_inner(model, row: dict, targets, probe, values_of, seeds: list[int], 
     return {"images": images, "seconds_per_neuron": float(np.mean(seconds))}
 
 
+def ablation_classes(spec: str) -> tuple[dict[str, int], dict[str, list[str]]]:
+    """(class name -> index, class name -> its photographs) for `--classes`."""
+    if spec in ("tuned", "held-out"):
+        from fv_quality import class_name, photo_classes
+
+        found = {c: p for c, p in photo_classes().items() if (c in TUNED.values()) == (spec == "tuned")}
+        return {class_name(p): c for c, p in found.items()}, {class_name(p): p for p in found.values()}
+    names = [c.strip() for c in spec.split(",") if c.strip()]
+    return {c: TUNED[c] for c in names}, {c: [c] for c in names}
+
+
 def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", default=",".join(CLASS_ROWS), help="comma list of class rows (default: all)")
     ap.add_argument("--set", action="append", default=[], metavar="ROW:key=value,...",
                     help="define or change a row, e.g. 'fast:steps=200,lr=0.5' or 'try1:steps=150'")
-    ap.add_argument("--classes", default=",".join(TUNED))
+    ap.add_argument("--classes", default="tuned",
+                    help="tuned (the four the defaults were tuned on) | held-out (every other class Lite0 gives a "
+                         "built-in photograph, as fv_quality.py) | a comma list of tuned photograph names")
     ap.add_argument("--seeds", default="1", help="a count N (seeds 0..N-1) or a comma list")
     ap.add_argument("--resolution", type=int, default=224)
     ap.add_argument("--steps", type=int, default=None, help="override every row's steps (smoke runs only)")
@@ -192,16 +211,17 @@ def main(argv: list[str] | None = None) -> dict:
         rows = {k: {**v, "steps": args.steps} for k, v in rows.items()}
         for k in INNER_ROWS:
             INNER_ROWS[k] = {**INNER_ROWS[k], "steps": args.steps}
-    classes = {c: TUNED[c] for c in args.classes.split(",")}
+    classes, photos = ablation_classes(args.classes)
     model = load_model("efficientnet_lite0", "builtin:efficientnet_lite0")
     table: dict[str, dict] = {}
     for name in dict.fromkeys(chosen):
         print(f"[fv_ablation] {name}: {rows[name]}", file=sys.stderr, flush=True)
-        res = render_classes(model, rows[name], classes, seeds, args.resolution)
+        res = render_classes(model, rows[name], classes, seeds, args.resolution, photos)
         imgs = [res["images"][(c, s)] for c in classes for s in seeds]
         labels = [classes[c] for c in classes for s in seeds]
         row = class_scores(imgs, labels)
-        row["frechet"] = float(np.mean([frechet_to_crops([res["images"][(c, s)] for s in seeds], c) for c in classes]))
+        row["frechet"] = float(np.mean([frechet_to_crops([res["images"][(c, s)] for s in seeds], tuple(photos[c]))
+                                        for c in classes]))
         row.update(seconds_per_neuron=res["seconds_per_neuron"], steps_run=res["steps_run"], recipe=res["recipe"])
         row["per_class_self_top1"] = {c: class_scores([res["images"][(c, s)] for s in seeds], classes[c])["self_top1"]
                                       for c in classes}
@@ -219,7 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
                 Image.fromarray(img).save(args.save_images / f"{name.replace(' ', '_').replace('/', '-')}_{c}_seed{s}.png")
         if args.repeat and name == chosen[0]:
             first = next(iter(classes))
-            again = render_classes(model, rows[name], {first: classes[first]}, seeds[:1], args.resolution)
+            again = render_classes(model, rows[name], {first: classes[first]}, seeds[:1], args.resolution, photos)
             same = again["images"][(first, seeds[0])].tobytes() == res["images"][(first, seeds[0])].tobytes()
             row["reproduced_same_bytes"] = same
             print(f"[fv_ablation] {name} rendered again ({first}, seed {seeds[0]}): same bytes = {same}", file=sys.stderr)

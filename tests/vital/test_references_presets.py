@@ -44,6 +44,38 @@ def test_class_references_from_a_list_count_distinct_photographs_and_warn(lite0,
     assert few.images.shape[0] == 3 and few.n_photographs == 3 and few.warnings
 
 
+def test_recognised_crops_are_the_candidates_the_model_gives_the_class_most(lite0, sample_images):
+    """The kept references are exactly the top-n candidates by the model's logit of the class, best
+    first; they are recognised as the class more than the crops they were drawn from; and a version
+    that changes only another class's head row selects the same references."""
+    import copy
+
+    from audit.references import class_references, full_image_references, recognised_crops
+
+    photos = [sample_images["coffee"]]
+    lite0.train()
+    try:
+        kept = recognised_crops(lite0, photos, 967, size=96, n=6, candidates=4, seed=3)
+        assert lite0.training                                                 # the caller's mode is kept
+    finally:
+        lite0.eval()
+    pool = torch.cat([full_image_references(photos, 96, 24, 3), class_references(photos, 96, 24, 3)])
+    with torch.no_grad():
+        l_pool = lite0(pool)[:, 967]
+        l_kept = lite0(kept)[:, 967]
+    torch.testing.assert_close(l_kept, l_pool.sort(descending=True).values[:6])
+    assert kept.shape == (6, 3, 96, 96) and l_kept.mean() > l_pool.mean()
+    other_row = copy.deepcopy(lite0)
+    with torch.no_grad():
+        other_row.classifier.weight[285].mul_(3.0)
+    torch.testing.assert_close(recognised_crops(other_row, photos, 967, size=96, n=6, candidates=4, seed=3), kept,
+                               rtol=0, atol=0)
+    n = NeuronConfig(id="coffee", kind="class", layer="classifier", index=967, references="builtin:samples/coffee")
+    refs = references_for(n, lite0, None, None, size=96, recipe=ReferenceRecipe("crops", 6, candidates=4), seed=3)
+    torch.testing.assert_close(refs.images, kept)
+    assert "best-recognised of 24 crops" in refs.description
+
+
 def test_whole_photograph_form_is_the_authors_resize_and_centre_crop(sample_images):
     from audit.models import image_to_tensor
     from audit.references import full_image_references
@@ -69,7 +101,7 @@ def test_inner_whole_image_references_are_the_top_probe_images(lite0, probe64):
 
 
 def test_config_presets_and_references_keys():
-    assert reference_recipe(_model_cfg(), "class") == ReferenceRecipe("crops", 16)
+    assert reference_recipe(_model_cfg(), "class") == ReferenceRecipe("crops", 16, candidates=4)
     assert reference_recipe(_model_cfg(preset="paper"), "class") == ReferenceRecipe("full", 50)
     assert reference_recipe(_model_cfg(preset="paper", n_references=8), "inner") == ReferenceRecipe("full", 8)
     assert reference_recipe(_model_cfg(reference_form="crops"), "inner").form == "crops"
