@@ -51,7 +51,8 @@ def exit_code_for(exc: BaseException) -> int:
 
 
 def on_forced_exit(fn: Callable[[], None]) -> Callable[[], None]:
-    """Register a cleanup the watchdog runs before it ends the process (e.g. stop a child server)."""
+    """Register a cleanup the watchdog runs before it ends the process (e.g. stop a child server);
+    cleanups run last-registered first."""
     _cleanups.append(fn)
     return fn
 
@@ -69,7 +70,10 @@ def arm_watchdog(code: int = EXIT_SIGTERM, grace_s: float | None = None) -> None
 
     def cleanups() -> None:
         expected = _cleanup_errors()
-        for fn in list(_cleanups):
+        # Last registered first, as atexit and ExitStack do: the run's own "mark interrupted" (registered
+        # inside the flow) goes before stopping the Prefect server the flow ran on (registered before it),
+        # which can take most of CLEANUP_S when the server is already going down with the same signal.
+        for fn in reversed(list(_cleanups)):
             try:
                 fn()
             except expected:     # best effort: the next run marks and repairs what is left

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from flows.outcome import exit_code, not_audited
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _summary(verdicts=("PASS",), errors=None, versions=None):
@@ -29,6 +32,24 @@ def test_exit_codes_fail_wins_incomplete_is_3_nothing_audited_is_never_0():
     assert exit_code({"reports": [], "versions": []}) == 3                       # audited nothing
     assert exit_code(_summary(versions=[{"model": "m", "version": "2", "stats_computed": [], "stats_cached": [],
                                          "neuron_errors": {}}])) == 3
+
+
+def test_the_watchdog_runs_the_cleanups_last_registered_first_then_exits_143(tmp_path):
+    """The run's own "mark interrupted" is registered after the Prefect server's stop and must not wait
+    behind it: a slow first-registered cleanup still lets the later one finish before the exit."""
+    out = tmp_path / "order.txt"
+    script = f"""
+import time
+from flows.termination import arm_watchdog, on_forced_exit
+log = open({str(out)!r}, "a", buffering=1)
+on_forced_exit(lambda: (log.write("server stop\\n"), time.sleep(30)))
+on_forced_exit(lambda: log.write("mark interrupted\\n"))
+arm_watchdog(grace_s=0.1)
+time.sleep(60)
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=str(ROOT), timeout=30)
+    assert done.returncode == 143
+    assert out.read_text().splitlines() == ["mark interrupted", "server stop"]
 
 
 def test_a_run_whose_process_died_is_marked_interrupted_and_a_live_one_is_not(tmp_path):
