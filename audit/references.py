@@ -29,8 +29,8 @@ from .errors import AuditInputError
 from .models import image_to_tensor, normalize
 from .taps import capture, channels_first, get_layer
 
-__all__ = ["load_photographs", "full_image_references", "class_references", "recognised_crops", "top_indices", "topk_image_references",
-           "inner_full_references", "inner_patch_references", "receptive_field", "channel_maps"]
+__all__ = ["load_photographs", "full_image_references", "class_references", "recognised_crops", "top_indices",
+           "topk_image_references", "inner_full_references", "inner_patch_references", "receptive_field", "channel_maps"]
 
 # The authors' preprocessing of reference photographs: Resize(256), CenterCrop(224).
 AUTHORS_CROP_PCT = 224 / 256

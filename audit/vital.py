@@ -120,7 +120,8 @@ class VitalSettings(BaseModel):
         relevance form's priors filled in for `model`; a resolved copy resolves to itself."""
         res = self.resolution or model_input_size(model)
         taps = render_taps(model, self.taps, self.tap_set)
-        weights = list(self.tap_weights) if self.tap_weights else _default_tap_weights(model, taps, self.final_tap_weight)
+        weights = (list(self.tap_weights) if self.tap_weights
+                   else _default_tap_weights(model, taps, self.final_tap_weight))
         inner = list(self.inner_tap_weights) if self.inner_tap_weights else list(weights)
         for name, w in (("tap_weights", weights), ("inner_tap_weights", inner)):
             if len(w) != len(taps):
