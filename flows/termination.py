@@ -11,15 +11,23 @@ moment (Prefect replaces ours while a flow runs), through the signal module's wa
 and a thread that reads it. When unwinding takes longer than the grace period (Prefect reporting
 the crash to a server that died with the same signal, a long native operation), the watchdog runs
 the registered cleanups (mark the run interrupted, stop the temporary Prefect server), waiting for
-them at most a few seconds, and ends the process with `os._exit(143)`. A run that is killed without
-a chance to unwind (SIGKILL) is marked `interrupted` by the next run (see storage.process).
+them at most a few seconds, says so on stderr, and ends the process with `os._exit(143)`. A run that is
+killed without a chance to unwind (SIGKILL) is marked `interrupted` by the next run (see storage.process).
+
+A signal handler raises in whatever Python code the main thread runs at that moment, and that can be a
+finalizer (a weakref callback inside SQLAlchemy's garbage collection, say), where Python swallows the
+exception and prints its traceback as "Exception ignored in ...". While the block runs, an
+interruption swallowed that way is delivered again to the main thread, so it still unwinds.
 """
 from __future__ import annotations
 
+import _thread
 import os
 import signal
 import socket
+import sys
 import threading
+import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -83,6 +91,13 @@ def arm_watchdog(code: int = EXIT_SIGTERM, grace_s: float | None = None) -> None
         worker = threading.Thread(target=cleanups, daemon=True)
         worker.start()
         worker.join(CLEANUP_S)   # a cleanup stuck on a lock must not keep the process alive
+        name = signal.Signals(code - 128).name if code > 128 else str(code)
+        try:
+            os.write(2, f"interrupted: {name}; unwinding took longer than the grace period, so the process "
+                        "ends now; finished results are kept, and a run not yet marked interrupted is marked by "
+                        "the next run\n".encode())
+        except OSError:          # stderr already closed: the exit code still says it
+            pass
         os._exit(code)
 
     _watchdog = threading.Timer(GRACE_S if grace_s is None else grace_s, fire)
@@ -120,15 +135,44 @@ def _watch_wakeups(sock: socket.socket) -> None:
             arm_watchdog(EXIT_SIGTERM)
 
 
+REDELIVERIES = 3                           # a swallowed interruption is raised again at most this often
+
+
+def _redeliver_swallowed(previous_hook: Callable) -> Callable:
+    """An unraisable-exception hook: an interruption that a finalizer swallowed is raised again in the main
+    thread, shortly after, through the installed Python handler (ours, or Prefect's while a flow runs);
+    its traceback is not printed. Anything else goes to `previous_hook`. At most REDELIVERIES times: past
+    that, the watchdog ends the process."""
+    left = [REDELIVERIES]
+
+    def redeliver(signum: int) -> None:
+        time.sleep(0.05)         # let the garbage collection that ran the finalizer finish first
+        _thread.interrupt_main(signum)   # a no-op when no Python handler is installed any more
+
+    def hook(unraisable) -> None:
+        exc = unraisable.exc_value
+        if exc is not None and is_interruption(exc) and left[0] > 0:
+            left[0] -= 1
+            signum = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM
+            threading.Thread(target=redeliver, args=(signum,), daemon=True, name="sigterm-redeliver").start()
+            return
+        previous_hook(unraisable)
+
+    return hook
+
+
 @contextmanager
 def graceful_termination() -> Iterator[None]:
     """SIGTERM raises AuditInterrupted in the main thread while the block runs, and arms the watchdog
-    even while another handler is installed (no-op off the main thread)."""
+    even while another handler is installed; an interruption swallowed by a finalizer is raised again
+    (no-op off the main thread)."""
     try:
         previous = signal.signal(signal.SIGTERM, _handler)
     except ValueError:           # not the main thread
         yield
         return
+    previous_unraisable = sys.unraisablehook
+    sys.unraisablehook = _redeliver_swallowed(previous_unraisable)
     reader, writer = socket.socketpair()
     writer.setblocking(False)
     try:
@@ -140,6 +184,7 @@ def graceful_termination() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        sys.unraisablehook = previous_unraisable
         if previous_fd is not None:
             signal.set_wakeup_fd(previous_fd)
         writer.close()

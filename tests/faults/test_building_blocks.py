@@ -52,6 +52,36 @@ time.sleep(60)
     assert out.read_text().splitlines() == ["mark interrupted", "server stop"]
 
 
+
+def test_an_interruption_a_finalizer_swallowed_is_raised_again_in_the_main_thread():
+    """SIGTERM's handler can run inside a weakref callback (SQLAlchemy's garbage collection), where Python
+    swallows the exception and prints its traceback. The run must still unwind, print no traceback, and
+    exit 143 by itself, not by the watchdog's forced exit."""
+    script = """
+import gc, sys, time, weakref
+from flows.termination import AuditInterrupted, graceful_termination
+class Held: pass
+def finalizer(_):
+    raise AuditInterrupted()      # as if the signal arrived while the callback ran
+try:
+    with graceful_termination():
+        held = Held()
+        ref = weakref.ref(held, finalizer)
+        del held
+        gc.collect()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            sum(range(1000))
+        print("not interrupted")
+except AuditInterrupted:
+    print("unwound")
+    sys.exit(143)
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=str(ROOT), timeout=60, capture_output=True, text=True)
+    assert done.returncode == 143, done.stderr
+    assert done.stdout.strip() == "unwound", done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and "grace period" not in done.stderr, done.stderr
+
 def test_a_run_whose_process_died_is_marked_interrupted_and_a_live_one_is_not(tmp_path):
     from storage.repository import AuditStore
 

@@ -118,7 +118,7 @@ def test_sigterm_stops_within_seconds_keeps_finished_results_and_the_rerun_compl
     assert "interrupted" in err and "Traceback" not in err, err[-2000:]
     kept = db_counts(db)
     assert kept["activation_stats"] >= 1
-    assert [s for _, s, _ in runs(tmp_path)] == ["interrupted"]
+    assert [s for _, s, _ in runs(tmp_path)] == ["interrupted"], err[-3000:]
     r = cli("run", "-c", str(cfg))
     assert r.code == reference["code"], r.err
     assert audit_state(tmp_path) == reference["state"]
