@@ -22,6 +22,7 @@ from .alerts import WebhookBreaker, alert_payload, post_json  # noqa: E402
 from .prefect_names import (RENDER_BATCH_SIZE, artifact_key, compare_task_name, flow_run_name,  # noqa: E402
                             model_markdown, neuron_batches, render_task_name, verdict_state,
                             version_task_name)
+from .termination import raise_if_stop_requested  # noqa: E402
 
 IO_RETRIES = dict(retries=3, retry_delay_seconds=[1, 4, 10])
 
@@ -178,6 +179,7 @@ def _audit_versions(cfg_path: str, mcfg, todo: list[str], run_id: int, summary: 
             try:
                 outcomes.append(f.result())
             except work.AUDIT_FAULTS as exc:
+                raise_if_stop_requested(exc)
                 summary["not_audited"].append({"model": mcfg.name, "version": v, "neuron": None,
                                                "reason": f"{exc.__class__.__name__}: {exc}"})
         return outcomes
@@ -189,6 +191,7 @@ def _audit_versions(cfg_path: str, mcfg, todo: list[str], run_id: int, summary: 
             out = probe_statistics_task(cfg_path, mcfg.name, v)
             out = render_in_batches(cfg_path, mcfg.name, v, run_id, out)
         except work.AUDIT_FAULTS as exc:
+            raise_if_stop_requested(exc)
             summary["not_audited"].append({"model": mcfg.name, "version": v, "neuron": None,
                                            "reason": f"{exc.__class__.__name__}: {exc}"})
             continue
@@ -279,6 +282,7 @@ def _nightly_audit(cfg_path: str, checked, logger, model: str | None, version: s
                 try:
                     report = compare_task(cfg_path, mcfg.name, baseline, candidate, run_id, with_visuals)
                 except work.AUDIT_FAULTS as exc:
+                    raise_if_stop_requested(exc)
                     summary["not_audited"].append({"model": mcfg.name, "version": f"{baseline}->{candidate}",
                                                    "neuron": None, "reason": f"compare: {exc.__class__.__name__}: {exc}"})
                     continue
@@ -299,6 +303,7 @@ def _nightly_audit(cfg_path: str, checked, logger, model: str | None, version: s
                 summary["static_report"] = static_report_task(cfg_path, run_id, changed)
             except (OSError,) + tracking_faults as exc:
                 summary["warnings"].append(f"static report: {exc}")
+        raise_if_stop_requested()    # a stop whose exception some library swallowed is still a stop
         items = not_audited(summary)
         if items and cfg.alerts.webhook:
             ok, err = post_json(cfg.alerts.webhook, incomplete_payload(summary, items), timeout_s=cfg.alerts.timeout_s)

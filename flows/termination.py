@@ -38,6 +38,7 @@ CLEANUP_S = 3.0                            # the watchdog waits this long for it
 
 _cleanups: list[Callable[[], None]] = []
 _watchdog: threading.Timer | None = None
+_requested: int | None = None              # the stop signal received while graceful_termination() is active
 
 
 class AuditInterrupted(BaseException):
@@ -56,6 +57,25 @@ def is_interruption(exc: BaseException) -> bool:
 
 def exit_code_for(exc: BaseException) -> int:
     return EXIT_SIGINT if isinstance(exc, KeyboardInterrupt) else EXIT_SIGTERM
+
+
+def stop_requested() -> int | None:
+    """The signal number of a stop (SIGTERM) received while `graceful_termination()` is active, else None.
+    Set whatever Python handler was installed, and whether or not its exception reached the code."""
+    return _requested
+
+
+def raise_if_stop_requested(cause: BaseException | None = None) -> None:
+    """Raise AuditInterrupted when a stop was requested: an error met while the process is being stopped
+    (an interruption converted into another exception on its way up) is the interruption, not a fault of
+    the neuron or version being computed."""
+    if _requested is not None:
+        raise AuditInterrupted(_requested) from cause
+
+
+def _note_stop(signum: int | None) -> None:
+    global _requested
+    _requested = signum
 
 
 def on_forced_exit(fn: Callable[[], None]) -> Callable[[], None]:
@@ -118,6 +138,7 @@ def _cleanup_errors() -> tuple[type[BaseException], ...]:
 
 
 def _handler(signum, frame) -> None:
+    _note_stop(signum)
     arm_watchdog(EXIT_SIGTERM)
     raise AuditInterrupted(signum)
 
@@ -132,6 +153,7 @@ def _watch_wakeups(sock: socket.socket) -> None:
         if not data:
             return
         if signal.SIGTERM in data:
+            _note_stop(signal.SIGTERM)
             arm_watchdog(EXIT_SIGTERM)
 
 
@@ -171,6 +193,7 @@ def graceful_termination() -> Iterator[None]:
     except ValueError:           # not the main thread
         yield
         return
+    _note_stop(None)
     previous_unraisable = sys.unraisablehook
     sys.unraisablehook = _redeliver_swallowed(previous_unraisable)
     reader, writer = socket.socketpair()

@@ -20,6 +20,7 @@ from audit.pipeline import (class_layer_ok, neuron_target, reference_recipe, ref
 from audit.records import Visualization
 
 from . import runtime
+from .termination import raise_if_stop_requested
 from .unchanged import comparison_pairs  # noqa: F401  (re-exported: flows used to import it from here)
 
 log = logging.getLogger("neuron_audit")
@@ -110,6 +111,7 @@ def probe_statistics(cfg_path: str, model_name: str, version: str, outcome: Vers
                 store.save_stats(model_name, version, n.id, probe.sha256, stats, {"max": a.max, "mean": a.mean})
                 outcome.stats_computed.append(n.id)
             except AUDIT_FAULTS as exc:  # one neuron never stops the others
+                raise_if_stop_requested(exc)
                 outcome.neuron_errors[n.id] = f"statistics: {exc.__class__.__name__}: {exc}"
     return outcome
 
@@ -165,6 +167,7 @@ def render_visualizations(cfg_path: str, model_name: str, version: str, run_id: 
                                              use_relevance=refs.use_relevance))
                 keys.append((n, key, refs, repair_id))
             except AUDIT_FAULTS as exc:
+                raise_if_stop_requested(exc)
                 outcome.neuron_errors[n.id] = f"references: {exc.__class__.__name__}: {exc}"
         if not requests:
             continue
@@ -172,11 +175,13 @@ def render_visualizations(cfg_path: str, model_name: str, version: str, run_id: 
             vizs = render_vital(model, requests, settings, seed=seed)
             pending = list(zip(keys, vizs))
         except AUDIT_FAULTS as exc:  # isolate the broken neuron: render the batch one by one
+            raise_if_stop_requested(exc)
             log.warning("batched render failed (%s); rendering neurons one at a time", exc)
             for entry, req in zip(keys, requests):
                 try:
                     pending.append((entry, render_vital(model, [req], settings, seed=seed)[0]))
                 except AUDIT_FAULTS as one_exc:
+                    raise_if_stop_requested(one_exc)
                     outcome.neuron_errors[entry[0].id] = f"visualization: {one_exc.__class__.__name__}: {one_exc}"
         for (n, key, refs, repair_id), viz in pending:
             viz.settings = {**viz.settings, "references": refs.description, "n_photographs": refs.n_photographs,

@@ -2,6 +2,7 @@
 run ownership, artifact integrity, the preflight cache, the MLflow registry read without MLflow."""
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -81,6 +82,33 @@ except AuditInterrupted:
     assert done.returncode == 143, done.stderr
     assert done.stdout.strip() == "unwound", done.stdout + done.stderr
     assert "Traceback" not in done.stderr and "grace period" not in done.stderr, done.stderr
+
+
+def test_a_stop_whose_exception_was_swallowed_still_counts_and_an_error_it_caused_is_the_interruption():
+    """A library may install its own SIGTERM handler, or turn the interruption into another error on its
+    way up. The stop is still known (through the wakeup descriptor), so the error it caused is raised as
+    the interruption rather than recorded as a broken neuron, and the run is not reported complete."""
+    script = """
+import os, signal, sys, time
+from flows.termination import AuditInterrupted, graceful_termination, raise_if_stop_requested, stop_requested
+with graceful_termination():
+    assert stop_requested() is None
+    raise_if_stop_requested()                     # no stop: nothing happens
+    signal.signal(signal.SIGTERM, lambda *a: None)  # a handler that swallows it
+    os.kill(os.getpid(), signal.SIGTERM)
+    deadline = time.monotonic() + 3
+    while stop_requested() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        raise_if_stop_requested(RuntimeError("the interruption, converted on its way up"))
+    except AuditInterrupted as e:
+        print("interrupted", int(stop_requested()), type(e.__cause__).__name__)
+        sys.exit(143)
+print("not interrupted")
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=str(ROOT), timeout=60, capture_output=True, text=True)
+    assert done.returncode == 143, done.stdout + done.stderr
+    assert done.stdout.split() == ["interrupted", str(int(signal.SIGTERM)), "RuntimeError"], done.stdout + done.stderr
 
 def test_a_run_whose_process_died_is_marked_interrupted_and_a_live_one_is_not(tmp_path):
     from storage.repository import AuditStore
