@@ -17,7 +17,9 @@ killed without a chance to unwind (SIGKILL) is marked `interrupted` by the next 
 A signal handler raises in whatever Python code the main thread runs at that moment, and that can be a
 finalizer (a weakref callback inside SQLAlchemy's garbage collection, say), where Python swallows the
 exception and prints its traceback as "Exception ignored in ...". While the block runs, an
-interruption swallowed that way is delivered again to the main thread, so it still unwinds.
+interruption swallowed that way is delivered again to the main thread, so it still unwinds. And a stop
+received is remembered (`stop_requested`): an error met after it is raised as the interruption
+(`raise_if_stop_requested`), never recorded as a broken neuron, and the flow never finishes "completed".
 """
 from __future__ import annotations
 
