@@ -149,7 +149,7 @@ class NeuronConfig(_Strict):
     references: str | list[str] | None = Field(default=None, description=(
         "Class neurons: photographs of the class that the visualization matches: a folder, an image file, "
         "`builtin:samples/NAME`, or a list of them (the VITAL paper uses 50 distinct photographs; fewer than 5 "
-        "are warned about). `top-k` or null: the neuron's top-activating probe images of each version, with "
+        "are warned about, and so are references the audited model mostly does not classify as the class). `top-k` or null: the neuron's top-activating probe images of each version, with "
         "relevance weighting (this project's data-driven form, which also sees head-only changes). "
         "Inner neurons ignore it: their references are the probe images that fire the channel most."))
     critical: bool = Field(default=True, description="Stored with the neuron in the registry; no effect on verdicts yet.")

@@ -89,6 +89,26 @@ class NeuronReferences:
     warnings: list[str] = field(default_factory=list)
 
 
+# Below this share of its references recognised as the class by the audited model, a class neuron's
+# visualization (which matches their features) is seldom recognised either: Lite1's and Lite0's classes
+# whose selected references fell under it (a fundus image, a deep field) are the ones their renders missed.
+RECOGNISED_REFERENCES = 0.5
+
+
+def _unrecognised_references_warning(n: NeuronConfig, model: nn.Module, images: torch.Tensor) -> list[str]:
+    """A warning when the audited model classifies fewer than RECOGNISED_REFERENCES of a class neuron's
+    references as its class: the visualization describes those images, not what the model calls the class."""
+    from .quality import predict_logits
+
+    logits = predict_logits(model, images, images.shape[-1])
+    recognised = int((logits.argmax(1) == n.index).sum())
+    if recognised >= RECOGNISED_REFERENCES * images.shape[0]:
+        return []
+    return [f"neuron {n.id!r}: the model classifies {recognised} of its {images.shape[0]} references as class "
+            f"{n.index}; the visualization matches their features and is then seldom recognised as the class "
+            f"either; give photographs in which the model recognises the class"]
+
+
 def _few_photographs_warning(n: NeuronConfig, count: int) -> list[str]:
     if count >= FEW_PHOTOGRAPHS:
         return []
@@ -105,7 +125,8 @@ def references_for(n: NeuronConfig, model: nn.Module, probe_images: torch.Tensor
     - class neuron, `references:` photographs (a folder, a file, builtin:samples/NAME, or a list of
       them): the paper's form; recipe "full" uses each photograph whole (resized, centre-cropped),
       recipe "crops" random resized crops of them (with `candidates` > 1: those the model recognises
-      best as the class, `audit.references.recognised_crops`). Warns under FEW_PHOTOGRAPHS distinct photographs;
+      best as the class, `audit.references.recognised_crops`). Warns under FEW_PHOTOGRAPHS distinct photographs,
+      and when the model recognises fewer than RECOGNISED_REFERENCES of the references as the class;
     - class neuron, `references: top-k` (or none): the neuron's top-activating probe images, per version;
     - inner neuron: recipe "full" (the authors' form) the probe images where the channel peaks highest,
       whole; recipe "crops" receptive-field patches around the peak, resized to `size`.
@@ -156,7 +177,7 @@ def references_for(n: NeuronConfig, model: nn.Module, probe_images: torch.Tensor
         what = f"{imgs.shape[0]} crops"
     used = min(len(photos), imgs.shape[0])
     return NeuronReferences(imgs, f"{what} of {used} distinct photograph(s) from {', '.join(specs)}", False, used,
-                            _few_photographs_warning(n, used))
+                            _few_photographs_warning(n, used) + _unrecognised_references_warning(n, model, imgs))
 
 
 def class_layer_ok(model: nn.Module, n: NeuronConfig) -> str | None:

@@ -27,7 +27,8 @@ def test_class_references_from_a_list_count_distinct_photographs_and_warn(lite0,
                      references=["builtin:samples/chelsea", "builtin:samples/coffee", "builtin:samples/chelsea"])
     refs = references_for(n, lite0, None, None, size=32, recipe=ReferenceRecipe("crops", 6), seed=0)
     assert refs.images.shape == (6, 3, 32, 32) and refs.n_photographs == 2 and not refs.use_relevance
-    assert len(refs.warnings) == 1 and "2 distinct photograph(s)" in refs.warnings[0] and "'cat'" in refs.warnings[0]
+    few_photographs = [w for w in refs.warnings if "distinct photograph" in w]
+    assert len(few_photographs) == 1 and "2 distinct photograph(s)" in few_photographs[0] and "'cat'" in few_photographs[0]
     assert "2 distinct photograph(s)" in refs.description
 
     folder = tmp_path / "class"
@@ -38,10 +39,20 @@ def test_class_references_from_a_list_count_distinct_photographs_and_warn(lite0,
     shutil.copy(skimage_data_dir() / BUILTIN_SAMPLES["coffee"], folder / "copy-of-coffee.png")   # not a new photograph
     n2 = NeuronConfig(id="many", kind="class", layer="classifier", index=1, references=str(folder))
     full = references_for(n2, lite0, None, None, size=32, recipe=ReferenceRecipe("full", 50), seed=0)
-    assert full.n_photographs == len(names) >= FEW_PHOTOGRAPHS and full.warnings == []
+    assert full.n_photographs == len(names) >= FEW_PHOTOGRAPHS
+    # class 1 (goldfish) is in none of these photographs: the model recognises none of the references
+    assert full.warnings == [f"neuron 'many': the model classifies 0 of its {len(names)} references as class 1; "
+                             "the visualization matches their features and is then seldom recognised as the class "
+                             "either; give photographs in which the model recognises the class"]
     assert full.images.shape == (len(names), 3, 32, 32)
     few = references_for(n2, lite0, None, None, size=32, recipe=ReferenceRecipe("full", 3), seed=0)
     assert few.images.shape[0] == 3 and few.n_photographs == 3 and few.warnings
+
+
+def test_no_warning_when_the_model_recognises_the_references_as_the_class(lite0):
+    n = NeuronConfig(id="coffee", kind="class", layer="classifier", index=967, references="builtin:samples/coffee")
+    refs = references_for(n, lite0, None, None, size=224, recipe=ReferenceRecipe("crops", 8, candidates=4), seed=0)
+    assert [w for w in refs.warnings if "distinct photograph" not in w] == []
 
 
 def test_recognised_crops_are_the_candidates_the_model_gives_the_class_most(lite0, sample_images):
