@@ -531,10 +531,10 @@ def main(argv: list[str] | None = None) -> dict:
             with cf.ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
                 results[m] = pool.submit(run_method, *call).result()
         print(f"[fv_quality] {m}: {_num(results[m]['seconds_per_neuron'], '.1f')} s/neuron", file=sys.stderr, flush=True)
+        if args.save_images:        # saved before scoring: a scoring error never loses a long render
+            save_images({m: results[m]}, classes, args.save_images)
         # scored after every method: a long run's finished methods are never lost
         table = evaluate(results, classes, args.seed_list, inner, args.inner_seed_list)
-        if args.save_images:
-            save_images({m: results[m]}, classes, args.save_images)
         if args.json:
             args.json.write_text(json.dumps({"classes": classes, "inner": inner, "table": table,
                                              "vital_settings": results.get("vital", {}).get("settings"),
