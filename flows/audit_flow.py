@@ -221,7 +221,8 @@ def nightly_audit(config_path: str, model: str | None = None, version: str | Non
 def _nightly_audit(cfg_path: str, checked, logger, model: str | None, version: str | None,
                    with_visuals: bool) -> dict:
     from .outcome import incomplete_payload, not_audited
-    from .termination import EXIT_SIGTERM, arm_watchdog, is_interruption, on_forced_exit, remove_forced_exit
+    from .termination import (EXIT_SIGTERM, AuditInterrupted, arm_watchdog, is_interruption, on_forced_exit,
+                              remove_forced_exit, stop_requested)
 
     cfg = runtime.config(cfg_path)
     store = runtime.store(cfg_path)
@@ -318,12 +319,17 @@ def _nightly_audit(cfg_path: str, checked, logger, model: str | None, version: s
                                                  "unchanged": [f"{v['model']} v{v['version']}" for v in summary["versions"]
                                                                if v.get("skipped")]})
     except BaseException as exc:
-        if is_interruption(exc):
+        # After a stop, any error on the way out (the Prefect server that died with the same signal, an
+        # interruption some library converted) is the interruption.
+        stopped = is_interruption(exc) or stop_requested() is not None
+        if stopped:
             arm_watchdog(EXIT_SIGTERM)          # the rest of the way out is bounded
             status, text = "interrupted", f"interrupted ({exc.__class__.__name__}); finished results are kept"
         else:
             status, text = "failed", f"{exc.__class__.__name__}: {exc}"
         store.finish_run(run_id, status, text)
+        if stopped and not is_interruption(exc):
+            raise AuditInterrupted(stop_requested()) from exc
         raise
     finally:
         remove_forced_exit(mark_interrupted)

@@ -644,7 +644,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from audit.errors import AuditInputError
 
-    from .termination import exit_code_for, graceful_termination, is_interruption
+    from .termination import exit_code_for, graceful_termination, is_interruption, stop_requested
 
     try:
         with graceful_termination():
@@ -662,7 +662,7 @@ def main(argv: list[str] | None = None) -> None:
     except SystemExit:
         raise
     except BaseException as e:
-        if is_interruption(e):
+        if is_interruption(e) or (stop_requested() is not None and isinstance(e, Exception)):
             err.print(f"[bold red]interrupted:[/] {e.__class__.__name__}; the run is marked interrupted and "
                       "finished results are kept", highlight=False)
             sys.exit(exit_code_for(e))
