@@ -2,7 +2,6 @@
 only from inside the artifact root, and a store label without machine paths."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -10,24 +9,13 @@ from urllib.parse import urlsplit, urlunsplit
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-_SECRET_QS = re.compile(r"(?i)((?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key)=)[^&;\s]+")
+from storage.db import mask_url as _store_mask_url
+
 
 
 def mask_url(url: Any) -> str | None:
-    """A URL fit to show: the password (and secret query values) replaced by ***."""
-    if url is None:
-        return None
-    s = str(url)
-    try:
-        parts = urlsplit(s)
-        if parts.password is not None or (parts.username and "@" in parts.netloc):
-            host = parts.netloc.rsplit("@", 1)[1]
-            user = parts.username or ""
-            netloc = f"{user}:***@{host}" if parts.password is not None else f"{user}@{host}"
-            s = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    except ValueError:
-        s = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", s)
-    return _SECRET_QS.sub(r"\1***", s)
+    """A URL fit to show (None stays None): storage's masker, the one the store and preflight use."""
+    return None if url is None else _store_mask_url(url)
 
 
 def link_url(url: str | None) -> str | None:

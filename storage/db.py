@@ -11,10 +11,12 @@ sessions start with `default_transaction_read_only=on`.
 """
 from __future__ import annotations
 
+import re
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -27,12 +29,22 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 WRITE_OPTION = "neuron_audit_write"
 
 
+_SECRET_QUERY = re.compile(r"(?i)((?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key)=)[^&;\s]+")
+
+
 def mask_url(url: str) -> str:
-    """The URL with its password replaced by ***."""
+    """The URL fit to show or log: the userinfo password and secret query values (`?password=`,
+    `token=`, ...) replaced by ***. The one masker of the project: the store, the preflight and the
+    dashboard all call it, so a secret hidden in one place is hidden in all."""
+    s = str(url)
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
+        parts = urlsplit(s)
+        if parts.password is not None:
+            user, host = parts.username or "", parts.netloc.rsplit("@", 1)[1]
+            s = urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
+    except ValueError:            # an unparsable netloc (e.g. a bad port): mask by pattern
+        s = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", s)
+    return _SECRET_QUERY.sub(r"\1***", s)
 
 
 def normalize_url(url: str) -> str:
@@ -42,11 +54,6 @@ def normalize_url(url: str) -> str:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
     return url
-
-
-def is_sqlite(engine_or_url) -> bool:
-    name = engine_or_url.dialect.name if hasattr(engine_or_url, "dialect") else make_url(str(engine_or_url)).get_backend_name()
-    return name == "sqlite"
 
 
 def _install_sqlite_events(engine: Engine, read_only: bool = False) -> None:

@@ -28,7 +28,8 @@ from typing import Callable, TypeVar
 from sqlalchemy import Table, and_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session
 
 from . import schema as S
@@ -183,4 +184,8 @@ class AuditStore(RegistryRepository, RunRepository, ResultRepository, AlertRepos
     def store_id(self) -> str:
         """A short stable id of this store (hash of its URL, password masked): tags the MLflow runs and keys the
         Prefect artifacts of this store, so that stores sharing one MLflow or Prefect server never collide."""
-        return hashlib.sha256(mask_url(self.url).encode()).hexdigest()[:12]
+        try:   # SQLAlchemy's own rendering, not the display masker: the id must never change with it
+            canonical = make_url(self.url).render_as_string(hide_password=True)
+        except ArgumentError:
+            canonical = str(self.url)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]

@@ -270,3 +270,16 @@ def test_formatting():
     assert fmt_duration(3 * 3600 + 125) == "3 h 02 min"
     assert fmt_num(1e-12) == "1.00e-12" and fmt_num(0.5) == "0.500" and fmt_num(7) == "7" and fmt_num(None) == "—"
     assert fmt_time("2026-11-20T02:00:00+00:00") == "2026-11-20 02:00 UTC"
+
+
+def test_one_url_masker_for_store_preflight_and_dashboard():
+    """The store's messages, the preflight and the dashboard mask with the same function: a secret in the
+    query string is hidden everywhere, not only on the dashboard."""
+    from dashboards.sanitize import mask_url as page_mask
+    from storage.db import mask_url as store_mask
+
+    for url in ("postgresql+psycopg://u:pw@h:5432/db", "postgresql://u@h/db?password=s3cr3t",
+                "http://h/x?token=abc&a=1", "sqlite:///./a.db"):
+        assert page_mask(url) == store_mask(url)
+    assert "s3cr3t" not in store_mask("postgresql://u@h/db?password=s3cr3t")
+    assert page_mask(None) is None
