@@ -98,17 +98,6 @@ def reinit_channel(model: nn.Module, layer: str, channel: int, seed: int) -> nn.
     return m
 
 
-def scale_channel(model: nn.Module, layer: str, channel: int, factor: float) -> nn.Module:
-    """A copy whose `layer` channel is multiplied by `factor` at its first writer (the stage's first
-    block, or bn2): a change of magnitude only, for a channel without a residual input."""
-    m = copy.deepcopy(model)
-    conv, bn = _writers(m, layer)[0]
-    with torch.no_grad():
-        bn.weight[channel] *= factor
-        bn.bias[channel] *= factor
-    return m
-
-
 def prune_stage(model: nn.Module, stage: int, fraction: float) -> nn.Module:
     """A copy with `fraction` of the weights (smallest magnitude) of every conv of stage `stage` zeroed."""
     m = copy.deepcopy(model)

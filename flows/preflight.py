@@ -365,16 +365,3 @@ def ensure_preflight(config_path: str | os.PathLike, *, model: str | None = None
     report = run_preflight(config_path, model=model, version=version, check_store=check_store)
     raise_for_problems(report, str(config_path))
     return report
-
-
-def ensure_images(spec: str, key: str, minimum: int, base_dir: Path | None = None) -> str:
-    """An image folder given outside the config (e.g. `watch --images DIR`) checked the same way: raises
-    PreflightFailed naming `key` when fewer than `minimum` images are usable; returns the summary line."""
-    from audit.checks import _image_spec_check
-
-    cfg = AuditConfig.model_construct(models=[], base_dir=base_dir or Path("."))
-    ctx = CheckContext(cfg)
-    _image_spec_check(ctx, key, spec, minimum)
-    if ctx.problems:
-        raise PreflightFailed(key, ctx.problems)
-    return ctx._image_sets[(spec, minimum)][1]
