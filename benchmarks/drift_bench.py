@@ -73,7 +73,7 @@ from audit.models import load_model, weights_sha256  # noqa: E402
 from audit.probe import build_probe_set  # noqa: E402
 from audit.records import NeuronTarget  # noqa: E402
 from audit.stats import LayerActivations, layer_activations_full  # noqa: E402
-from audit.surgery import mix_channel, mix_class_rows, permute_stage_output, prune_stage, reinit_channel  # noqa: E402
+from benchmarks.edits import mix_channel, mix_class_rows, permute_stage_output, prune_stage, reinit_channel  # noqa: E402
 from audit.taps import final_feature_layer  # noqa: E402
 
 INNER_LAYERS = ["blocks.1", "blocks.2", "blocks.3", "blocks.4", "blocks.5", "blocks.6", "bn2"]

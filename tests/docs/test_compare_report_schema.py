@@ -27,7 +27,7 @@ def real_report(tmp_path_factory) -> tuple[dict, int]:
     from safetensors.torch import save_file
 
     from audit.stats import activation_cache, set_cache_dir
-    from audit.surgery import swap_class_rows
+    from benchmarks.edits import swap_class_rows
     from flows.cli import main
 
     d = tmp_path_factory.mktemp("compare")

@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import pytest
 
-from audit.surgery import permute_stage_output, swap_class_rows
+from benchmarks.edits import permute_stage_output, swap_class_rows
 import torch
 
 

@@ -51,7 +51,7 @@ def swapped_checkpoint(tmp_path_factory) -> Path:
     from safetensors.torch import save_file
 
     from audit.models import load_model
-    from audit.surgery import swap_class_rows
+    from benchmarks.edits import swap_class_rows
 
     m = swap_class_rows(load_model("efficientnet_lite0", "builtin:efficientnet_lite0"), 285, 967)
     path = tmp_path_factory.mktemp("ckpt") / "v2.safetensors"
