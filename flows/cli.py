@@ -80,7 +80,9 @@ class _Progress:
 
 
 def _print_reports(reports: list[dict]) -> int:
-    from audit.report import exit_code, verdict_table
+    from audit.report import exit_code
+
+    from .tables import verdict_table
 
     code = 0
     for r in reports:

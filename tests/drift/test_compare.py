@@ -14,7 +14,8 @@ import torch
 from audit.config import ThresholdsConfig
 from audit.drift import compare_versions
 from audit.records import NeuronTarget
-from audit.report import REQUIRED_STATISTICS, build_report, exit_code, verdict_table
+from audit.report import REQUIRED_STATISTICS, build_report, exit_code
+from flows.tables import verdict_table
 
 TARGETS = [NeuronTarget("egyptian-cat", "class", "classifier", 285),
            NeuronTarget("espresso", "class", "classifier", 967),
