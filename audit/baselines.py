@@ -36,14 +36,14 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .modelstate import frozen_on
 from .models import denormalize, normalize
 from .records import NeuronTarget, Visualization
 from .taps import capture, channels_first, get_layer, output_layer_name
@@ -83,27 +83,6 @@ def _device(model: nn.Module, device: str | torch.device | None) -> torch.device
         return torch.device(device)
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
-
-
-@contextmanager
-def _frozen_on(model: nn.Module, dev: torch.device) -> Iterator[None]:
-    """Model on `dev` (moved only when it is elsewhere), eval mode, parameters frozen; all restored afterwards."""
-    first = next(model.parameters())
-    old_device, was_training = first.device, model.training
-    flags = [p.requires_grad for p in model.parameters()]
-    try:
-        if dev != old_device:
-            model.to(dev)
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, f in zip(model.parameters(), flags):
-            p.requires_grad_(f)
-        if dev != old_device:
-            model.to(old_device)
-        model.train(was_training)
 
 
 class _StopForward(Exception):
@@ -245,7 +224,7 @@ def render_fourier(model: nn.Module, targets: list[NeuronTarget], size: int, ste
     scale = fourier_scale(size, size, decay_power).to(dev)
     aug = FourierTransforms(size, g_aug)
     history: list[list[float]] = []
-    with _frozen_on(model, dev):
+    with frozen_on(model, dev):
         opt = torch.optim.Adam([spectrum], lr=lr)
         for step in range(steps):
             opt.zero_grad(set_to_none=True)
@@ -362,7 +341,7 @@ def render_maco(model: nn.Module, targets: list[NeuronTarget], reference_images:
     acc = torch.zeros(b, size, size, device=dev)
     owner = [i for i in range(b) for _ in range(crops_per_step)]
     history: list[list[float]] = []
-    with _frozen_on(model, dev):
+    with frozen_on(model, dev):
         opt = torch.optim.Adam([phase], lr=lr)
         for step in range(steps):
             opt.zero_grad(set_to_none=True)

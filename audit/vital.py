@@ -54,6 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from .contentkeys import ForwardTrace, forward_trace, read_layers, render_taps, vital_default_taps
+from .modelstate import frozen_on
 from .models import IMAGENET_MEAN, IMAGENET_STD, model_input_size, to_uint8_image
 from .optimize import History, LossPlateau, optimize
 from .presets import preset as get_preset
@@ -519,24 +520,9 @@ def render_vital(model: nn.Module, requests: Sequence[VitalRequest], settings: V
     if not requests:
         return []
     settings = (settings or VitalSettings.for_model(model)).resolved(model)
-    first = next(model.parameters())
-    old_device, was_training = first.device, model.training
-    dev = torch.device(device) if device is not None else old_device
-    flags = [p.requires_grad for p in model.parameters()]
     t_start = time.perf_counter()
-    try:
-        if dev != old_device:
-            model.to(dev)
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
+    with frozen_on(model, device) as dev:
         return _render(model, list(requests), settings, seed, dev, progress, t_start)
-    finally:
-        for p, f in zip(model.parameters(), flags):
-            p.requires_grad_(f)
-        if dev != old_device:
-            model.to(old_device)
-        model.train(was_training)
 
 
 def benchmark_step(model: nn.Module, resolution: int = 224, taps: Sequence[str] | None = None,
