@@ -80,6 +80,17 @@ def register_version(cfg_path: str, model_name: str, version: str) -> str:
     return loaded.weights_sha256
 
 
+def record_probe_set(store, mcfg, probe) -> None:
+    """The probe set's row (spec, size, names, thumbnails), written when absent or when a thumbnail is lost."""
+    stored = store.probe_set_meta(probe.sha256)
+    thumbs = (stored or {}).get("thumbnails") or []
+    if not (stored and len(thumbs) == len(probe.names) and all(store.artifacts.intact(t) for t in thumbs)):
+        store.upsert_probe_set(probe.sha256, mcfg.probe_set, len(probe.names),
+                               {"size": int(probe.images.shape[-1]), "crops_per_image": mcfg.probe.crops_per_image,
+                                "names": probe.names, "skipped": probe.skipped,
+                                "thumbnails": probe_thumbnails(store, probe)})
+
+
 def statistics_key(loaded: runtime.LoadedVersion, n, probe) -> str:
     """What a neuron's statistics on `probe` are produced by (`audit.contentkeys.statistics_content_key`): the
     loaded model's content key (weights, architecture, model_args), the neuron's definition, the probe's content
@@ -99,13 +110,15 @@ def stored_probe_values(store, model_name: str, version: str, n, loaded: runtime
     return values if values is not None and len(values) == len(probe.names) else None
 
 
-def compute_statistics(store, model_name: str, version: str, neurons: list, loaded: runtime.LoadedVersion,
+def compute_statistics(store, mcfg, version: str, neurons: list, loaded: runtime.LoadedVersion,
                        probe, outcome: VersionOutcome) -> dict[str, np.ndarray]:
     """Compute and store the statistics of `neurons` (one pass over the probe set per layer not yet in the
     activation cache). A neuron that fails is named in `outcome.neuron_errors` and left out; the others'
     per-image values are returned by neuron id."""
     from audit.stats import neuron_activations, summarize
 
+    model_name = mcfg.name
+    record_probe_set(store, mcfg, probe)
     acts = neuron_activations(loaded.model, probe, [neuron_target(n) for n in neurons], weights_key=loaded.model_key)
     out = {}
     for n in neurons:
@@ -121,14 +134,14 @@ def compute_statistics(store, model_name: str, version: str, neurons: list, load
     return out
 
 
-def probe_values(store, model_name: str, version: str, n, loaded: runtime.LoadedVersion, probe,
+def probe_values(store, mcfg, version: str, n, loaded: runtime.LoadedVersion, probe,
                  outcome: VersionOutcome) -> np.ndarray | None:
     """A neuron's per-image values for its references: the stored ones under its statistics key, else computed
     (and stored) now. None only when computing failed, and then `outcome.neuron_errors` names the problem:
     missing statistics are never replaced by a default."""
-    values = stored_probe_values(store, model_name, version, n, loaded, probe)
+    values = stored_probe_values(store, mcfg.name, version, n, loaded, probe)
     if values is None:
-        values = compute_statistics(store, model_name, version, [n], loaded, probe, outcome).get(n.id)
+        values = compute_statistics(store, mcfg, version, [n], loaded, probe, outcome).get(n.id)
     return values
 
 
@@ -141,13 +154,7 @@ def probe_statistics(cfg_path: str, model_name: str, version: str, outcome: Vers
     store = runtime.store(cfg_path)
     loaded = runtime.load_version(cfg_path, model_name, version)
     probe = runtime.probe_set(cfg, mcfg, loaded.model)
-    stored = store.probe_set_meta(probe.sha256)
-    thumbs = (stored or {}).get("thumbnails") or []
-    if not (stored and len(thumbs) == len(probe.names) and all(store.artifacts.intact(t) for t in thumbs)):
-        store.upsert_probe_set(probe.sha256, mcfg.probe_set, len(probe.names),
-                               {"size": int(probe.images.shape[-1]), "crops_per_image": mcfg.probe.crops_per_image,
-                                "names": probe.names, "skipped": probe.skipped,
-                                "thumbnails": probe_thumbnails(store, probe)})
+    record_probe_set(store, mcfg, probe)
     todo = []
     for n in valid_neurons(cfg_path, model_name, version, outcome):
         if stored_probe_values(store, model_name, version, n, loaded, probe) is None:
@@ -155,7 +162,7 @@ def probe_statistics(cfg_path: str, model_name: str, version: str, outcome: Vers
         else:
             outcome.stats_cached.append(n.id)
     if todo:
-        compute_statistics(store, model_name, version, todo, loaded, probe, outcome)
+        compute_statistics(store, mcfg, version, todo, loaded, probe, outcome)
     return outcome
 
 
@@ -189,7 +196,7 @@ def render_visualizations(cfg_path: str, model_name: str, version: str, run_id: 
             if wanted is not None and n.id not in wanted:
                 continue
             try:
-                values = probe_values(store, model_name, version, n, loaded, probe, outcome)
+                values = probe_values(store, mcfg, version, n, loaded, probe, outcome)
                 if values is None:          # its statistics failed: outcome.neuron_errors names the problem
                     continue
                 refs = references_for(n, model, probe.images, values, size=settings.resolution,
