@@ -238,3 +238,21 @@ def test_model_args_change_statistics_activation_cache_and_null_keys(tmp_path, c
     new_process()
     work.compare_pair(str(mx), MODEL, "1", "2", None, with_visuals=False)
     assert _npz_count(cache / "nulls") == 2 * nulls_avg             # other model_args: its own null
+
+
+def test_unchanged_results_are_reused_and_a_head_only_change_rerenders_only_the_topk_class(tmp_path, checkpoint):
+    """The keys are not too broad: an unchanged re-run computes nothing, and a head-only change keeps the inner
+    neuron's references (same values) and so its stored visualization."""
+    save_checkpoint(checkpoint, espresso_row_from=CAT)
+    cfg_path = write_config(tmp_path)
+    for version in ("1", "2"):
+        out = render_espresso(cfg_path, version, audit_statistics(cfg_path, version))
+        out = work.render_visualizations(str(cfg_path), MODEL, version, None, out, neuron_ids=["b3-c17"])
+        if version == "1":
+            assert out.viz_rendered == ["espresso#0", "b3-c17#0"]
+        else:
+            assert out.viz_rendered == ["espresso#0"] and out.viz_reused == ["b3-c17#0"]
+    for version in ("1", "2"):
+        out = work.render_visualizations(str(cfg_path), MODEL, version, None, audit_statistics(cfg_path, version))
+        assert out.stats_computed == [] and out.viz_rendered == [] and not out.neuron_errors
+        assert sorted(out.viz_reused) == ["b3-c17#0", "espresso#0"]
