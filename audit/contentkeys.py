@@ -1,6 +1,16 @@
-"""What a VITAL render reads, and the content key that names its result.
+"""Content keys of results: what produced them, as one hash each.
 
-One place decides both, so that a stored visualization is reused exactly when nothing it
+* a loaded model (`model_content_key`): its weights, its module tree as built and how it was
+  built (architecture, `model_args`, `num_classes`). It keys the activation cache
+  (`audit.stats`) and the benign null (`audit.drift.null`), so a model built with other
+  `model_args` around the same weights never reads another model's activations;
+* a neuron's probe statistics (`statistics_content_key`): the model's key, the neuron's
+  definition (kind, the layer address its values are read from, index), the probe set's
+  content and `STATS_VERSION`. A stored row is read back only under the same key, so a changed
+  `index`, or another checkpoint behind the same version label, is computed again;
+* a VITAL render, below.
+
+What a VITAL render reads, and the content key that names its result: one place decides both, so that a stored visualization is reused exactly when nothing it
 depends on changed:
 
 * the taps (`render_taps`): the tap set of the settings (`vital_default_taps`, the fast
@@ -23,18 +33,65 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from .layouts import parse_layer_name
-from .models import model_input_size
+from .models import model_input_size, weights_sha256 as state_sha256
+from .records import NeuronTarget
 from .taps import default_taps, final_feature_layer, get_layer
 
-__all__ = ["RENDER_VERSION", "TAP_SETS", "vital_default_taps", "paper_taps", "render_taps", "ForwardTrace",
+__all__ = ["STATS_VERSION", "module_tree_sha256", "model_content_key", "statistics_content_key",
+           "RENDER_VERSION", "TAP_SETS", "vital_default_taps", "paper_taps", "render_taps", "ForwardTrace",
            "forward_trace", "read_layers", "read_state_sha256", "tensor_sha256", "content_key"]
+
+# Bump when a statistic's definition changes: the per-image reductions of a layer (`audit.stats`: spatial max,
+# spatial mean, the pooled grid; a class neuron's value is its logit) or the summaries of a neuron's values
+# (`audit.stats.summarize`: quantiles, histogram, top-k). Stored statistics, cached activations and benign
+# nulls made under another version are then never read.
+STATS_VERSION = "stats-1"
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def module_tree_sha256(model: nn.Module) -> str:
+    """Hash of the module tree as built: each module's name, class and own settings (its `extra_repr`:
+    kernel sizes, activation and pooling types, epsilons...), object addresses removed so that the hash is
+    the same in every process."""
+    h = hashlib.sha256()
+    for name, m in model.named_modules():
+        settings = _ADDRESS.sub("", m.extra_repr())
+        h.update(f"{name}|{type(m).__module__}.{type(m).__qualname__}|{settings}\n".encode())
+    return h.hexdigest()
+
+
+def model_content_key(model: nn.Module, weights_sha256: str | None = None,
+                      build: Mapping[str, Any] | None = None) -> str:
+    """What a model's outputs depend on, as one key: the weights (`weights_sha256`, the SHA-256 of the state
+    dict, `audit.models.weights_sha256`: computed when not given), the module tree as built
+    (`module_tree_sha256`) and how the model was built (`build`: the config's architecture, `model_args` and
+    `num_classes`; a model argument may change the forward without changing the tree, e.g. a ViT's
+    `global_pool`). Without `build`, timm's architecture name stands for it."""
+    if build is None:
+        build = {"architecture": (getattr(model, "pretrained_cfg", None) or {}).get("architecture")}
+    parts = {"weights": weights_sha256 or state_sha256(model), "modules": module_tree_sha256(model),
+             "build": dict(build)}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def statistics_content_key(model_key: str, target: NeuronTarget, probe_sha256: str) -> str:
+    """Content key of one neuron's statistics on a probe set: the model (`model_content_key`), the neuron's
+    definition (kind, the layer address its values are read from, index; not its id or label, which change
+    no value), the probe set's content (its SHA-256 covers the images and their preprocessing) and
+    `STATS_VERSION`."""
+    parts = {"statistics": STATS_VERSION, "model": model_key,
+             "neuron": [target.kind, target.layer, int(target.index)], "probe": probe_sha256}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
 
 # Bump when the render's algorithm changes in a way that changes images for the same settings.
 RENDER_VERSION = "vital-render-3"

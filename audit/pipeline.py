@@ -117,7 +117,7 @@ def _few_photographs_warning(n: NeuronConfig, count: int) -> list[str]:
             f"list more photographs or folders under `references`"]
 
 
-def references_for(n: NeuronConfig, model: nn.Module, probe_images: torch.Tensor, probe_values: np.ndarray,
+def references_for(n: NeuronConfig, model: nn.Module, probe_images: torch.Tensor, probe_values: np.ndarray | None,
                    size: int, recipe: ReferenceRecipe, seed: int, base_dir: Path | None = None,
                    probe_groups: list[str] | None = None) -> NeuronReferences:
     """Reference images of one neuron for VITAL.
@@ -131,6 +131,9 @@ def references_for(n: NeuronConfig, model: nn.Module, probe_images: torch.Tensor
     - inner neuron: recipe "full" (the authors' form) the probe images where the channel peaks highest,
       whole; recipe "crops" receptive-field patches around the peak, resized to `size`.
     `probe_groups` (the source photograph of each probe image) lets the description count photographs.
+    `probe_values`: the neuron's stored per-image values (spatial max; class: logit), taken as they are (an
+    all-zero channel included). Inner neurons without them compute their peaks from the model; a `top-k` class
+    neuron without them is an error: there is no default order of the probe images to fall back on.
     """
     from . import references as refs
 
@@ -140,8 +143,7 @@ def references_for(n: NeuronConfig, model: nn.Module, probe_images: torch.Tensor
         return len({probe_groups[int(i)] for i in selected})
 
     if n.kind in ("inner", "head"):
-        have_values = probe_values is not None and np.any(probe_values)
-        peaks = probe_values if have_values else None
+        peaks = probe_values
         if recipe.form == "crops":
             imgs = refs.inner_patch_references(model, n.activation_layer, n.index, probe_images, k=recipe.count, size=size,
                                                peak_values=peaks)
@@ -156,6 +158,9 @@ def references_for(n: NeuronConfig, model: nn.Module, probe_images: torch.Tensor
                                 + (f" from {k} photographs" if k else ""), True, k)
     specs = reference_specs(n)
     if not specs:
+        if probe_values is None:
+            raise ValueError(f"neuron {n.id!r}: its top-k references need its statistics on the probe set, "
+                             "and there are none")
         order = refs.top_indices(probe_values, recipe.count)
         imgs = refs.topk_image_references(probe_images, probe_values, k=recipe.count)
         if imgs.shape[-1] != size:

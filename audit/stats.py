@@ -7,10 +7,11 @@ channel's map mean-pooled to at most 4x4 cells (`LayerActivations.grid`): where 
 fires, for the drift evidence.
 
 Activations are computed per *layer* (all channels at once) in one pass over the probe
-set and cached by (weights SHA-256, probe SHA-256 — which covers the preprocessing —,
-layer): in memory (LRU) and, when a cache directory is set, on disk as .npz. Computing
-twice for the same version then costs no forward pass, and any neuron of an already
-seen layer is a cache hit too.
+set and cached by (`STATS_VERSION`, the model's content key — weights, module tree,
+architecture and `model_args`, `audit.contentkeys.model_content_key` —, probe SHA-256 —
+which covers the preprocessing —, layer): in memory (LRU) and, when a cache directory is
+set, on disk as .npz. Computing twice for the same version then costs no forward pass, and
+any neuron of an already seen layer is a cache hit too.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .models import weights_sha256
+from .contentkeys import STATS_VERSION, model_content_key
 from .probe import ProbeSet
 from .records import ActivationStats, NeuronTarget
 from .taps import capture, channels_first, get_layer
@@ -183,13 +184,16 @@ def _compute_layers(model: nn.Module, probe: ProbeSet, layers: list[str], batch_
 def layer_activations_full(model: nn.Module, probe: ProbeSet, layers: list[str], batch_size: int = 32,
                            use_cache: bool = True, weights_key: str | None = None) -> dict[str, LayerActivations]:
     """Per-layer activations (all channels) of `layers`, from the cache where possible;
-    the missing layers are computed together in one pass over the probe set."""
+    the missing layers are computed together in one pass over the probe set.
+    `weights_key`: the model's content key (`audit.contentkeys.model_content_key`) when the caller
+    knows it (the flows build it with the config's architecture and `model_args`); computed from
+    the model otherwise."""
     layers = list(dict.fromkeys(layers))
     out: dict[str, LayerActivations] = {}
     todo = layers
     if use_cache:
-        wkey = weights_key or weights_sha256(model)
-        keys = {l: (wkey, probe.sha256, l) for l in layers}
+        wkey = weights_key or model_content_key(model)
+        keys = {l: (STATS_VERSION, wkey, probe.sha256, l) for l in layers}
         todo = []
         for l in layers:
             hit = _CACHE.get(keys[l])

@@ -26,6 +26,9 @@ class LoadedVersion:
     weights_sha256: str
     source: str
     registry: dict | None = None     # MLflow registry info for models:/ sources
+    # What its outputs depend on (weights, module tree, architecture, model_args, num_classes;
+    # audit.contentkeys.model_content_key): the key of its cached activations, nulls and statistics.
+    model_key: str = ""
 
 
 @functools.lru_cache(maxsize=4)
@@ -76,6 +79,7 @@ def device() -> "torch.device":
 
 @functools.lru_cache(maxsize=6)
 def _load(path: str, model_name: str, version: str) -> LoadedVersion:
+    from audit.contentkeys import model_content_key
     from audit.models import load_model, weights_sha256
 
     cfg = config(path)
@@ -94,7 +98,9 @@ def _load(path: str, model_name: str, version: str) -> LoadedVersion:
                            model_args=mcfg.model_args, num_classes=mcfg.num_classes)
     for p in model.parameters():
         p.requires_grad_(False)
-    return LoadedVersion(model, weights_sha256(model), vcfg.source, registry)
+    weights = weights_sha256(model)
+    build = {"architecture": mcfg.architecture, "model_args": mcfg.model_args, "num_classes": mcfg.num_classes}
+    return LoadedVersion(model, weights, vcfg.source, registry, model_content_key(model, weights, build))
 
 
 def load_version(path: str, model_name: str, version: str) -> LoadedVersion:

@@ -80,14 +80,8 @@ def register_version(cfg_path: str, model_name: str, version: str) -> str:
     return loaded.weights_sha256
 
 
-def probe_statistics(cfg_path: str, model_name: str, version: str, outcome: VersionOutcome) -> VersionOutcome:
-    from audit.stats import neuron_activations, summarize
-
-    cfg = runtime.config(cfg_path)
-    mcfg = cfg.model(model_name)
-    store = runtime.store(cfg_path)
-    loaded = runtime.load_version(cfg_path, model_name, version)
-    probe = runtime.probe_set(cfg, mcfg, loaded.model)
+def record_probe_set(store, mcfg, probe) -> None:
+    """The probe set's row (spec, size, names, thumbnails), written when absent or when a thumbnail is lost."""
     stored = store.probe_set_meta(probe.sha256)
     thumbs = (stored or {}).get("thumbnails") or []
     if not (stored and len(thumbs) == len(probe.names) and all(store.artifacts.intact(t) for t in thumbs)):
@@ -95,24 +89,80 @@ def probe_statistics(cfg_path: str, model_name: str, version: str, outcome: Vers
                                {"size": int(probe.images.shape[-1]), "crops_per_image": mcfg.probe.crops_per_image,
                                 "names": probe.names, "skipped": probe.skipped,
                                 "thumbnails": probe_thumbnails(store, probe)})
+
+
+def statistics_key(loaded: runtime.LoadedVersion, n, probe) -> str:
+    """What a neuron's statistics on `probe` are produced by (`audit.contentkeys.statistics_content_key`): the
+    loaded model's content key (weights, architecture, model_args), the neuron's definition, the probe's content
+    and the statistics version. The version label is not part of it."""
+    from audit.contentkeys import statistics_content_key
+
+    return statistics_content_key(loaded.model_key, neuron_target(n), probe.sha256)
+
+
+def stored_probe_values(store, model_name: str, version: str, n, loaded: runtime.LoadedVersion,
+                        probe) -> np.ndarray | None:
+    """A neuron's per-image values on the probe set (spatial max; class: logit) as stored under its statistics
+    key; None when never computed, stale (made by something else behind the same labels) or the values file
+    is gone or corrupt."""
+    stored = store.load_stats(model_name, version, n.id, probe.sha256, statistics_key(loaded, n, probe))
+    values = stored[1].get("max") if stored else None
+    return values if values is not None and len(values) == len(probe.names) else None
+
+
+def compute_statistics(store, mcfg, version: str, neurons: list, loaded: runtime.LoadedVersion,
+                       probe, outcome: VersionOutcome) -> dict[str, np.ndarray]:
+    """Compute and store the statistics of `neurons` (one pass over the probe set per layer not yet in the
+    activation cache). A neuron that fails is named in `outcome.neuron_errors` and left out; the others'
+    per-image values are returned by neuron id."""
+    from audit.stats import neuron_activations, summarize
+
+    model_name = mcfg.name
+    record_probe_set(store, mcfg, probe)
+    acts = neuron_activations(loaded.model, probe, [neuron_target(n) for n in neurons], weights_key=loaded.model_key)
+    out = {}
+    for n in neurons:
+        try:
+            a = acts[n.id]
+            store.save_stats(model_name, version, n.id, probe.sha256, summarize(n.id, a),
+                             {"max": a.max, "mean": a.mean}, content_key=statistics_key(loaded, n, probe))
+            outcome.stats_computed.append(n.id)
+            out[n.id] = a.max
+        except AUDIT_FAULTS as exc:  # one neuron never stops the others
+            raise_if_stop_requested(exc)
+            outcome.neuron_errors[n.id] = f"statistics: {exc.__class__.__name__}: {exc}"
+    return out
+
+
+def probe_values(store, mcfg, version: str, n, loaded: runtime.LoadedVersion, probe,
+                 outcome: VersionOutcome) -> np.ndarray | None:
+    """A neuron's per-image values for its references: the stored ones under its statistics key, else computed
+    (and stored) now. None only when computing failed, and then `outcome.neuron_errors` names the problem:
+    missing statistics are never replaced by a default."""
+    values = stored_probe_values(store, mcfg.name, version, n, loaded, probe)
+    if values is None:
+        values = compute_statistics(store, mcfg, version, [n], loaded, probe, outcome).get(n.id)
+    return values
+
+
+def probe_statistics(cfg_path: str, model_name: str, version: str, outcome: VersionOutcome) -> VersionOutcome:
+    """Statistics of the registered neurons on the probe set: reused where stored under the same statistics key
+    (`statistics_key`), computed and stored otherwise (a changed index, checkpoint or model_args behind the same
+    version label included)."""
+    cfg = runtime.config(cfg_path)
+    mcfg = cfg.model(model_name)
+    store = runtime.store(cfg_path)
+    loaded = runtime.load_version(cfg_path, model_name, version)
+    probe = runtime.probe_set(cfg, mcfg, loaded.model)
+    record_probe_set(store, mcfg, probe)
     todo = []
     for n in valid_neurons(cfg_path, model_name, version, outcome):
-        stored_stats = store.load_stats(model_name, version, n.id, probe.sha256)
-        if stored_stats is None or not stored_stats[1]:     # never computed, or its values file is gone/corrupt
+        if stored_probe_values(store, model_name, version, n, loaded, probe) is None:
             todo.append(n)
         else:
             outcome.stats_cached.append(n.id)
     if todo:
-        acts = neuron_activations(loaded.model, probe, [neuron_target(n) for n in todo])
-        for n in todo:
-            try:
-                a = acts[n.id]
-                stats = summarize(n.id, a)
-                store.save_stats(model_name, version, n.id, probe.sha256, stats, {"max": a.max, "mean": a.mean})
-                outcome.stats_computed.append(n.id)
-            except AUDIT_FAULTS as exc:  # one neuron never stops the others
-                raise_if_stop_requested(exc)
-                outcome.neuron_errors[n.id] = f"statistics: {exc.__class__.__name__}: {exc}"
+        compute_statistics(store, mcfg, version, todo, loaded, probe, outcome)
     return outcome
 
 
@@ -146,8 +196,9 @@ def render_visualizations(cfg_path: str, model_name: str, version: str, run_id: 
             if wanted is not None and n.id not in wanted:
                 continue
             try:
-                stored = store.load_stats(model_name, version, n.id, probe.sha256)
-                values = stored[1]["max"] if stored else np.zeros(len(probe.names))
+                values = probe_values(store, mcfg, version, n, loaded, probe, outcome)
+                if values is None:          # its statistics failed: outcome.neuron_errors names the problem
+                    continue
                 refs = references_for(n, model, probe.images, values, size=settings.resolution,
                                       recipe=reference_recipe(mcfg, n.kind), seed=seed, base_dir=cfg.base_dir,
                                       probe_groups=probe.groups)
@@ -259,12 +310,13 @@ def compare_pair(cfg_path: str, model_name: str, baseline: str, candidate: str, 
             on_b = neuron_activations(b.model, vp, t, use_cache=False)[n.id].max
             # (A's image under A, A's image under B, B's image under B, B's image under A)
             viz_acts[n.id] = (float(on_a[0]), float(on_b[0]), float(on_b[1]), float(on_a[1]))
-    # The baseline's benign null is kept next to the probe activations, keyed by its weights and the probe set.
+    # The baseline's benign null is kept next to the probe activations, keyed by the baseline's content key
+    # (weights, architecture, model_args) and the probe set.
     null_dir = cfg.resolve_path(cfg.store.artifacts) / "cache" / "nulls"
     class_names = {n.index: n.label or n.id for n in neurons if n.kind == "class"}
     results = compare_versions(a.model, b.model, probe, targets, mcfg.thresholds,
                                visual_features_a=feats_a, visual_features_b=feats_b, viz_acts=viz_acts,
-                               probe_cache_key=(a.weights_sha256, b.weights_sha256), visual_paired=paired,
+                               probe_cache_key=(a.model_key, b.model_key), visual_paired=paired,
                                null_cache_dir=null_dir, class_names=class_names)
     report = build_report(model_name, baseline, candidate, probe.sha256, results)
     report["errors"] = {**errors_a.neuron_errors, **errors_b.neuron_errors}

@@ -1,7 +1,8 @@
 """The results aggregate of the audit store (`ResultRepository`, mixed into `AuditStore`).
 
 What an audit produced for a model version: activation statistics of each neuron on a probe set (+ the
-raw per-image values as an npz artifact), VITAL visualizations (PNG image + mask, keyed by content so
+raw per-image values as an npz artifact; read back only under the content key of what produced them,
+`audit.contentkeys.statistics_content_key`), VITAL visualizations (PNG image + mask, keyed by content so
 that an unchanged neuron reuses them across versions), drift results of a candidate against a baseline
 (a non-FAIL verdict resolves the open alerts of the comparison), and the compare reports (JSON files).
 Also the reads that gather a version's results: the artifacts they rely on and what its MLflow run
@@ -47,24 +48,33 @@ class ResultRepository:
 
     # ------------------------------------------------------------------ probe-set statistics
     def _save_stats(self, s: Session, model: str, version: str, neuron_id: str, probe_sha256: str,
-                    stats: ActivationStats, values_path: str | None, run_id: int | None) -> int:
+                    stats: ActivationStats, values_path: str | None, run_id: int | None,
+                    content_key: str | None) -> int:
         return self._upsert(s, S.ActivationStatsRow.__table__,
                             {"neuron_id": self._neuron_pk(s, model, neuron_id),
                              "model_version_id": self._version_id(s, model, version),
                              "probe_set_id": self._probe_id(s, probe_sha256),
                              "stats": jsonable(dataclasses.asdict(stats)), "values_path": values_path,
-                             "audit_run_id": run_id, "created_at": _now()},
+                             "content_key": content_key, "audit_run_id": run_id, "created_at": _now()},
                             ["neuron_id", "model_version_id", "probe_set_id"],
-                            ["stats", "values_path", "audit_run_id", "created_at"])
+                            ["stats", "values_path", "content_key", "audit_run_id", "created_at"])
 
     def save_stats(self, model: str, version: str, neuron_id: str, probe_sha256: str, stats: ActivationStats,
-                   values: Mapping[str, np.ndarray] | None = None, run_id: int | None = None) -> int:
-        """Upsert one neuron's statistics on a probe set (+ the raw per-image values as npz). Returns the row id."""
+                   values: Mapping[str, np.ndarray] | None = None, run_id: int | None = None, *,
+                   content_key: str) -> int:
+        """Upsert one neuron's statistics on a probe set (+ the raw per-image values as npz), under the content key
+        of what produced them (`audit.contentkeys.statistics_content_key`); they replace the version's row for the
+        neuron and probe set, whatever its key. Returns the row id."""
         values_path = self.artifacts.put_arrays(values) if values else None
-        return self._write(lambda s: self._save_stats(s, model, version, neuron_id, probe_sha256, stats, values_path, run_id))
+        return self._write(lambda s: self._save_stats(s, model, version, neuron_id, probe_sha256, stats, values_path,
+                                                      run_id, content_key))
 
-    def load_stats(self, model: str, version: str, neuron_id: str, probe_sha256: str
+    def load_stats(self, model: str, version: str, neuron_id: str, probe_sha256: str, content_key: str
                    ) -> tuple[ActivationStats, dict[str, np.ndarray]] | None:
+        """A neuron's stored statistics and per-image values, only when they were produced by what `content_key`
+        names (`audit.contentkeys.statistics_content_key`): a row made by other weights behind the same version
+        label, another neuron definition, model_args or statistics version is stale and reads as None. The values
+        are {} when their file is missing or corrupt."""
         with self._read() as s:
             row = s.execute(
                 select(S.ActivationStatsRow)
@@ -74,7 +84,7 @@ class ResultRepository:
                 .join(S.ProbeSet, S.ProbeSet.id == S.ActivationStatsRow.probe_set_id)
                 .where(S.Model.name == model, S.ModelVersion.version == str(version), S.Neuron.neuron_id == neuron_id,
                        S.ProbeSet.sha256 == probe_sha256)).scalar_one_or_none()
-        if row is None:
+        if row is None or row.content_key != content_key:
             return None
         values = {}
         if row.values_path and self.artifacts.verify(row.values_path) is None:   # missing or corrupt: {}
@@ -175,10 +185,11 @@ class ResultRepository:
 
     def save_neuron_results(self, model: str, version: str, neuron_id: str, *, run_id: int | None = None,
                             probe_sha256: str | None = None, stats: ActivationStats | None = None,
-                            values: Mapping[str, np.ndarray] | None = None,
+                            values: Mapping[str, np.ndarray] | None = None, stats_content_key: str | None = None,
                             visualizations: list[tuple[str, Visualization]] = (),
                             reused_visualization_ids: list[int] = ()) -> dict:
-        """One neuron's results for one version in ONE transaction: statistics (+ values), new visualizations
+        """One neuron's results for one version in ONE transaction: statistics (+ values; `stats_content_key`: what
+        produced them, see `save_stats`; None: unknown, never read back by `load_stats`), new visualizations
         as (content_key, Visualization) pairs, and links to reused visualizations. All or nothing.
         Returns {"stats_id": int|None, "visualization_ids": [...]}."""
         values_path = self.artifacts.put_arrays(values) if values else None
@@ -189,7 +200,8 @@ class ResultRepository:
             if stats is not None:
                 if probe_sha256 is None:
                     raise ValueError("save_neuron_results: stats need probe_sha256")
-                out["stats_id"] = self._save_stats(s, model, version, neuron_id, probe_sha256, stats, values_path, run_id)
+                out["stats_id"] = self._save_stats(s, model, version, neuron_id, probe_sha256, stats, values_path, run_id,
+                                                   stats_content_key)
             for (key, viz), p in zip(visualizations, paths):
                 out["visualization_ids"].append(self._save_visualization(s, model, version, neuron_id, key, viz, run_id, p))
             if reused_visualization_ids:

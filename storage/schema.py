@@ -10,7 +10,9 @@ Row meanings:
   (hash of upstream weights + references + settings + seed), so one row serves every version whose
   upstream weights did not change; `model_version_id` is the version it was first rendered for.
 - version_visualizations: which visualizations belong to which version (rendered or reused).
-- activation_stats: a neuron's activation statistics on a probe set for one version (+ npz of raw values).
+- activation_stats: a neuron's activation statistics on a probe set for one version (+ npz of raw values),
+  with the `content_key` of what produced them (weights, architecture and model_args, neuron definition,
+  probe content, statistics version); read back only under the same key.
 - drift_results: comparison of one neuron between a baseline and a candidate version on a probe set.
 - alerts: a notification of a FAIL drift result on a channel (e.g. "webhook"), with its delivery state;
   open while `resolved_at` is NULL.
@@ -155,6 +157,9 @@ class ActivationStatsRow(Base):
     probe_set_id: Mapped[int] = mapped_column(ForeignKey("probe_sets.id", ondelete="CASCADE"))
     stats: Mapped[dict[str, Any]] = mapped_column(PortableJSON)
     values_path: Mapped[Optional[str]] = mapped_column(Text)
+    # what produced them (audit.contentkeys.statistics_content_key); a row under another key is stale, never read.
+    # NULL: made before 0006_stats_content_key, or by a writer that did not say: never read back either.
+    content_key: Mapped[Optional[str]] = mapped_column(String(64))
     audit_run_id: Mapped[Optional[int]] = mapped_column(ForeignKey("audit_runs.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
 

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from ..contentkeys import STATS_VERSION
 from ..probe import ProbeSet
 from ..stats import LayerActivations, layer_activations_full
 from ..taps import output_layer_name
@@ -177,7 +178,8 @@ class NullCache:
 
     @staticmethod
     def key(weights_key: str, probe_sha: str, layer: str, k: int, feature_layer: str | None, is_head: bool) -> str:
-        raw = repr((RECIPE_VERSION, weights_key, probe_sha, layer, int(k), feature_layer, bool(is_head)))
+        # weights_key: the baseline's content key (weights, architecture, model_args; audit.contentkeys)
+        raw = repr((RECIPE_VERSION, STATS_VERSION, weights_key, probe_sha, layer, int(k), feature_layer, bool(is_head)))
         return hashlib.sha256(raw.encode()).hexdigest()[:40]
 
     def get(self, key: str, directory: Path | None) -> LayerNull | None:

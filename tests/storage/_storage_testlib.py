@@ -11,6 +11,7 @@ from audit.records import ActivationStats, DriftResult, Visualization
 
 NEURONS = ["cat", "espresso", "b5-c17", "b3-c2"]
 PROBE_SHA = "d" * 64
+STATS_KEY = "5" * 64          # the content key the statistics are stored under (audit.contentkeys.statistics_content_key)
 
 
 def make_config(neurons=NEURONS):
@@ -58,7 +59,7 @@ def audit_version(store, version: str, run_id: int, neurons=NEURONS) -> None:
     for n in neurons:
         st, vals = make_stats(n, shift=0.0 if version == "1" else 0.5)
         store.save_neuron_results("m", version, n, run_id=run_id, probe_sha256=PROBE_SHA, stats=st, values=vals,
-                                  visualizations=[(f"key-{n}", make_viz(n))])
+                                  stats_content_key=STATS_KEY, visualizations=[(f"key-{n}", make_viz(n))])
 
 
 # ---------------------------------------------------------------- spawned workers
@@ -94,7 +95,7 @@ def crash_worker(url: str, root: str) -> None:
     st, vals = make_stats(NEURONS[2])
 
     def tx(s):
-        store._save_stats(s, "m", "1", NEURONS[2], PROBE_SHA, st, None, run)
+        store._save_stats(s, "m", "1", NEURONS[2], PROBE_SHA, st, None, run, STATS_KEY)
         s.flush()
         os._exit(17)   # killed mid-transaction: nothing of this neuron may remain
 

@@ -92,3 +92,44 @@ def test_store_upgrade_flag_and_schema_check(db_url, tmp_path):
     st = AuditStore(db_url, tmp_path / "art", upgrade=True)
     assert st.schema_is_current() and st.list_models() == []
     st.close()
+
+
+def test_upgrade_keeps_older_statistics_but_never_reads_them(db_url, tmp_path):
+    """0006_stats_content_key on a store that holds statistics: the rows stay, with no content key, so the audit
+    computes them again instead of trusting statistics whose producer (checkpoint, index, model_args) is unknown."""
+    from _storage_testlib import PROBE_SHA, STATS_KEY, make_config, make_stats, seed_probe
+    from storage.repository import AuditStore
+
+    def open_store():
+        st = AuditStore(db_url, tmp_path / "art")
+        st.sync_registry(make_config())
+        return st
+
+    migrate.upgrade(db_url)
+    st = open_store()
+    st.upsert_model_version("m", "1", "builtin:efficientnet_lite0", "a" * 64)
+    seed_probe(st)
+    stats, values = make_stats("cat")
+    st.save_stats("m", "1", "cat", PROBE_SHA, stats, values, content_key=STATS_KEY)
+    assert st.load_stats("m", "1", "cat", PROBE_SHA, STATS_KEY)[0] == stats
+    assert st.load_stats("m", "1", "cat", PROBE_SHA, "6" * 64) is None        # made by something else: stale
+    st.close()
+
+    migrate.downgrade(db_url, "0005_indexes")          # the store as an older release left it
+    assert "content_key" not in {c["name"] for c in _columns(db_url, "activation_stats")}
+    migrate.upgrade(db_url)
+    assert migrate.current(db_url) == migrate.head() == "0006_stats_content_key"
+    st = open_store()
+    assert st.counts()["activation_stats"] == 1                                # kept ...
+    assert st.load_stats("m", "1", "cat", PROBE_SHA, STATS_KEY) is None        # ... and never read back
+    st.save_stats("m", "1", "cat", PROBE_SHA, stats, values, content_key=STATS_KEY)   # recomputed: replaces the row
+    assert st.counts()["activation_stats"] == 1 and st.load_stats("m", "1", "cat", PROBE_SHA, STATS_KEY)[0] == stats
+    st.close()
+
+
+def _columns(url, table):
+    eng = make_engine(url)
+    try:
+        return inspect(eng).get_columns(table)
+    finally:
+        eng.dispose()

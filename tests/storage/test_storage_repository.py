@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _storage_testlib import (NEURONS, PROBE_SHA, audit_version, concurrent_worker, crash_worker, make_config,
+from _storage_testlib import (NEURONS, PROBE_SHA, STATS_KEY, audit_version, concurrent_worker, crash_worker, make_config,
                               make_drift, make_stats, make_viz, seed_probe)
 from storage.artifacts import ArtifactStore
 from storage.errors import NotFoundError
@@ -24,7 +24,7 @@ def _full_audit(store: AuditStore) -> dict:
         found = store.find_visualization("m", n, f"key-{n}")
         assert found is not None and found["version"] == "1"
         store.save_neuron_results("m", "2", n, run_id=run, probe_sha256=PROBE_SHA, stats=st, values=vals,
-                                  reused_visualization_ids=[found["id"]])
+                                  stats_content_key=STATS_KEY, reused_visualization_ids=[found["id"]])
     ids = {n: store.save_drift("m", "1", "2", PROBE_SHA, make_drift(n, "FAIL" if n == "cat" else "PASS"), run)
            for n in NEURONS}
     alert = store.create_alert_if_new(ids["cat"], "webhook")
@@ -71,10 +71,10 @@ def test_full_audit_and_read_queries(store):
     assert hist["drift"][0]["verdict"] == "FAIL"
     assert store.neuron_history("m", "nope") is None
 
-    st, vals = store.load_stats("m", "2", "cat", PROBE_SHA)
+    st, vals = store.load_stats("m", "2", "cat", PROBE_SHA, STATS_KEY)
     exp_st, exp_vals = make_stats("cat", 0.5)
     assert st == exp_st and np.array_equal(vals["max"], exp_vals["max"])
-    assert store.load_stats("m", "2", "cat", "e" * 64) is None
+    assert store.load_stats("m", "2", "cat", "e" * 64, STATS_KEY) is None
     viz = store.load_visualization(v1["visualizations"][0]["id"])
     assert np.array_equal(viz.image, make_viz("cat").image) and np.abs(viz.mask - make_viz("cat").mask).max() < 1 / 255
 
@@ -89,7 +89,7 @@ def test_resave_is_idempotent(store):
     store.save_visualization("m", "1", "cat", "key-cat", make_viz("cat"), out["run"])
     store.link_visualization("m", "2", "cat", store.find_visualization("m", "cat", "key-cat")["id"])
     st, vals = make_stats("cat")
-    store.save_stats("m", "1", "cat", PROBE_SHA, st, vals)
+    store.save_stats("m", "1", "cat", PROBE_SHA, st, vals, content_key=STATS_KEY)
     assert out["alert"] is None                       # an open alert already exists for cat 1->2
     after = store.counts()
     assert after.pop("audit_runs") == before.pop("audit_runs")   # same flow_run_id reuses its run row
@@ -124,7 +124,7 @@ def test_alerts_dedupe_resolve_and_delivery(store):
 def test_unknown_names_raise_not_found(store):
     seed_probe(store)
     with pytest.raises(NotFoundError, match="neuron 'ghost'"):
-        store.save_stats("m", "1", "ghost", PROBE_SHA, make_stats("ghost")[0], {})
+        store.save_stats("m", "1", "ghost", PROBE_SHA, make_stats("ghost")[0], {}, content_key=STATS_KEY)
     with pytest.raises(NotFoundError, match="version '9'"):
         store.save_drift("m", "1", "9", PROBE_SHA, make_drift("cat"))
 
@@ -154,7 +154,7 @@ def test_crash_mid_audit_keeps_finished_neurons(store, db_url):
     assert p.exitcode == 17
     c = store.counts()
     assert c["activation_stats"] == 2 and c["visualizations"] == 2
-    assert store.load_stats("m", "1", NEURONS[2], PROBE_SHA) is None
+    assert store.load_stats("m", "1", NEURONS[2], PROBE_SHA, STATS_KEY) is None
     assert store.recent_runs()[0]["status"] == "running"
     # the store is usable after the crash: the next run completes the audit
     run = store.start_run("next", "c" * 64, "0.1.0")
@@ -181,7 +181,7 @@ def test_two_processes_write_at_once(store, db_url):
     assert c["drift_results"] == len(NEURONS) and c["alerts"] == 1
     for n in NEURONS:
         for v, shift in (("1", 0.0), ("2", 0.5)):
-            st, vals = store.load_stats("m", v, n, PROBE_SHA)
+            st, vals = store.load_stats("m", v, n, PROBE_SHA, STATS_KEY)
             assert st == make_stats(n, shift)[0] and np.array_equal(vals["max"], make_stats(n, shift)[1]["max"])
     if db_url.startswith("sqlite"):
         with store.engine.connect() as conn:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from _storage_testlib import NEURONS, PROBE_SHA, audit_version, make_config, make_drift, make_viz, seed_probe
+from _storage_testlib import NEURONS, PROBE_SHA, STATS_KEY, audit_version, make_config, make_drift, make_viz, seed_probe
 from storage.errors import TrackingUnavailableError
 from storage.repository import AuditStore
 
@@ -73,7 +73,7 @@ def _check_logged(tracker, store, run, mlflow_run_id):
     r = tracker.client.get_run(mlflow_run_id)
     assert r.info.status == "FINISHED"
     m, tags = r.data.metrics, r.data.tags
-    assert m["cat.mean"] == pytest.approx(store.load_stats("m", "2", "cat", PROBE_SHA)[0].mean)
+    assert m["cat.mean"] == pytest.approx(store.load_stats("m", "2", "cat", PROBE_SHA, STATS_KEY)[0].mean)
     # drift per neuron and baseline, a headline per neuron, counts to sort and filter by
     assert m["cat.vs1.verdict_code"] == 2.0 and m["cat.vs1.spearman"] == pytest.approx(0.2)
     assert m["cat.verdict_code"] == 2.0 and m["cat.spearman"] == pytest.approx(0.2)
@@ -186,7 +186,7 @@ def test_unreachable_mlflow_keeps_results_pending_then_logs_them(audited, tracki
         sync_version_audit(str(path), "m", "2", run)
     pending = store.pending_mlflow()
     assert [(p["model"], p["version"], p["attempts"]) for p in pending] == [("m", "2", 1)]
-    assert store.load_stats("m", "2", "cat", PROBE_SHA) is not None        # results stay in the database
+    assert store.load_stats("m", "2", "cat", PROBE_SHA, STATS_KEY) is not None        # results stay in the database
     # the next run, with MLflow back, logs the pending one from the database
     up = MlflowTracker(tracking_uri)
     [rid] = up.log_pending(store)
