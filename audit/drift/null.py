@@ -45,7 +45,8 @@ from ..stats import LayerActivations, layer_activations_full
 from ..taps import output_layer_name
 from ..errors import AuditInputError
 from .benign import RECIPE_VERSION, BenignVariant, benign_recipe
-from .statistics import evidence_distances, margin_distance, normalize_features, partner_distance
+from .columns import audited_values, mean_audited
+from .statistics import DISTANCES_VERSION, evidence_distances, margin_distance, normalize_features, partner_distance
 
 _TAIL_START = 0.90
 PRIOR_DRAWS = 2          # pseudo-draws of the layer's typical distance in each channel's null scale
@@ -152,11 +153,14 @@ def content_features(acts: dict[str, LayerActivations], feature_layer: str | Non
 
 def layer_null_distances(base: LayerActivations, variant: LayerActivations, k: int, features: np.ndarray | None,
                          is_head: bool) -> dict[str, np.ndarray]:
-    """kind -> [C] distances of every channel of one variant from the baseline."""
-    out = evidence_distances(base.max, variant.max, k, features, base.grid, variant.grid)
+    """kind -> [C] distances of every channel of one variant from the baseline, each channel in its
+    audited statistic (audit.drift.columns), as the compare measures it."""
+    use_mean = mean_audited(base)
+    a, b = audited_values(base, use_mean), audited_values(variant, use_mean)
+    out = evidence_distances(a, b, k, features, base.grid, variant.grid)
     if is_head:
         out["margin"] = margin_distance(base.mean, variant.mean)
-    out["partner"] = partner_distance(base.max, variant.max, np.arange(base.max.shape[1]))[0]
+    out["partner"] = partner_distance(a, b, np.arange(a.shape[1]))[0]
     return out
 
 
@@ -177,7 +181,8 @@ class NullCache:
 
     @staticmethod
     def key(weights_key: str, probe_sha: str, layer: str, k: int, feature_layer: str | None, is_head: bool) -> str:
-        raw = repr((RECIPE_VERSION, weights_key, probe_sha, layer, int(k), feature_layer, bool(is_head)))
+        raw = repr((RECIPE_VERSION, DISTANCES_VERSION, weights_key, probe_sha, layer, int(k), feature_layer,
+                    bool(is_head)))
         return hashlib.sha256(raw.encode()).hexdigest()[:40]
 
     def get(self, key: str, directory: Path | None) -> LayerNull | None:

@@ -36,6 +36,8 @@ from scipy import stats as sps
 
 _EPS = 1e-12
 
+# what the null's tables measure (part of its cache key): v2 audits a saturated channel on its spatial mean
+DISTANCES_VERSION = "distances-v2"
 PARTNER_SHARE = 0.5        # the partner must explain at least half of the change's variance
 EVIDENCE_KINDS = ("rank", "retention", "magnitude", "content", "spatial", "margin", "partner")
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from ..config import ThresholdsConfig
 from ..records import DriftResult
-from .evidence import Evidence, NeuronComparison, to_jsonable
+from .evidence import EVIDENCE_TITLES, Evidence, NeuronComparison, to_jsonable
 
 OWN_KINDS = ("rank", "retention", "magnitude", "content", "spatial", "partner")
 
@@ -137,13 +137,55 @@ def decide(c: NeuronComparison, failing_classes: set[tuple[str, int]], t: Thresh
     return "PASS", attribution
 
 
+def _kinds(evidence: list[Evidence], level: str = "fail") -> str:
+    return ", ".join(EVIDENCE_TITLES.get(e.kind, e.kind) for e in evidence if e.level == level)
+
+
+def _moved_prefix(c: NeuronComparison) -> str:
+    """The move, and what the registered index shows now (both are in the report)."""
+    how = (f" (held-out Spearman {c.identity.heldout_spearman:.2f}, chosen on other photographs)"
+           if c.identity is not None else "")
+    text = f"channel moved to index {c.matched_index}{how}"
+    reg = c.registered
+    if reg is not None and reg.constant is not None and not reg.constant.same:
+        text += (f"; index {reg.index} is now constant" if reg.constant.which == "candidate"
+                 else f"; index {reg.index} now responds to inputs")
+    elif reg is not None and _kinds(reg.evidence):
+        text += f"; at index {reg.index} it is beyond the benign null ({_kinds(reg.evidence)})"
+    return text + "; update the registry index; "
+
+
+def _missing_sentence(c: NeuronComparison) -> str:
+    if not c.missing:
+        return ""
+    return "not measured: " + "; ".join(f"{EVIDENCE_TITLES.get(m.kind, m.kind)} ({m.kind}: {m.why})"
+                                        for m in c.missing)
+
+
+def _identity_sentence(c: NeuronComparison) -> str:
+    """Why a closest channel elsewhere was not accepted as a move."""
+    m = c.identity
+    if m is None or c.matched_index is not None or c.target.kind != "inner" or not m.agreed \
+            or m.index == c.target.index:
+        return ""
+    closest = f"closest candidate channel {m.index} (held-out Spearman {m.heldout_spearman:.2f})"
+    if m.destination_left is False:
+        return (f"{closest} is the baseline's own channel {m.index}, still at its index (a near-duplicate): "
+                f"changed, not moved")
+    if m.back_agrees is False:
+        back = f"baseline channel {m.back_index}" if m.back_index is not None else "no one baseline channel"
+        return f"{closest} matches {back} better, not this one: changed, not moved"
+    return f"{closest} does not behave like it either: changed, not moved"
+
+
 def reason(c: NeuronComparison, verdict: str, attribution: list[int] | None, class_names: dict[int, str]) -> str:
     what = "logit" if c.target.kind == "class" else "channel"
     prefix = ""
+    if c.statistic == "mean" and c.constant_value is not None:
+        prefix = (f"its spatial max is {c.constant_value:.2f} on every probe image, so it is audited on its "
+                  f"spatial mean; ")
     if c.matched_index is not None:
-        how = (f" (held-out Spearman {c.identity.heldout_spearman:.2f}, chosen on other photographs)"
-               if c.identity is not None else "")
-        prefix = f"channel moved to index {c.matched_index}{how}; update the registry index; "
+        prefix += _moved_prefix(c)
     if c.constant is not None:
         if c.constant.same:
             return prefix + f"{what} is constant on the probe set in both versions (dead channel)"
@@ -162,6 +204,8 @@ def reason(c: NeuronComparison, verdict: str, attribution: list[int] | None, cla
         if attribution and c.argmax is not None:
             text += ("; but it is " + _argmax_sentence(c, class_names)
                      + ": that change is the other neuron's, which FAILs")
+        if c.missing:
+            text += "; " + _missing_sentence(c)
         return text
     level = "fail" if verdict == "FAIL" else "warn"
     kinds = [e for e in c.at_level(level) if not (attribution and e.kind == "margin")] or c.at_level("warn")
@@ -175,11 +219,8 @@ def reason(c: NeuronComparison, verdict: str, attribution: list[int] | None, cla
         j, rho = c.similar_logit
         parts.append(f"the candidate's logit {j} now behaves like the baseline's logit {c.target.index} "
                      f"(Spearman {rho:.2f}): class rows swapped or relabelled?")
-    if c.identity is not None and c.matched_index is None and c.target.kind == "inner":
-        m = c.identity
-        if m.agreed and m.index != c.target.index:
-            parts.append(f"closest candidate channel {m.index} (held-out Spearman {m.heldout_spearman:.2f}) "
-                         f"does not behave like it either: changed, not moved")
+    if _identity_sentence(c):
+        parts.append(_identity_sentence(c))
     if not c.at_level(level, OWN_KINDS):          # the verdict came from a user threshold: say which
         parts.extend(text for lv, text in c.effect_flags if lv == level)
     if c.visual is not None and c.visual.level != "none":
@@ -192,6 +233,7 @@ def reason(c: NeuronComparison, verdict: str, attribution: list[int] | None, cla
     support = _support_sentence(c)
     if support:
         parts.append(support)
+    parts.append(_missing_sentence(c))
     return prefix + "; ".join(p for p in parts if p)
 
 
