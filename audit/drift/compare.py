@@ -38,8 +38,9 @@ from .identity import IdentityMatch, check_one_to_one, match_moved_channel
 from .null import BenignNull, LayerNull, build_benign_null, content_features, head_layer
 from .resampling import bootstrap_statistics, cluster_bootstrap_indices, content_p_value, percentile_interval, \
     photograph_labels, power_statement, topk_overlap_p_value
-from .statistics import correlation_matrix, cross_activation, effective_k, evidence_distances, ks, margin_distance, \
-    partner_distance, retention, spearman, top_indices, topk_overlap, visual_distance, wasserstein_norm
+from .evidence_kinds import Columns, evidence_kinds, measure
+from .statistics import correlation_matrix, cross_activation, effective_k, ks, partner_distance, retention, spearman, \
+    top_indices, topk_overlap, visual_distance, wasserstein_norm
 from .verdicts import assign_verdicts
 
 SELF_EXCITATION_MIN = 0.9       # a visualization counts as strong evidence only if it excites its own version this much
@@ -73,7 +74,6 @@ class _Context:
         else:
             rng = np.random.default_rng(thresholds.bootstrap_seed)
             self.boot = rng.integers(0, self.n, size=(thresholds.bootstrap, self.n))
-        self._margins: dict[str, np.ndarray] = {}
         self._layers: dict[str, _Layer] = {}
 
     def layer(self, layer: str, la: LayerActivations, lb: LayerActivations) -> "_Layer":
@@ -81,10 +81,6 @@ class _Context:
             self._layers[layer] = _Layer.of(la, lb)
         return self._layers[layer]
 
-    def margins(self, layer: str, la: LayerActivations, lb: LayerActivations) -> np.ndarray:
-        if layer not in self._margins:
-            self._margins[layer] = margin_distance(la.mean, lb.mean)
-        return self._margins[layer]
 
 
 @dataclass
@@ -137,22 +133,18 @@ class _Measurement:
         return any(e.level == "fail" for e in self.evidence)
 
 
-def _measure(ctx: _Context, lay: _Layer, i: int, j: int, layer_null: LayerNull, margin_layer: str | None = None
-             ) -> _Measurement:
-    """Step 2, measure: every evidence distance of baseline channel i against the candidate's column j
-    (in i's audited statistic), standardized by i's benign null; `margin_layer`: the head's name,
-    for a class neuron's top-1 margin."""
-    a = lay.a[:, i]
-    b = lay.candidate(lay.statistic(i))[:, j]
-    d = evidence_distances(a[:, None], b[:, None], ctx.k, ctx.features, _grid_column(lay.la, i),
-                           _grid_column(lay.lb, j))
-    out = {kind: float(v[0]) for kind, v in d.items()}
-    size, partner = partner_distance(lay.a, b[:, None], np.array([i]))
-    out["partner"] = float(size[0])
-    if margin_layer is not None:
-        out["margin"] = float(ctx.margins(margin_layer, lay.la, lay.lb)[i])
-    evidence, missing = measure_against_null(out, layer_null, i, ctx.t.false_alarm_rate, ctx.t.warn_rate)
-    return _Measurement(i, j, b, evidence, missing, int(partner[0]))
+def _measure(ctx: _Context, lay: _Layer, i: int, j: int, layer_null: LayerNull, head: bool = False) -> _Measurement:
+    """Step 2, measure: every registered evidence kind (audit.drift.evidence_kinds) of baseline channel i
+    against the candidate's column j (in i's audited statistic), standardized by i's benign null;
+    `head`: the layer is the model's head (class margins)."""
+    a = lay.a[:, i:i + 1]
+    b = lay.candidate(lay.statistic(i))[:, j:j + 1]
+    cols = Columns(a, b, ctx.k, lay.a, np.array([i]), ctx.features, _grid_column(lay.la, i), _grid_column(lay.lb, j),
+                   lay.la.mean if head else None, lay.lb.mean if head else None)
+    distances = {kind: float(v[0]) for kind, v in measure(cols).items()}
+    evidence, missing = measure_against_null(distances, layer_null, i, ctx.t.false_alarm_rate, ctx.t.warn_rate)
+    partner = int(partner_distance(lay.a, b, np.array([i]))[1][0]) if "partner" in distances else -1
+    return _Measurement(i, j, b[:, 0], evidence, missing, partner)
 
 
 def _photo_counts(ctx: _Context, idx: np.ndarray) -> list[tuple[str, int]]:
@@ -311,14 +303,14 @@ def _dead_channel_moved(ctx: _Context, lay: _Layer, i: int, layer_null: LayerNul
     return j if moved is not None and moved.index == i else None
 
 
-def _identify(ctx: _Context, tg: NeuronTarget, lay: _Layer, layer_null: LayerNull, margin_layer: str | None) -> _Found:
+def _identify(ctx: _Context, tg: NeuronTarget, lay: _Layer, layer_null: LayerNull, head: bool) -> _Found:
     """Step 1, identify the column: the registered index, measured (`_measure`) unless it is dead on
     one side; an inner neuron that is dead on one side only, or beyond its null at its index, is looked
     for at another index (`_moved_channel`, `_dead_channel_moved`), and the registered index's own
     evidence is kept next to an accepted move."""
     i = tg.index
     dead_a, dead_b = bool(lay.dead_a[i]), bool(lay.dead_b[i])
-    here = None if dead_a or dead_b else _measure(ctx, lay, i, i, layer_null, margin_layer)
+    here = None if dead_a or dead_b else _measure(ctx, lay, i, i, layer_null, head)
     identity = None
     if tg.kind == "inner" and dead_a and not dead_b:
         j = _dead_channel_moved(ctx, lay, i, layer_null)
@@ -341,9 +333,9 @@ def compare_neuron(ctx: _Context, tg: NeuronTarget, la: LayerActivations, lb: La
     (`_measure`: every evidence kind against the benign null, naming those that could not be
     computed) and weigh the evidence (`_weigh`: effect sizes, intervals, top images, support)."""
     lay = ctx.layer(tg.layer, la, lb)
-    margin_layer = tg.layer if tg.kind == "class" and tg.layer == ctx.head else None
-    found = _identify(ctx, tg, lay, layer_null, margin_layer)
-    return _weigh(ctx, tg, lay, found, margin_layer is not None, viz_acts, visual_feats, visual_paired)
+    head = tg.layer == ctx.head
+    found = _identify(ctx, tg, lay, layer_null, head)
+    return _weigh(ctx, tg, lay, found, head and tg.kind == "class", viz_acts, visual_feats, visual_paired)
 
 
 def _similar_logit(ctx: _Context, a: np.ndarray, lb: LayerActivations, i: int) -> tuple[int, float] | None:
@@ -382,10 +374,9 @@ def _weigh(ctx: _Context, tg: NeuronTarget, lay: _Layer, found: _Found, is_head:
     if topk is not None:
         st.update(topk_p_value=topk.overlap_p_value, retention_ab=topk.retention_ab, retention_ba=topk.retention_ba,
                   content_p_value=topk.content_p_value)
-    for kind, key in (("content", "content_shift"), ("spatial", "spatial_agreement"), ("margin", "margin_shift"),
-                      ("partner", "partner_component")):
-        if kind in by_kind:
-            st[key] = (1 - by_kind[kind].value) if kind == "spatial" else by_kind[kind].value
+    for kind in evidence_kinds():
+        if kind.statistic is not None and kind.name in by_kind:
+            st[kind.statistic] = kind.report(by_kind[kind.name].value)
     argmax = _argmax_change(ctx, i, lay.la, lay.lb) if is_head else None
     if argmax is not None:
         st.update(argmax_share_a=argmax.share_a, argmax_share_b=argmax.share_b)

@@ -11,14 +11,17 @@ import numpy as np
 from ..records import NeuronTarget
 from .identity import IdentityMatch
 from .null import LayerNull
-from .statistics import EVIDENCE_KINDS
+from .evidence_kinds import evidence_kind, evidence_kinds, kind_names, title
 
 Level = Literal["fail", "warn", "none"]
 
-EVIDENCE_TITLES = {"rank": "ranking of the probe images", "retention": "response on its own top images",
-                   "magnitude": "activation magnitude", "content": "content of the top images",
-                   "spatial": "where it fires", "margin": "top-1 margin against other classes",
-                   "partner": "now also responds like another unit"}
+
+
+def __getattr__(name: str):
+    """`EVIDENCE_TITLES`: kind -> title of the registered kinds, kept importable from here for one release."""
+    if name == "EVIDENCE_TITLES":
+        return {k.name: k.title for k in evidence_kinds()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -57,18 +60,6 @@ class MissingEvidence:
     share of the false-alarm rate: the other kinds' bounds are those they have when it is measured."""
     kind: str
     why: str
-
-
-# why a kind's distance can be undefined (nan) for one neuron
-UNDEFINED_WHY = {
-    "rank": "its values are constant on the probe set in one version",
-    "retention": "its values are constant on the probe set in one version",
-    "magnitude": "its values are constant on the probe set in one version",
-    "content": "its top images could not be placed in the content space",
-    "spatial": "fewer than two of its top images have a map that varies in both versions (it fires uniformly)",
-    "margin": "it is the top-1 class on no probe image in either version",
-    "partner": "the change could not be related to the other units",
-}
 
 
 @dataclass(frozen=True)
@@ -174,14 +165,14 @@ def measure_against_null(distances: dict[str, float], layer_null: LayerNull, cha
     rates are split evenly over ALL of them (Bonferroni), so a kind that could not be computed (a nan
     distance, no null table, no finite null for this channel) keeps its share instead of handing it
     to the others, and is returned as missing with the reason."""
-    applies = [k for k in EVIDENCE_KINDS if k in distances or k in layer_null.distances]
+    applies = [k for k in kind_names() if k in distances or k in layer_null.distances]
     m = max(1, len(applies))
     out, missing = [], []
     for kind in applies:
         value = distances.get(kind)
         if kind not in distances or value is None or np.isnan(value):
-            missing.append(MissingEvidence(kind, UNDEFINED_WHY.get(kind, "its distance is undefined on these values")
-                                           if kind in distances else "it was not measured for the candidate"))
+            missing.append(MissingEvidence(kind, evidence_kind(kind).undefined if kind in distances
+                                           else "it was not measured for the candidate"))
             continue
         if kind not in layer_null.distances:
             missing.append(MissingEvidence(kind, "the benign null of this layer holds no such distances"))
@@ -217,12 +208,12 @@ def to_jsonable(c: NeuronComparison) -> dict:
         return x
 
     def records(evidence: list[Evidence]) -> list[dict]:
-        return [{"kind": e.kind, "title": EVIDENCE_TITLES.get(e.kind, e.kind), "value": e.value, "z": e.z,
+        return [{"kind": e.kind, "title": title(e.kind), "value": e.value, "z": e.z,
                  "fail_bound": e.fail_bound, "warn_bound": e.warn_bound, "null_limit": e.null_limit, "level": e.level}
                 for e in sorted(evidence, key=lambda e: -e.excess)]
 
     def missing(items: list[MissingEvidence]) -> list[dict]:
-        return [{"kind": x.kind, "title": EVIDENCE_TITLES.get(x.kind, x.kind), "why": x.why} for x in items]
+        return [{"kind": x.kind, "title": title(x.kind), "why": x.why} for x in items]
 
     out = {"evidence": records(c.evidence), "missing": missing(c.missing),
            "statistic": c.statistic, "constant_value": c.constant_value}

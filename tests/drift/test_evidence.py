@@ -274,3 +274,36 @@ def test_missing_evidence_is_named_and_keeps_its_share(inner_layer):
     assert bounds == {k: v for k, v in measured.items() if k != "spatial"}
     report = build_report("m", "1", "2", "probe-sha", [res])
     assert report["neurons"][0]["evidence"]["missing"][0]["kind"] == "spatial"
+
+
+def test_a_registered_kind_is_measured_judged_and_told(inner_layer):
+    """One registered function is a new kind of evidence: the null tables it, the compare judges it against
+    its bound with its share of the rate, the report carries its title and the reason its sentence. The
+    planted change (only the lowest image falls by 2 sigma) is seen by it alone."""
+    from audit.drift.evidence_kinds import distances_key, register_evidence, unregister_evidence
+
+    values, grid = inner_layer
+    base = acts(values, grid)
+    b = values.copy()
+    b[np.argmin(values[:, 0]), 0] -= 2 * values[:, 0].std()
+    cand = acts(b, grid)
+    key = distances_key()
+
+    @register_evidence("floor", title="lowest response",
+                       sentence=lambda e, c, names: f"its lowest response moved by {e.value:.1f} sigma")
+    def floor(cols):
+        return np.abs(cols.b.min(0) - cols.a.min(0)) / cols.a.std(0, ddof=1)
+
+    try:
+        assert distances_key() != key                       # the null's cache key follows the registry
+        null = null_of(base, 0.05)
+        assert null.distances["floor"].shape == (10, CHANNELS)
+        res = verdict(base, cand, null, INNER)
+        assert res.verdict == "FAIL"
+        assert {e["kind"] for e in res.evidence["evidence"] if e["level"] == "fail"} == {"floor"}
+        assert next(e for e in res.evidence["evidence"] if e["kind"] == "floor")["title"] == "lowest response"
+        assert "its lowest response moved by 2.0 sigma" in res.reason
+    finally:
+        unregister_evidence("floor")
+    assert distances_key() == key
+    assert verdict(base, cand, null_of(base, 0.05), INNER).verdict == "PASS"
