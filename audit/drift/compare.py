@@ -82,7 +82,6 @@ class _Context:
         return self._layers[layer]
 
 
-
 @dataclass
 class _Layer:
     """One layer of both versions, each baseline channel in its audited statistic (audit.drift.columns)."""
@@ -110,8 +109,9 @@ class _Layer:
 
     def dead_at(self, acts: LayerActivations, dead: np.ndarray, i: int) -> np.ndarray:
         """[C] the channels of `acts` dead at the value of the baseline's dead channel i."""
-        tol = 1e-6 * max(1.0, abs(float(self.la.max[0, i])), abs(float(self.la.mean[0, i])))
-        return dead & (np.abs(acts.max[0] - self.la.max[0, i]) <= tol) & (np.abs(acts.mean[0] - self.la.mean[0, i]) <= tol)
+        top, mean = float(self.la.max[0, i]), float(self.la.mean[0, i])
+        tol = 1e-6 * max(1.0, abs(top), abs(mean))
+        return dead & (np.abs(acts.max[0] - top) <= tol) & (np.abs(acts.mean[0] - mean) <= tol)
 
 
 def _grid_column(la: LayerActivations, i: int) -> np.ndarray | None:
