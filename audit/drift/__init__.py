@@ -1,12 +1,14 @@
 """Drift verdicts between two versions of a model: did a registered neuron's function change?
 
 Modules, in the order a compare uses them:
+- `columns`     which values stand for a channel (a saturated channel's spatial mean) and when it is dead;
 - `statistics`  the distances and effect sizes of one neuron, or of every channel of a layer;
+- `evidence_kinds` the evidence registry: each kind's distance, title and sentence (`register_evidence`);
 - `resampling`  photograph-level bootstrap and permutation tests, folds, the power statement;
 - `benign`      the benign re-saves of the baseline (fp16/bf16, int8, quantization noise, BN);
 - `null`        the benign null of every channel and its calibrated bounds (cached per baseline);
-- `identity`    cross-fitted matching of a channel that moved to another index;
-- `evidence`    typed evidence records of one neuron;
+- `identity`    cross-fitted, one-to-one matching of a channel that moved to another index;
+- `evidence`    typed evidence records of one neuron (and the kinds that could not be computed);
 - `verdicts`    PASS/WARN/FAIL and the reason;
 - `compare`     `compare_versions` (models) and `compare_activations` (activations).
 """
@@ -17,6 +19,7 @@ from torch import nn
 
 from .compare import CompareResults, compare_activations, compare_neuron, compare_versions
 from .evidence import Evidence, NeuronComparison
+from .evidence_kinds import Columns, register_evidence
 from .null import BenignNull, LayerNull, build_benign_null, null_cache, tail_quantile
 from .statistics import (benjamini_hochberg, correlation_matrix, cross_activation, effective_k, holm, ks,
                          percentile_of, spearman, top_indices, topk_overlap, visual_distance, wasserstein_norm,
@@ -33,8 +36,8 @@ def visual_features(images: list[np.ndarray], feature_model: nn.Module, batch_si
     return penultimate_features(feature_model, images, model_input_size(feature_model), batch=batch_size)
 
 
-__all__ = ["BenignNull", "CompareResults", "Evidence", "LayerNull", "NeuronComparison", "assign_verdicts",
+__all__ = ["BenignNull", "Columns", "CompareResults", "Evidence", "LayerNull", "NeuronComparison", "assign_verdicts",
            "benjamini_hochberg", "build_benign_null", "compare_activations", "compare_neuron", "compare_versions",
            "correlation_matrix", "cross_activation", "effective_k", "holm", "ks", "null_cache", "percentile_of",
-           "spearman", "tail_quantile", "top_indices", "topk_overlap", "visual_distance", "visual_features",
-           "wasserstein_norm", "wilson_interval"]
+           "register_evidence", "spearman", "tail_quantile", "top_indices", "topk_overlap", "visual_distance",
+           "visual_features", "wasserstein_norm", "wilson_interval"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Collection
+from dataclasses import dataclass, replace
 
 import numpy as np
 from torch import nn
@@ -30,14 +31,16 @@ from ..probe import ProbeSet
 from ..records import NeuronTarget
 from ..stats import LayerActivations, layer_activations_full
 from ..taps import final_feature_layer
-from .evidence import ArgmaxChange, ConstantChannel, NeuronComparison, PhotographSupport, TopKChange, VisualEvidence, \
-    evidence_against_null
-from .identity import match_moved_channel
+from .columns import audited_values, constant_channels, mean_audited, statistic_name
+from .evidence import ArgmaxChange, ConstantChannel, Evidence, MissingEvidence, NeuronComparison, PhotographSupport, \
+    RegisteredIndex, TopKChange, VisualEvidence, measure_against_null
+from .identity import IdentityMatch, check_one_to_one, match_moved_channel
 from .null import BenignNull, LayerNull, build_benign_null, content_features, head_layer
 from .resampling import bootstrap_statistics, cluster_bootstrap_indices, content_p_value, percentile_interval, \
     photograph_labels, power_statement, topk_overlap_p_value
-from .statistics import correlation_matrix, cross_activation, effective_k, evidence_distances, ks, margin_distance, \
-    partner_distance, retention, spearman, top_indices, topk_overlap, visual_distance, wasserstein_norm
+from .evidence_kinds import Columns, evidence_kinds, measure
+from .statistics import correlation_matrix, cross_activation, effective_k, ks, partner_distance, retention, spearman, \
+    top_indices, topk_overlap, visual_distance, wasserstein_norm
 from .verdicts import assign_verdicts
 
 SELF_EXCITATION_MIN = 0.9       # a visualization counts as strong evidence only if it excites its own version this much
@@ -71,26 +74,77 @@ class _Context:
         else:
             rng = np.random.default_rng(thresholds.bootstrap_seed)
             self.boot = rng.integers(0, self.n, size=(thresholds.bootstrap, self.n))
-        self._margins: dict[str, np.ndarray] = {}
+        self._layers: dict[str, _Layer] = {}
 
-    def margins(self, layer: str, la: LayerActivations, lb: LayerActivations) -> np.ndarray:
-        if layer not in self._margins:
-            self._margins[layer] = margin_distance(la.mean, lb.mean)
-        return self._margins[layer]
+    def layer(self, layer: str, la: LayerActivations, lb: LayerActivations) -> "_Layer":
+        if layer not in self._layers:
+            self._layers[layer] = _Layer.of(la, lb)
+        return self._layers[layer]
+
+
+@dataclass
+class _Layer:
+    """One layer of both versions, each baseline channel in its audited statistic (audit.drift.columns)."""
+    la: LayerActivations
+    lb: LayerActivations
+    use_mean: np.ndarray            # [C] audited on the spatial mean
+    a: np.ndarray                   # [N, C] the baseline's audited values
+    dead_a: np.ndarray              # [C] constant on every statistic
+    dead_b: np.ndarray
+
+    @classmethod
+    def of(cls, la: LayerActivations, lb: LayerActivations) -> "_Layer":
+        use_mean = mean_audited(la)
+        return cls(la, lb, use_mean, audited_values(la, use_mean).astype(float), constant_channels(la),
+                   constant_channels(lb))
+
+    def statistic(self, i: int) -> str:
+        return statistic_name(bool(self.use_mean[i]))
+
+    def baseline(self, statistic: str) -> np.ndarray:
+        return np.asarray(self.la.mean if statistic == "mean" else self.la.max, float)
+
+    def candidate(self, statistic: str) -> np.ndarray:
+        return np.asarray(self.lb.mean if statistic == "mean" else self.lb.max, float)
+
+    def dead_at(self, acts: LayerActivations, dead: np.ndarray, i: int) -> np.ndarray:
+        """[C] the channels of `acts` dead at the value of the baseline's dead channel i."""
+        top, mean = float(self.la.max[0, i]), float(self.la.mean[0, i])
+        tol = 1e-6 * max(1.0, abs(top), abs(mean))
+        return dead & (np.abs(acts.max[0] - top) <= tol) & (np.abs(acts.mean[0] - mean) <= tol)
 
 
 def _grid_column(la: LayerActivations, i: int) -> np.ndarray | None:
     return None if la.grid is None else la.grid[:, i:i + 1, :]
 
 
-def _distances(ctx: _Context, la: LayerActivations, i: int, b: np.ndarray, grid_b) -> tuple[dict[str, float], int]:
-    """(kind -> distance of baseline channel i against candidate values b, the partner unit or -1)."""
-    a = la.max[:, i].astype(float)
-    d = evidence_distances(a[:, None], b[:, None], ctx.k, ctx.features, _grid_column(la, i), grid_b)
-    out = {kind: float(v[0]) for kind, v in d.items()}
-    size, partner = partner_distance(la.max, b[:, None], np.array([i]))
-    out["partner"] = float(size[0])
-    return out, int(partner[0])
+@dataclass
+class _Measurement:
+    """Baseline channel `channel` against the candidate's column `index`, judged by the channel's null."""
+    channel: int
+    index: int
+    b: np.ndarray                                   # the candidate's values at `index`
+    evidence: list[Evidence]
+    missing: list[MissingEvidence]
+    partner: int                                    # the baseline unit the change follows, or -1
+
+    @property
+    def fails(self) -> bool:
+        return any(e.level == "fail" for e in self.evidence)
+
+
+def _measure(ctx: _Context, lay: _Layer, i: int, j: int, layer_null: LayerNull, head: bool = False) -> _Measurement:
+    """Step 2, measure: every registered evidence kind (audit.drift.evidence_kinds) of baseline channel i
+    against the candidate's column j (in i's audited statistic), standardized by i's benign null;
+    `head`: the layer is the model's head (class margins)."""
+    a = lay.a[:, i:i + 1]
+    b = lay.candidate(lay.statistic(i))[:, j:j + 1]
+    cols = Columns(a, b, ctx.k, lay.a, np.array([i]), ctx.features, _grid_column(lay.la, i), _grid_column(lay.lb, j),
+                   lay.la.mean if head else None, lay.lb.mean if head else None)
+    distances = {kind: float(v[0]) for kind, v in measure(cols).items()}
+    evidence, missing = measure_against_null(distances, layer_null, i, ctx.t.false_alarm_rate, ctx.t.warn_rate)
+    partner = int(partner_distance(lay.a, b, np.array([i]))[1][0]) if "partner" in distances else -1
+    return _Measurement(i, j, b[:, 0], evidence, missing, partner)
 
 
 def _photo_counts(ctx: _Context, idx: np.ndarray) -> list[tuple[str, int]]:
@@ -193,66 +247,117 @@ def _effect_flags(t: ThresholdsConfig, rho: float, jac: float, wn: float) -> lis
     return flags
 
 
-def _moved_across_constant(ctx: _Context, t: ThresholdsConfig, la: LayerActivations, lb: LayerActivations,
-                           layer_null: LayerNull, i: int, const_a: bool) -> tuple[int | None, np.ndarray | None]:
-    """(candidate channel, its values) when exactly one side of channel i is constant and the channel
-    moved: a dead channel (constant in the baseline) is found at the candidate's only channel dead at
-    the same value; a live channel (the candidate's index i is now constant) by the cross-fitted match,
-    within the benign null. (None, None) otherwise."""
-    a = la.max[:, i].astype(float)
-    if const_a:
-        dead = np.flatnonzero((np.ptp(lb.max, axis=0) == 0)
-                              & (np.abs(lb.max[0] - a[0]) <= 1e-6 * max(1.0, abs(float(a[0])))))
-        if len(dead) == 1:
-            return int(dead[0]), lb.max[:, int(dead[0])].astype(float)
-        return None, None
-    m = match_moved_channel(a, lb.max, ctx.labels)
-    if not (m.agreed and m.index != i and m.heldout_spearman >= t.identity_match_spearman):
-        return None, None
-    b = lb.max[:, m.index].astype(float)
-    ev = evidence_against_null(_distances(ctx, la, i, b, _grid_column(lb, m.index))[0], layer_null, i,
-                               t.false_alarm_rate, t.warn_rate)
-    return (m.index, b) if not any(e.level == "fail" for e in ev) else (None, None)
+@dataclass
+class _Found:
+    """Where the registered neuron is in the candidate (step 1)."""
+    index: int                                      # the candidate's column that holds it
+    constant: ConstantChannel | None
+    identity: IdentityMatch | None                  # the cross-fitted match, when one was looked for
+    measured: _Measurement | None                   # at `index`; None when constant
+    registered: RegisteredIndex | None              # what the registered index shows, when the neuron moved
+
+
+def _constancy(lay: _Layer, i: int) -> ConstantChannel:
+    dead_a, dead_b = bool(lay.dead_a[i]), bool(lay.dead_b[i])
+    same = dead_a and dead_b and bool(lay.dead_at(lay.lb, lay.dead_b, i)[i])
+    return ConstantChannel("both" if dead_a and dead_b else ("baseline" if dead_a else "candidate"), same)
+
+
+def _left_its_index(ctx: _Context, lay: _Layer, j: int, layer_null: LayerNull) -> bool:
+    """Whether the baseline's channel j is gone from index j in the candidate: dead on one side only,
+    or beyond its benign null there."""
+    if lay.dead_a[j] or lay.dead_b[j]:
+        return not _constancy(lay, j).same
+    return _measure(ctx, lay, j, j, layer_null).fails
+
+
+def _moved_channel(ctx: _Context, lay: _Layer, i: int, layer_null: LayerNull
+                   ) -> tuple[IdentityMatch, _Measurement | None]:
+    """(the cross-fitted match of baseline channel i, its measurement at the match when the move is
+    accepted): both folds agree on another index j with held-out Spearman >= identity_match_spearman,
+    the move is one-to-one (j's own channel left its index and j matches back to i), and i measured
+    at j is within its benign null."""
+    s = lay.statistic(i)
+    match = match_moved_channel(lay.a[:, i], lay.candidate(s), ctx.labels)
+    if not (match.agreed and match.index != i and match.heldout_spearman >= ctx.t.identity_match_spearman):
+        return match, None
+    j = match.index
+    match = check_one_to_one(match, i, lay.candidate(s), lay.baseline(s), ctx.labels,
+                             _left_its_index(ctx, lay, j, layer_null))
+    moved = _measure(ctx, lay, i, j, layer_null)
+    match = replace(match, within_null=not moved.fails)
+    return match, (moved if match.one_to_one and not moved.fails else None)
+
+
+def _dead_channel_moved(ctx: _Context, lay: _Layer, i: int, layer_null: LayerNull) -> int | None:
+    """The index a dead baseline channel i moved to, one-to-one, or None. Dead channels at one value
+    are indistinguishable, so the move is read from the set: exactly one candidate channel became
+    dead at i's value, as many channels are dead at it in both versions, and the live channel that
+    left that index is found at i (`_moved_channel`). A dead channel that was revived is not moved."""
+    at_a, at_b = lay.dead_at(lay.la, lay.dead_a, i), lay.dead_at(lay.lb, lay.dead_b, i)
+    new = np.flatnonzero(at_b & ~at_a)
+    if len(new) != 1 or at_a.sum() != at_b.sum():
+        return None
+    j = int(new[0])
+    _, moved = _moved_channel(ctx, lay, j, layer_null)
+    return j if moved is not None and moved.index == i else None
+
+
+def _identify(ctx: _Context, tg: NeuronTarget, lay: _Layer, layer_null: LayerNull, head: bool) -> _Found:
+    """Step 1, identify the column: the registered index, measured (`_measure`) unless it is dead on
+    one side; an inner neuron that is dead on one side only, or beyond its null at its index, is looked
+    for at another index (`_moved_channel`, `_dead_channel_moved`), and the registered index's own
+    evidence is kept next to an accepted move."""
+    i = tg.index
+    dead_a, dead_b = bool(lay.dead_a[i]), bool(lay.dead_b[i])
+    here = None if dead_a or dead_b else _measure(ctx, lay, i, i, layer_null, head)
+    identity = None
+    if tg.kind == "inner" and dead_a and not dead_b:
+        j = _dead_channel_moved(ctx, lay, i, layer_null)
+        if j is not None:
+            return _Found(j, ConstantChannel("both", True), None, None,
+                          RegisteredIndex(i, [], [], ConstantChannel("baseline", False)))
+    elif tg.kind == "inner" and ((dead_b and not dead_a) or (here is not None and here.fails)):
+        identity, moved = _moved_channel(ctx, lay, i, layer_null)
+        if moved is not None:
+            registered = RegisteredIndex(i, here.evidence, here.missing, None) if here is not None else \
+                RegisteredIndex(i, [], [], _constancy(lay, i))
+            return _Found(moved.index, None, identity, moved, registered)
+    return _Found(i, _constancy(lay, i) if dead_a or dead_b else None, identity, here, None)
 
 
 def compare_neuron(ctx: _Context, tg: NeuronTarget, la: LayerActivations, lb: LayerActivations, layer_null: LayerNull,
                    viz_acts=None, visual_feats=None, visual_paired: bool = False) -> NeuronComparison:
-    """All statistics and typed evidence of one neuron."""
+    """All statistics and typed evidence of one neuron, in three steps: identify the column (`_identify`:
+    the audited statistic, dead or not, the registered index or a one-to-one move), measure it
+    (`_measure`: every evidence kind against the benign null, naming those that could not be
+    computed) and weigh the evidence (`_weigh`: effect sizes, intervals, top images, support)."""
+    lay = ctx.layer(tg.layer, la, lb)
+    head = tg.layer == ctx.head
+    found = _identify(ctx, tg, lay, layer_null, head)
+    return _weigh(ctx, tg, lay, found, head and tg.kind == "class", viz_acts, visual_feats, visual_paired)
+
+
+def _similar_logit(ctx: _Context, a: np.ndarray, lb: LayerActivations, i: int) -> tuple[int, float] | None:
+    """A class neuron beyond its null: the candidate logit that now behaves like it (rows swapped?)."""
+    row = correlation_matrix(a[:, None], lb.mean)[0]
+    j = int(np.argmax(row))
+    return (j, float(row[j])) if j != i and row[j] >= ctx.t.identity_match_spearman else None
+
+
+def _weigh(ctx: _Context, tg: NeuronTarget, lay: _Layer, found: _Found, is_head: bool, viz_acts, visual_feats,
+           visual_paired: bool) -> NeuronComparison:
+    """Step 3, weigh the evidence: the flat statistics, their photograph intervals, the top images,
+    where the top-1 went, the photographs that carry the change, the visual evidence and the user's
+    effect-size thresholds, gathered into one NeuronComparison."""
     t, i = ctx.t, tg.index
-    a, b = la.max[:, i].astype(float), lb.max[:, i].astype(float)
-    grid_b = _grid_column(lb, i)
-    is_head = tg.kind == "class" and tg.layer == ctx.head
-    fail_rate, warn_rate = t.false_alarm_rate, t.warn_rate
-    constant = None
-    evidence, identity, matched, similar, partner = [], None, None, None, -1
-    const_a, const_b = np.ptp(a) == 0, np.ptp(b) == 0
-    if tg.kind == "inner" and const_a != const_b:
-        # one side constant: a dead channel may have moved (or another channel moved into this index)
-        j, b_moved = _moved_across_constant(ctx, t, la, lb, layer_null, i, const_a)
-        if j is not None:
-            matched, b, const_b, grid_b = j, b_moved, bool(np.ptp(b_moved) == 0), _grid_column(lb, j)
-    if const_a or const_b:
-        same = bool(const_a and const_b and abs(a[0] - b[0]) <= 1e-6 * max(1.0, abs(a[0])))
-        constant = ConstantChannel("both" if const_a and const_b else ("baseline" if const_a else "candidate"), same)
-    else:
-        d, partner = _distances(ctx, la, i, b, grid_b)
-        if is_head:
-            d["margin"] = float(ctx.margins(tg.layer, la, lb)[i])
-        evidence = evidence_against_null(d, layer_null, i, fail_rate, warn_rate)
-        own_fail = any(e.level == "fail" for e in evidence)
-        if own_fail and tg.kind == "inner" and matched is None:
-            identity = match_moved_channel(a, lb.max, ctx.labels)
-            j = identity.index
-            if identity.agreed and j != i and identity.heldout_spearman >= t.identity_match_spearman:
-                d_moved, partner_moved = _distances(ctx, la, i, lb.max[:, j].astype(float), _grid_column(lb, j))
-                moved = evidence_against_null(d_moved, layer_null, i, fail_rate, warn_rate)
-                if not any(e.level == "fail" for e in moved):
-                    matched, evidence, b, partner = j, moved, lb.max[:, j].astype(float), partner_moved
-        if own_fail and tg.kind == "class":
-            row = correlation_matrix(a[:, None], lb.mean)[0]
-            j = int(np.argmax(row))
-            if j != i and row[j] >= t.identity_match_spearman:
-                similar = (j, float(row[j]))
+    a = lay.a[:, i]
+    measured, constant = found.measured, found.constant
+    b = measured.b if measured is not None else lay.candidate(lay.statistic(i))[:, found.index]
+    evidence = measured.evidence if measured is not None else []
+    similar = None
+    if tg.kind == "class" and any(e.level == "fail" for e in evidence):
+        similar = _similar_logit(ctx, a, lay.lb, i)
     n = ctx.n
     rho = spearman(a, b)
     inter, jac = topk_overlap(a, b, ctx.k)
@@ -269,11 +374,10 @@ def compare_neuron(ctx: _Context, tg: NeuronTarget, la: LayerActivations, lb: La
     if topk is not None:
         st.update(topk_p_value=topk.overlap_p_value, retention_ab=topk.retention_ab, retention_ba=topk.retention_ba,
                   content_p_value=topk.content_p_value)
-    for kind, key in (("content", "content_shift"), ("spatial", "spatial_agreement"), ("margin", "margin_shift"),
-                      ("partner", "partner_component")):
-        if kind in by_kind:
-            st[key] = (1 - by_kind[kind].value) if kind == "spatial" else by_kind[kind].value
-    argmax = _argmax_change(ctx, i, la, lb) if is_head else None
+    for kind in evidence_kinds():
+        if kind.statistic is not None and kind.name in by_kind:
+            st[kind.statistic] = kind.report(by_kind[kind.name].value)
+    argmax = _argmax_change(ctx, i, lay.la, lay.lb) if is_head else None
     if argmax is not None:
         st.update(argmax_share_a=argmax.share_a, argmax_share_b=argmax.share_b)
     ci, boot = {}, {}
@@ -285,10 +389,15 @@ def compare_neuron(ctx: _Context, tg: NeuronTarget, la: LayerActivations, lb: La
     support = _support(ctx, a, b, boot, rank_limit) if constant is None else None
     visual = _visual(t, a, b, viz_acts, visual_feats, visual_paired, st)
     flags = _effect_flags(t, st["spearman"], jac, wn) if constant is None and np.isfinite(rho) else []
+    statistic = lay.statistic(i)
+    partner = measured.partner if measured is not None and measured.partner >= 0 and "partner" in by_kind else None
     return NeuronComparison(target=tg, statistics=st, ci=ci, evidence=evidence, topk=topk, argmax=argmax,
-                            support=support, identity=identity, matched_index=matched, similar_logit=similar,
-                            visual=visual, constant=constant, effect_flags=flags,
-                            partner=partner if partner >= 0 and "partner" in by_kind else None)
+                            support=support, identity=found.identity,
+                            matched_index=found.index if found.index != i else None, similar_logit=similar,
+                            visual=visual, constant=constant, effect_flags=flags, partner=partner,
+                            missing=measured.missing if measured is not None else [], statistic=statistic,
+                            constant_value=float(lay.la.max[0, i]) if statistic == "mean" else None,
+                            registered=found.registered)
 
 
 def compare_activations(acts_a: dict[str, LayerActivations], acts_b: dict[str, LayerActivations],

@@ -11,14 +11,17 @@ import numpy as np
 from ..records import NeuronTarget
 from .identity import IdentityMatch
 from .null import LayerNull
-from .statistics import EVIDENCE_KINDS
+from .evidence_kinds import evidence_kind, evidence_kinds, kind_names, title
 
 Level = Literal["fail", "warn", "none"]
 
-EVIDENCE_TITLES = {"rank": "ranking of the probe images", "retention": "response on its own top images",
-                   "magnitude": "activation magnitude", "content": "content of the top images",
-                   "spatial": "where it fires", "margin": "top-1 margin against other classes",
-                   "partner": "now also responds like another unit"}
+
+
+def __getattr__(name: str):
+    """`EVIDENCE_TITLES`: kind -> title of the registered kinds, kept importable from here for one release."""
+    if name == "EVIDENCE_TITLES":
+        return {k.name: k.title for k in evidence_kinds()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,14 @@ class Evidence:
     def null_limit(self) -> float:
         """The distance at the fail bound for this neuron (what benign re-saves stay under)."""
         return float(self.fail_bound * self.scale)
+
+
+@dataclass(frozen=True)
+class MissingEvidence:
+    """An evidence kind that applies to the neuron but could not be computed, and why. It keeps its
+    share of the false-alarm rate: the other kinds' bounds are those they have when it is measured."""
+    kind: str
+    why: str
 
 
 @dataclass(frozen=True)
@@ -106,6 +117,15 @@ class ConstantChannel:
     same: bool
 
 
+@dataclass(frozen=True)
+class RegisteredIndex:
+    """When a neuron is found at another index: what its registered index shows in the candidate."""
+    index: int
+    evidence: list[Evidence]
+    missing: list[MissingEvidence]
+    constant: ConstantChannel | None      # the registered index is constant in the candidate
+
+
 @dataclass
 class NeuronComparison:
     """Everything measured for one neuron; `statistics` holds the report's flat numbers."""
@@ -123,6 +143,10 @@ class NeuronComparison:
     visual: VisualEvidence | None = None
     constant: ConstantChannel | None = None
     effect_flags: list[tuple[Level, str]] = field(default_factory=list)   # user effect-size thresholds crossed
+    missing: list[MissingEvidence] = field(default_factory=list)          # kinds that could not be computed
+    statistic: str = "max"                          # the per-image statistic audited (audit.drift.columns)
+    constant_value: float | None = None             # the baseline's spatial max when it is pinned (statistic "mean")
+    registered: RegisteredIndex | None = None       # the registered index's own evidence when the neuron moved
 
     def strongest(self, kinds=None) -> Evidence | None:
         pool = [e for e in self.evidence if kinds is None or e.kind in kinds]
@@ -134,22 +158,40 @@ class NeuronComparison:
                        and order[e.level] >= order[level]], key=lambda e: -e.excess)
 
 
-def evidence_against_null(distances: dict[str, float], layer_null: LayerNull, channel: int, fail_rate: float,
-                          warn_rate: float) -> list[Evidence]:
-    """Evidence records of one neuron's distances (kind -> value), standardized by the null of
-    its layer's `channel`; the rates are split evenly over the kinds measured (Bonferroni)."""
-    usable = {k: v for k, v in distances.items()
-              if k in layer_null.distances and v is not None and not np.isnan(v)}
-    kinds = [k for k in EVIDENCE_KINDS if k in usable and np.isfinite(layer_null.scales(k)[channel])]
-    m = max(1, len(kinds))
-    out = []
-    for kind in kinds:
-        value = float(usable[kind])
+def measure_against_null(distances: dict[str, float], layer_null: LayerNull, channel: int, fail_rate: float,
+                         warn_rate: float) -> tuple[list[Evidence], list[MissingEvidence]]:
+    """(evidence records, missing kinds) of one neuron's distances (kind -> value), standardized by the
+    null of its layer's `channel`. The kinds that apply are those measured or held by the null; the
+    rates are split evenly over ALL of them (Bonferroni), so a kind that could not be computed (a nan
+    distance, no null table, no finite null for this channel) keeps its share instead of handing it
+    to the others, and is returned as missing with the reason."""
+    applies = [k for k in kind_names() if k in distances or k in layer_null.distances]
+    m = max(1, len(applies))
+    out, missing = [], []
+    for kind in applies:
+        value = distances.get(kind)
+        if kind not in distances or value is None or np.isnan(value):
+            missing.append(MissingEvidence(kind, evidence_kind(kind).undefined if kind in distances
+                                           else "it was not measured for the candidate"))
+            continue
+        if kind not in layer_null.distances:
+            missing.append(MissingEvidence(kind, "the benign null of this layer holds no such distances"))
+            continue
         scale = float(layer_null.scales(kind)[channel])
+        if not np.isfinite(scale):
+            missing.append(MissingEvidence(kind, "no benign re-save gave a finite distance for this channel"))
+            continue
+        value = float(value)
         z = value / scale if scale > 0 else (float("inf") if value > 0 else 0.0)
         out.append(Evidence(kind, value, scale, float(z), layer_null.bound(kind, fail_rate / m),
                             layer_null.bound(kind, warn_rate / m)))
-    return out
+    return out, missing
+
+
+def evidence_against_null(distances: dict[str, float], layer_null: LayerNull, channel: int, fail_rate: float,
+                          warn_rate: float) -> list[Evidence]:
+    """The evidence records of `measure_against_null` (without the missing kinds)."""
+    return measure_against_null(distances, layer_null, channel, fail_rate, warn_rate)[0]
 
 
 def to_jsonable(c: NeuronComparison) -> dict:
@@ -165,10 +207,20 @@ def to_jsonable(c: NeuronComparison) -> dict:
             return clean(x.item())
         return x
 
-    ev = [{"kind": e.kind, "title": EVIDENCE_TITLES.get(e.kind, e.kind), "value": e.value, "z": e.z,
-           "fail_bound": e.fail_bound, "warn_bound": e.warn_bound, "null_limit": e.null_limit, "level": e.level}
-          for e in sorted(c.evidence, key=lambda e: -e.excess)]
-    out = {"evidence": ev}
+    def records(evidence: list[Evidence]) -> list[dict]:
+        return [{"kind": e.kind, "title": title(e.kind), "value": e.value, "z": e.z,
+                 "fail_bound": e.fail_bound, "warn_bound": e.warn_bound, "null_limit": e.null_limit, "level": e.level}
+                for e in sorted(evidence, key=lambda e: -e.excess)]
+
+    def missing(items: list[MissingEvidence]) -> list[dict]:
+        return [{"kind": x.kind, "title": title(x.kind), "why": x.why} for x in items]
+
+    out = {"evidence": records(c.evidence), "missing": missing(c.missing),
+           "statistic": c.statistic, "constant_value": c.constant_value}
+    reg = c.registered
+    out["registered"] = None if reg is None else {
+        "index": reg.index, "evidence": records(reg.evidence), "missing": missing(reg.missing),
+        "constant": asdict(reg.constant) if reg.constant is not None else None}
     for name in ("topk", "argmax", "support", "identity", "visual", "constant"):
         rec = getattr(c, name)
         out[name] = asdict(rec) if rec is not None else None

@@ -46,7 +46,8 @@ from ..stats import LayerActivations, layer_activations_full
 from ..taps import output_layer_name
 from ..errors import AuditInputError
 from .benign import RECIPE_VERSION, BenignVariant, benign_recipe
-from .statistics import evidence_distances, margin_distance, normalize_features, partner_distance
+from .evidence_kinds import distances_key, layer_columns, measure
+from .statistics import normalize_features
 
 _TAIL_START = 0.90
 PRIOR_DRAWS = 2          # pseudo-draws of the layer's typical distance in each channel's null scale
@@ -153,12 +154,10 @@ def content_features(acts: dict[str, LayerActivations], feature_layer: str | Non
 
 def layer_null_distances(base: LayerActivations, variant: LayerActivations, k: int, features: np.ndarray | None,
                          is_head: bool) -> dict[str, np.ndarray]:
-    """kind -> [C] distances of every channel of one variant from the baseline."""
-    out = evidence_distances(base.max, variant.max, k, features, base.grid, variant.grid)
-    if is_head:
-        out["margin"] = margin_distance(base.mean, variant.mean)
-    out["partner"] = partner_distance(base.max, variant.max, np.arange(base.max.shape[1]))[0]
-    return out
+    """kind -> [C] distances of every channel of one variant from the baseline: every registered kind
+    (audit.drift.evidence_kinds), each channel in its audited statistic (audit.drift.columns), as the
+    compare measures it."""
+    return measure(layer_columns(base, variant, k, features, is_head))
 
 
 def head_layer(model: nn.Module) -> str | None:
@@ -179,7 +178,8 @@ class NullCache:
     @staticmethod
     def key(weights_key: str, probe_sha: str, layer: str, k: int, feature_layer: str | None, is_head: bool) -> str:
         # weights_key: the baseline's content key (weights, architecture, model_args; audit.contentkeys)
-        raw = repr((RECIPE_VERSION, STATS_VERSION, weights_key, probe_sha, layer, int(k), feature_layer, bool(is_head)))
+        raw = repr((RECIPE_VERSION, STATS_VERSION, distances_key(), weights_key, probe_sha, layer, int(k),
+                    feature_layer, bool(is_head)))
         return hashlib.sha256(raw.encode()).hexdigest()[:40]
 
     def get(self, key: str, directory: Path | None) -> LayerNull | None:

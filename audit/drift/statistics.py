@@ -1,5 +1,8 @@
 """The drift statistics of one neuron, or of every channel of a layer at once.
 
+The evidence kinds below are registered with their titles and sentences in
+audit.drift.evidence_kinds, which is where a new kind is added.
+
 Every distance here is computed column-wise on [N images, C channels] arrays, so that the
 benign null (audit.drift.null) and the candidate are measured by literally the same code:
 the null runs them on all channels of a layer, the compare on the registered one. Each is
@@ -36,8 +39,19 @@ from scipy import stats as sps
 
 _EPS = 1e-12
 
+# what the null's tables measure (part of its cache key): v2 audits a saturated channel on its spatial mean
+DISTANCES_VERSION = "distances-v2"
 PARTNER_SHARE = 0.5        # the partner must explain at least half of the change's variance
-EVIDENCE_KINDS = ("rank", "retention", "magnitude", "content", "spatial", "margin", "partner")
+
+
+def __getattr__(name: str):
+    """`EVIDENCE_KINDS`: the names of the registered evidence kinds (audit.drift.evidence_kinds), kept
+    importable from here for one release."""
+    if name == "EVIDENCE_KINDS":
+        from .evidence_kinds import kind_names
+
+        return kind_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ---------------------------------------------------------------- one neuron
@@ -296,24 +310,6 @@ def partner_distance(layer_a: np.ndarray, b: np.ndarray, columns: np.ndarray) ->
     explained = partial[rows, best] ** 2 >= PARTNER_SHARE
     size = np.where((sd_d > _EPS) & (own_sd > _EPS) & explained, size, 0.0)
     return size, np.where((sd_d > _EPS) & explained, best, -1)
-
-
-def evidence_distances(a: np.ndarray, b: np.ndarray, k: int, features: np.ndarray | None = None,
-                       grid_a: np.ndarray | None = None, grid_b: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """The column-wise distances of EVIDENCE_KINDS except `margin` (which needs a whole head:
-    `margin_distance`) for each column of a ([N, C]) against the same column of b.
-
-    features: [N, D] normalized features of the probe images (content); grid_a/grid_b: [N, C, G]
-    pooled maps (spatial). A kind whose input is missing is left out."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    ta, tb = top_columns(a, k), top_columns(b, k)
-    out = {"rank": rank_distance(a, b), "retention": retention_distance(a, b, k),
-           "magnitude": magnitude_distance(a, b)}
-    if features is not None:
-        out["content"] = content_distance(ta, tb, features)
-    if grid_a is not None and grid_b is not None:
-        out["spatial"] = spatial_distance(grid_a, grid_b, ta, tb)
-    return out
 
 
 # ---------------------------------------------------------------- channel identity, multiplicity, intervals

@@ -1,8 +1,8 @@
 """PASS / WARN / FAIL from the typed evidence of each neuron, and the reason a person can act on.
 
 Rules (per neuron; rates from ThresholdsConfig):
-- FAIL when any evidence about the neuron's own response (rank, retention, magnitude, content,
-  spatial) is beyond the benign null at `false_alarm_rate`; or when its top-1 margin is, unless
+- FAIL when any evidence about the neuron's own response (every registered kind with `own`:
+  rank, retention, magnitude, content, spatial, partner; audit.drift.evidence_kinds) is beyond the benign null at `false_alarm_rate`; or when its top-1 margin is, unless
   every class that took or gave the top-1 is a registered neuron that FAILs on its own response
   (then the change is that neuron's, and this one PASSes with a note); or when the visual
   evidence is strong (`cross_activation_fail`); or when an effect size crosses a user FAIL
@@ -21,8 +21,7 @@ from __future__ import annotations
 from ..config import ThresholdsConfig
 from ..records import DriftResult
 from .evidence import Evidence, NeuronComparison, to_jsonable
-
-OWN_KINDS = ("rank", "retention", "magnitude", "content", "spatial", "partner")
+from .evidence_kinds import argmax_sentence, evidence_kind, interval, kind_names, title
 
 
 def _photos(photos: list[tuple[str, int]], k: int, limit: int = 2) -> str:
@@ -32,64 +31,11 @@ def _photos(photos: list[tuple[str, int]], k: int, limit: int = 2) -> str:
     return "crops of " + ", ".join(parts)
 
 
-def _classes(counts: dict[int, int], names: dict[int, str], limit: int = 2) -> str:
-    items = sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
-    return ", ".join(f"{names.get(int(c), 'logit')} (logit {int(c)})" if int(c) in names else f"logit {int(c)}"
-                     for c, _ in items)
-
-
-def _ci(c: NeuronComparison, key: str) -> str:
-    v = c.ci.get(key)
-    if not v or any(x != x for x in v):
-        return ""
-    return f" [{v[0]:.2f}, {v[1]:.2f}]"
-
-
 def _sentence(e: Evidence, c: NeuronComparison, class_names: dict[int, str]) -> str:
-    st, tk = c.statistics, c.topk
-    what = "logit" if c.target.kind == "class" else "channel"
-    if e.kind == "rank":
-        return (f"{what} ranks the probe images differently: Spearman {st['spearman']:.2f}{_ci(c, 'spearman')} "
-                f"over photographs; benign re-saves keep it above {1 - e.null_limit:.3f}")
-    if e.kind == "retention" and tk is not None:
-        if tk.retention_ab <= tk.retention_ba:
-            return (f"stopped firing on its own top images: under the candidate they rank at retention "
-                    f"{tk.retention_ab:.2f} (1 = still its top, 0 = random)")
-        return (f"its new top images were not its top before: retention {tk.retention_ba:.2f} under the baseline "
-                f"(1 = were its top, 0 = random)")
-    if e.kind == "content" and tk is not None:
-        p = f", permutation p {tk.content_p_value:.3f}" if tk.content_p_value is not None else ""
-        return (f"its top images show other content: centroid shift {e.value:.2f} "
-                f"(1 = as different as two random sets){p}")
-    if e.kind == "magnitude":
-        return (f"activation magnitude shifted: W/sigma {st['wasserstein_norm']:.2f}{_ci(c, 'wasserstein_norm')} "
-                f"(mean {st['mean_a']:.2f} -> {st['mean_b']:.2f}, std {st['std_a']:.2f} -> {st['std_b']:.2f}); "
-                f"benign re-saves stay below {e.null_limit:.2f}")
-    if e.kind == "spatial":
-        return (f"fires in other places on its top images: map agreement {1 - e.value:.2f}; "
-                f"benign re-saves keep it above {1 - e.null_limit:.2f}")
-    if e.kind == "partner" and c.partner is not None:
-        unit = (f"{class_names[c.partner]} (logit {c.partner})" if c.target.kind == "class" and c.partner in class_names
-                else f"{'logit' if c.target.kind == 'class' else 'channel'} {c.partner}")
-        return (f"now also responds like {unit}: a component of {e.value:.2f} of its std follows it "
-                f"(benign re-saves stay below {e.null_limit:.2f})")
-    if e.kind == "margin" and c.argmax is not None:
-        return _argmax_sentence(c, class_names) or f"top-1 margin moved by {e.value:.2f} sigma"
-    return f"{e.kind} {e.value:.3g} beyond the benign null"
-
-
-def _argmax_sentence(c: NeuronComparison, class_names: dict[int, str]) -> str:
-    am = c.argmax
-    parts = []
-    if am.lost:
-        where = f" ({', '.join(am.lost_photos[:2])})" if am.lost_photos else ""
-        parts.append(f"no longer the top-1 class on {am.lost} probe images{where}, now "
-                     f"{_classes(am.lost_to, class_names)}")
-    if am.gained:
-        where = f" ({', '.join(am.gained_photos[:2])})" if am.gained_photos else ""
-        parts.append(f"now the top-1 class on {am.gained} probe images{where}, previously "
-                     f"{_classes(am.gained_from, class_names)}")
-    return "; ".join(parts)
+    """The registered kind's sentence (audit.drift.evidence_kinds), or a plain one."""
+    kind = evidence_kind(e.kind)
+    text = kind.sentence(e, c, class_names) if kind is not None and kind.sentence is not None else ""
+    return text or f"{e.kind} {e.value:.3g} beyond the benign null"
 
 
 def _topk_sentence(c: NeuronComparison) -> str:
@@ -118,7 +64,7 @@ def decide(c: NeuronComparison, failing_classes: set[tuple[str, int]], t: Thresh
     registered class neurons whose own response FAILs in this compare."""
     if c.constant is not None:
         return ("PASS" if c.constant.same else "FAIL"), None
-    own_fail = c.at_level("fail", OWN_KINDS)
+    own_fail = c.at_level("fail", kind_names(own_only=True))
     margin = [e for e in c.evidence if e.kind == "margin"]
     attribution = None
     margin_counts = bool(margin) and margin[0].level != "none"
@@ -127,7 +73,7 @@ def decide(c: NeuronComparison, failing_classes: set[tuple[str, int]], t: Thresh
         if others and all((c.target.layer, int(j)) in failing_classes for j in others):
             margin_counts = False
             attribution = sorted(int(j) for j in others)
-    any_warn = bool(c.at_level("warn", OWN_KINDS)) or margin_counts
+    any_warn = bool(c.at_level("warn", kind_names(own_only=True))) or margin_counts
     visual = c.visual.level if c.visual is not None else "none"
     effect_fail = any(level == "fail" for level, _ in c.effect_flags) and any_warn
     if own_fail or (margin_counts and margin[0].level == "fail") or visual == "fail" or effect_fail:
@@ -137,13 +83,55 @@ def decide(c: NeuronComparison, failing_classes: set[tuple[str, int]], t: Thresh
     return "PASS", attribution
 
 
+def _kinds(evidence: list[Evidence], level: str = "fail") -> str:
+    return ", ".join(title(e.kind) for e in evidence if e.level == level)
+
+
+def _moved_prefix(c: NeuronComparison) -> str:
+    """The move, and what the registered index shows now (both are in the report)."""
+    how = (f" (held-out Spearman {c.identity.heldout_spearman:.2f}, chosen on other photographs)"
+           if c.identity is not None else "")
+    text = f"channel moved to index {c.matched_index}{how}"
+    reg = c.registered
+    if reg is not None and reg.constant is not None and not reg.constant.same:
+        text += (f"; index {reg.index} is now constant" if reg.constant.which == "candidate"
+                 else f"; index {reg.index} now responds to inputs")
+    elif reg is not None and _kinds(reg.evidence):
+        text += f"; at index {reg.index} it is beyond the benign null ({_kinds(reg.evidence)})"
+    return text + "; update the registry index; "
+
+
+def _missing_sentence(c: NeuronComparison) -> str:
+    if not c.missing:
+        return ""
+    return "not measured: " + "; ".join(f"{title(m.kind)} ({m.kind}: {m.why})"
+                                        for m in c.missing)
+
+
+def _identity_sentence(c: NeuronComparison) -> str:
+    """Why a closest channel elsewhere was not accepted as a move."""
+    m = c.identity
+    if m is None or c.matched_index is not None or c.target.kind != "inner" or not m.agreed \
+            or m.index == c.target.index:
+        return ""
+    closest = f"closest candidate channel {m.index} (held-out Spearman {m.heldout_spearman:.2f})"
+    if m.destination_left is False:
+        return (f"{closest} is the baseline's own channel {m.index}, still at its index (a near-duplicate): "
+                f"changed, not moved")
+    if m.back_agrees is False:
+        back = f"baseline channel {m.back_index}" if m.back_index is not None else "no one baseline channel"
+        return f"{closest} matches {back} better, not this one: changed, not moved"
+    return f"{closest} does not behave like it either: changed, not moved"
+
+
 def reason(c: NeuronComparison, verdict: str, attribution: list[int] | None, class_names: dict[int, str]) -> str:
     what = "logit" if c.target.kind == "class" else "channel"
     prefix = ""
+    if c.statistic == "mean" and c.constant_value is not None:
+        prefix = (f"its spatial max is {c.constant_value:.2f} on every probe image, so it is audited on its "
+                  f"spatial mean; ")
     if c.matched_index is not None:
-        how = (f" (held-out Spearman {c.identity.heldout_spearman:.2f}, chosen on other photographs)"
-               if c.identity is not None else "")
-        prefix = f"channel moved to index {c.matched_index}{how}; update the registry index; "
+        prefix += _moved_prefix(c)
     if c.constant is not None:
         if c.constant.same:
             return prefix + f"{what} is constant on the probe set in both versions (dead channel)"
@@ -152,16 +140,18 @@ def reason(c: NeuronComparison, verdict: str, attribution: list[int] | None, cla
                             else "it now responds to inputs"))
     st = c.statistics
     if verdict == "PASS":
-        core = f"Spearman {st['spearman']:.2f}{_ci(c, 'spearman')}; top-{int(st['topk_k'])} overlap " \
+        core = f"Spearman {st['spearman']:.2f}{interval(c, 'spearman')}; top-{int(st['topk_k'])} overlap " \
                f"{int(st['topk_overlap'])}/{int(st['topk_k'])}; W/sigma {st['wasserstein_norm']:.2f}"
-        top = c.strongest(OWN_KINDS if attribution else None)
+        top = c.strongest(kind_names(own_only=True) if attribution else None)
         if top is not None:
             scope = "its own response is" if attribution else "all evidence"
             core += f"; {scope} within the benign null (closest: {top.kind} at {top.excess:.2f} of its bound)"
         text = prefix + "function preserved: " + core
         if attribution and c.argmax is not None:
-            text += ("; but it is " + _argmax_sentence(c, class_names)
+            text += ("; but it is " + argmax_sentence(c, class_names)
                      + ": that change is the other neuron's, which FAILs")
+        if c.missing:
+            text += "; " + _missing_sentence(c)
         return text
     level = "fail" if verdict == "FAIL" else "warn"
     kinds = [e for e in c.at_level(level) if not (attribution and e.kind == "margin")] or c.at_level("warn")
@@ -170,17 +160,14 @@ def reason(c: NeuronComparison, verdict: str, attribution: list[int] | None, cla
         parts.append(_topk_sentence(c))
     parts.extend(_sentence(e, c, class_names) for e in kinds[:2])
     if c.argmax is not None and not any(e.kind == "margin" for e in kinds[:2]) and (c.argmax.lost or c.argmax.gained):
-        parts.append(_argmax_sentence(c, class_names))
+        parts.append(argmax_sentence(c, class_names))
     if c.similar_logit is not None:
         j, rho = c.similar_logit
         parts.append(f"the candidate's logit {j} now behaves like the baseline's logit {c.target.index} "
                      f"(Spearman {rho:.2f}): class rows swapped or relabelled?")
-    if c.identity is not None and c.matched_index is None and c.target.kind == "inner":
-        m = c.identity
-        if m.agreed and m.index != c.target.index:
-            parts.append(f"closest candidate channel {m.index} (held-out Spearman {m.heldout_spearman:.2f}) "
-                         f"does not behave like it either: changed, not moved")
-    if not c.at_level(level, OWN_KINDS):          # the verdict came from a user threshold: say which
+    if _identity_sentence(c):
+        parts.append(_identity_sentence(c))
+    if not c.at_level(level, kind_names(own_only=True)):          # the verdict came from a user threshold: say which
         parts.extend(text for lv, text in c.effect_flags if lv == level)
     if c.visual is not None and c.visual.level != "none":
         parts.append(c.visual.text)
@@ -192,6 +179,7 @@ def reason(c: NeuronComparison, verdict: str, attribution: list[int] | None, cla
     support = _support_sentence(c)
     if support:
         parts.append(support)
+    parts.append(_missing_sentence(c))
     return prefix + "; ".join(p for p in parts if p)
 
 
@@ -204,7 +192,7 @@ def assign_verdicts(comparisons: list[NeuronComparison], thresholds: ThresholdsC
         if c.target.kind == "class":
             names.setdefault(c.target.index, c.target.neuron_id)
     failing = {(c.target.layer, c.target.index) for c in comparisons
-               if c.target.kind == "class" and c.constant is None and c.at_level("fail", OWN_KINDS)}
+               if c.target.kind == "class" and c.constant is None and c.at_level("fail", kind_names(own_only=True))}
     out = []
     for c in comparisons:
         verdict, attribution = decide(c, failing, t)

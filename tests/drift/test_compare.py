@@ -128,3 +128,27 @@ def test_doubling_crops_keeps_verdicts(lite0, small_probe, planted, helpers):
         v4 = {r.neuron_id: (r.verdict, r.matched_index) for r in compare_versions(lite0, cand, small_probe, TARGETS, T)}
         v8 = {r.neuron_id: (r.verdict, r.matched_index) for r in compare_versions(lite0, cand, double, TARGETS, T)}
         assert v4 == v8
+
+
+def test_negated_stem_filter_fails(lite0, small_probe):
+    """Lite0's stem (bn1, ReLU6) pins many channels' spatial max at 6 on every probe image. Negating the
+    filter of such a channel keeps its max pinned at 6 (by the max alone it is "dead" in both versions) while
+    its spatial mean now anti-correlates with the baseline's: audited on its spatial mean, it FAILs. Its
+    untouched pinned neighbour is audited the same way and PASSes."""
+    from audit.stats import layer_activations_full
+
+    m = copy.deepcopy(lite0)
+    with torch.no_grad():
+        m.conv_stem.weight[0] *= -1
+    a = layer_activations_full(lite0, small_probe, ["bn1"], 32)["bn1"]
+    b = layer_activations_full(m, small_probe, ["bn1"], 32, use_cache=False)["bn1"]
+    for acts in (a, b):                             # the premise: the spatial max is pinned at 6 in both versions
+        assert np.ptp(acts.max[:, [0, 15]], axis=0).tolist() == [0, 0] and acts.max[0, 0] == pytest.approx(6.0)
+    assert np.corrcoef(a.mean[:, 0], b.mean[:, 0])[0, 1] < -0.8
+    targets = [NeuronTarget("stem-c0", "inner", "bn1", 0), NeuronTarget("stem-c15", "inner", "bn1", 15)]
+    results = by_id(compare_versions(lite0, m, small_probe, targets, T))
+    assert results["stem-c0"].verdict == "FAIL" and results["stem-c0"].matched_index is None
+    assert "audited on its spatial mean" in results["stem-c0"].reason
+    assert "dead channel" not in results["stem-c0"].reason
+    assert results["stem-c0"].evidence["statistic"] == "mean"
+    assert results["stem-c15"].verdict == "PASS"

@@ -208,3 +208,102 @@ def test_moved_channel_next_to_a_dead_one(inner_layer):
     assert dead.verdict == "PASS" and dead.matched_index == 0 and "dead channel" in dead.reason
     live = verdict(base, moved, null, INNER)
     assert live.verdict == "PASS" and live.matched_index == 3
+
+
+def test_revived_dead_channel_is_not_moved(inner_layer):
+    """Two channels dead at 0; the candidate revives one. The other is still the only channel dead at that
+    value in the candidate, but it never left its index: the revived channel FAILs, it did not "move"."""
+    values, grid = inner_layer
+    v = values.copy()
+    v[:, [3, 4]] = 0.0
+    base = acts(v, grid)
+    b = v.copy()
+    b[:, 3] = np.random.default_rng(8).normal(size=N)
+    res = verdict(base, acts(b, grid), null_of(base, 0.05), NeuronTarget("c3", "inner", "blocks.1", 3))
+    assert res.verdict == "FAIL" and res.matched_index is None
+    assert "now responds to inputs" in res.reason and "moved" not in res.reason
+
+
+def test_reinitialised_channel_beside_a_near_duplicate_fails(inner_layer):
+    """Channel 1 is a near-duplicate of channel 0. Re-initialising channel 0 leaves channel 1 as its best
+    cross-fitted match, within the null; but channel 1 never left its index, so this is no move: FAIL.
+    A real swap of channel 0 with channel 5 in the same layer is still found, one-to-one."""
+    values, grid = inner_layer
+    v, g = values.copy(), grid.copy()
+    rng = np.random.default_rng(9)
+    v[:, 1] = v[:, 0] + 0.02 * v[:, 0].std() * rng.normal(size=N)
+    g[:, 1] = g[:, 0]
+    base = acts(v, g)
+    null = null_of(base, 0.05)
+    b = v.copy()
+    b[:, 0] = rng.normal(size=N)
+    res = verdict(base, acts(b, g), null, INNER)
+    assert res.verdict == "FAIL" and res.matched_index is None
+    ident = res.evidence["identity"]
+    assert ident["index"] == 1 and ident["destination_left"] is False and ident["within_null"] is True
+    assert "near-duplicate" in res.reason and "changed, not moved" in res.reason
+    perm = np.arange(CHANNELS)
+    perm[[0, 5]] = [5, 0]
+    swapped = verdict(base, acts(v[:, perm], g[:, perm]), null, INNER)
+    assert swapped.verdict == "PASS" and swapped.matched_index == 5
+    assert swapped.evidence["identity"]["back_agrees"] and swapped.evidence["identity"]["destination_left"]
+    # the registered index's own evidence is kept next to the move
+    registered = swapped.evidence["registered"]
+    assert registered["index"] == 0 and any(e["level"] == "fail" for e in registered["evidence"])
+    assert "at index 0 it is beyond the benign null" in swapped.reason
+
+
+def test_missing_evidence_is_named_and_keeps_its_share(inner_layer):
+    """The candidate's channel now fires uniformly over each image (its values unchanged): the spatial
+    distance is undefined. It is named in the reason and in the report, and the other kinds keep the bounds
+    they have when spatial is measured (its share of the false-alarm rate is not handed to them)."""
+    from audit.report import build_report
+
+    values, grid = inner_layer
+    base = acts(values, grid)
+    null = null_of(base, 0.05)
+    flat = grid.copy()
+    flat[:, 0, :] = grid[:, 0, :].mean(-1, keepdims=True)
+    res = verdict(base, acts(values, flat), null, INNER)
+    missing = res.evidence["missing"]
+    assert [m["kind"] for m in missing] == ["spatial"] and "fires uniformly" in missing[0]["why"]
+    assert "not measured: where it fires (spatial" in res.reason
+    bounds = {e["kind"]: e["fail_bound"] for e in res.evidence["evidence"]}
+    measured = {e["kind"]: e["fail_bound"] for e in verdict(base, base, null, INNER).evidence["evidence"]}
+    assert "spatial" in measured and "spatial" not in bounds
+    assert bounds == {k: v for k, v in measured.items() if k != "spatial"}
+    report = build_report("m", "1", "2", "probe-sha", [res])
+    assert report["neurons"][0]["evidence"]["missing"][0]["kind"] == "spatial"
+
+
+def test_a_registered_kind_is_measured_judged_and_told(inner_layer):
+    """One registered function is a new kind of evidence: the null tables it, the compare judges it against
+    its bound with its share of the rate, the report carries its title and the reason its sentence. The
+    planted change (only the lowest image falls by 2 sigma) is seen by it alone."""
+    from audit.drift.evidence_kinds import distances_key, register_evidence, unregister_evidence
+
+    values, grid = inner_layer
+    base = acts(values, grid)
+    b = values.copy()
+    b[np.argmin(values[:, 0]), 0] -= 2 * values[:, 0].std()
+    cand = acts(b, grid)
+    key = distances_key()
+
+    @register_evidence("floor", title="lowest response",
+                       sentence=lambda e, c, names: f"its lowest response moved by {e.value:.1f} sigma")
+    def floor(cols):
+        return np.abs(cols.b.min(0) - cols.a.min(0)) / cols.a.std(0, ddof=1)
+
+    try:
+        assert distances_key() != key                       # the null's cache key follows the registry
+        null = null_of(base, 0.05)
+        assert null.distances["floor"].shape == (10, CHANNELS)
+        res = verdict(base, cand, null, INNER)
+        assert res.verdict == "FAIL"
+        assert {e["kind"] for e in res.evidence["evidence"] if e["level"] == "fail"} == {"floor"}
+        assert next(e for e in res.evidence["evidence"] if e["kind"] == "floor")["title"] == "lowest response"
+        assert "its lowest response moved by 2.0 sigma" in res.reason
+    finally:
+        unregister_evidence("floor")
+    assert distances_key() == key
+    assert verdict(base, cand, null_of(base, 0.05), INNER).verdict == "PASS"
