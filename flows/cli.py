@@ -46,28 +46,9 @@ def global_options(quiet: bool = typer.Option(False, "--quiet", help="Only warni
     from . import logs
 
     logs.configure(quiet=quiet, json_logs=json_logs)
-    if json_logs:
-        err.file = logs.LinesToLog(logs.get_logger("cli"))
-    elif quiet:
-        err.file = _QuietLines()
-
-
-class _QuietLines:
-    """stderr under --quiet: the CLI's error and warning lines pass, its notes and informational lines do not."""
-
-    def write(self, text: str) -> int:
-        self._pending = getattr(self, "_pending", "") + text
-        while "\n" in self._pending:
-            line, self._pending = self._pending.split("\n", 1)
-            if line.startswith(("error:", "warning:", "not audited:", "interrupted:", "waiting:")):
-                sys.stderr.write(line + "\n")
-        return len(text)
-
-    def flush(self) -> None:
-        sys.stderr.flush()
-
-    def isatty(self) -> bool:
-        return False
+    if json_logs or quiet:          # the CLI's own messages: one log record, or one passed line, each
+        err.file = logs.LinesToLog(logs.get_logger("cli")) if json_logs else logs.QuietLines()
+        err.soft_wrap = True
 
 
 class Exit(Exception):
@@ -697,6 +678,7 @@ def _restore_logging(saved_env: dict) -> None:
     if err.file is not sys.stderr and hasattr(err.file, "flush"):
         err.file.flush()
     err.file = None
+    err.soft_wrap = False
     logs.unconfigure()
     for k, v in saved_env.items():
         if v is None:

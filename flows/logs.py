@@ -168,28 +168,57 @@ def adopt_console_handlers(loggers=("", "prefect", "uvicorn", "fastapi")) -> Non
                     h.setLevel(max(h.level, logging.WARNING))
 
 
-class LinesToLog:
-    """A text stream whose lines become records of `log` (for the CLI's own messages under --json-logs):
-    `error:` and `not audited:` lines are errors, `warning:` lines warnings, the rest information."""
+def message_level(line: str) -> int:
+    """The level of one of the CLI's own stderr lines, by its prefix: `error:`, `not audited:` and
+    `interrupted:` are errors, `warning:` and `waiting:` warnings, the rest (notes, what was written) information."""
+    if line.startswith(("error:", "not audited:", "interrupted:")):
+        return logging.ERROR
+    if line.startswith(("warning:", "waiting:")):
+        return logging.WARNING
+    return logging.INFO
 
-    LEVELS = (("error:", logging.ERROR), ("not audited:", logging.ERROR), ("interrupted:", logging.ERROR),
-              ("warning:", logging.WARNING))
 
-    def __init__(self, log: logging.Logger):
-        self.log, self._buffer = log, ""
+class LineStream:
+    """A text stream that hands each complete line to `line` (rich's console writes a message in pieces):
+    what the CLI's stderr console writes to under --json-logs and --quiet."""
+
+    def __init__(self):
+        self._buffer = ""
+
+    def line(self, text: str) -> None:
+        raise NotImplementedError
 
     def write(self, text: str) -> int:
         self._buffer += text
         while "\n" in self._buffer:
             line, self._buffer = self._buffer.split("\n", 1)
             if line.strip():
-                level = next((lv for prefix, lv in self.LEVELS if line.startswith(prefix)), logging.INFO)
-                self.log.log(level, line)
+                self.line(line)
         return len(text)
 
     def flush(self) -> None:
         if self._buffer.strip():
-            self.write("\n")
+            self.line(self._buffer)
+        self._buffer = ""
 
     def isatty(self) -> bool:
         return False
+
+
+class LinesToLog(LineStream):
+    """Each line becomes a record of `log` at its `message_level` (under --json-logs: a JSON object)."""
+
+    def __init__(self, log: logging.Logger):
+        super().__init__()
+        self.log = log
+
+    def line(self, text: str) -> None:
+        self.log.log(message_level(text), text)
+
+
+class QuietLines(LineStream):
+    """Only the warning and error lines pass to stderr (under --quiet)."""
+
+    def line(self, text: str) -> None:
+        if message_level(text) >= logging.WARNING:
+            sys.stderr.write(text + "\n")
