@@ -17,7 +17,7 @@ from prefect.context import get_run_context  # noqa: E402
 
 import audit  # noqa: E402
 
-from . import runtime, unchanged, work  # noqa: E402
+from . import logs, runtime, unchanged, work  # noqa: E402
 from .alerts import WebhookBreaker, alert_payload, post_json  # noqa: E402
 from .prefect_names import (RENDER_BATCH_SIZE, artifact_key, compare_task_name, flow_run_name,  # noqa: E402
                             model_markdown, neuron_batches, render_task_name, verdict_state,
@@ -25,6 +25,7 @@ from .prefect_names import (RENDER_BATCH_SIZE, artifact_key, compare_task_name, 
 from .termination import raise_if_stop_requested  # noqa: E402
 
 IO_RETRIES = dict(retries=3, retry_delay_seconds=[1, 4, 10])
+log = logs.get_logger("audit")
 
 
 @task(name="register-version", task_run_name=version_task_name("register"), **IO_RETRIES)
@@ -69,7 +70,9 @@ def log_mlflow_task(cfg_path: str, model: str, version: str, run_id: int, outcom
     """Sync the version's MLflow run (only what is new); {"mlflow_run_id", "logged": number of items logged}."""
     from storage.tracking import sync_version_audit
 
-    result = sync_version_audit(cfg_path, model, version, run_id, neuron_errors=outcome.neuron_errors)
+    with logs.stage("MLflow sync", f"{model} v{version}", log) as st:
+        result = sync_version_audit(cfg_path, model, version, run_id, neuron_errors=outcome.neuron_errors)
+        st.count(logged=len(result.logged))
     return {"mlflow_run_id": result.mlflow_run_id, "logged": len(result.logged)}
 
 
@@ -84,7 +87,9 @@ def log_report_task(cfg_path: str, model: str, run_id: int, report: dict) -> dic
     """Sync the candidate's MLflow run: drift metrics, verdict tags, the compare report as JSON and HTML."""
     from storage.tracking import sync_version_audit
 
-    result = sync_version_audit(cfg_path, model, str(report["candidate"]), run_id)
+    with logs.stage("MLflow sync", f"{model} v{report['baseline']} -> v{report['candidate']} report", log) as st:
+        result = sync_version_audit(cfg_path, model, str(report["candidate"]), run_id)
+        st.count(logged=len(result.logged))
     return {"mlflow_run_id": result.mlflow_run_id, "logged": len(result.logged)}
 
 
@@ -102,14 +107,22 @@ def static_report_task(cfg_path: str, run_id: int, changed: bool = True) -> str:
     if not changed and index.is_file():
         return str(index)
     mlflow_ui, prefect_ui = ui_urls(cfg)      # links to the MLflow and Prefect UIs when they are known
-    return str(export_static(runtime.store(cfg_path), str(cfg.resolve_path(cfg.store.artifacts)), out_dir,
-                             mlflow_ui_url=mlflow_ui, prefect_ui_url=prefect_ui))
+    with logs.stage("static report", str(index), log):
+        return str(export_static(runtime.store(cfg_path), str(cfg.resolve_path(cfg.store.artifacts)), out_dir,
+                                 mlflow_ui_url=mlflow_ui, prefect_ui_url=prefect_ui))
 
 
 @task(name="send-alerts", **IO_RETRIES)
 def send_alerts_task(cfg_path: str, report: dict, flow_run_url: str | None) -> list[dict]:
     """One POST per FAIL that is new for this neuron and version pair; failed deliveries
     stay open and are retried by the next run."""
+    with logs.stage("alerts", f"{report['model']} v{report['baseline']} -> v{report['candidate']}", log) as st:
+        sent = _send_alerts(cfg_path, report, flow_run_url)
+        st.count(new=len(sent), delivered=sum(1 for a in sent if a["delivered"]))
+    return sent
+
+
+def _send_alerts(cfg_path: str, report: dict, flow_run_url: str | None) -> list[dict]:
     cfg = runtime.config(cfg_path)
     store = runtime.store(cfg_path)
     sent = []
@@ -211,6 +224,7 @@ def nightly_audit(config_path: str, model: str | None = None, version: str | Non
     is a comparison of two such versions; any other stored result is reused by content key."""
     from .preflight import ensure_preflight
 
+    logs.configure_from_env()            # a flow run a scheduler started: stage lines as the environment says
     logger = get_run_logger()
     cfg_path = str(config_path)
     checked = ensure_preflight(cfg_path, model=model, version=version)   # bad input: no row, no MLflow run

@@ -34,6 +34,23 @@ err = Console(stderr=True)
 ConfigOpt = typer.Option("neuron-audit.yaml", "-c", "--config", metavar="CONFIG", help="Path of neuron-audit.yaml.")
 
 
+@app.callback()
+def global_options(quiet: bool = typer.Option(False, "--quiet", help="Only warnings, errors and the verdicts: no stage "
+                                                                      "lines, notes or progress."),
+                   json_logs: bool = typer.Option(False, "--json-logs",
+                                                  help="Log to stderr as one JSON object per line (timestamp, level, "
+                                                       "logger, message, stage, event, duration_s, counts); stdout "
+                                                       "keeps the verdicts.")) -> None:
+    """Logging of every command: one line when each long stage starts and one when it ends (its duration and
+    what it produced) on stderr, through the `neuron_audit.*` loggers (flows/logs.py)."""
+    from . import logs
+
+    logs.configure(quiet=quiet, json_logs=json_logs)
+    if json_logs or quiet:          # the CLI's own messages: one log record, or one passed line, each
+        err.file = logs.LinesToLog(logs.get_logger("cli")) if json_logs else logs.QuietLines()
+        err.soft_wrap = True
+
+
 class Exit(Exception):
     def __init__(self, code: int):
         self.code = code
@@ -56,8 +73,10 @@ class _Progress:
     def __init__(self, enabled: bool = True):
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+        # Bars only on a terminal: without one (a scheduler's log) the stage lines of flows.logs tell the story.
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                                 TimeElapsedColumn(), console=err, transient=False, disable=not enabled)
+                                 TimeElapsedColumn(), console=err, transient=False,
+                                 disable=not (enabled and err.is_terminal))
         self.tasks: dict[str, int] = {}
 
     def __call__(self, stage: str, done: int, total: int) -> None:
@@ -176,6 +195,9 @@ def _quiet_prefect_console() -> None:
         for h in logging.getLogger(name).handlers:
             if isinstance(h, logging.StreamHandler) and no_tracebacks not in h.filters:
                 h.addFilter(no_tracebacks)
+    from . import logs
+
+    logs.adopt_console_handlers()        # Prefect's own lines follow --json-logs and --quiet
 
 
 @app.command(epilog=EXIT_CODES_HELP)
@@ -203,7 +225,10 @@ def demo(directory: Path = typer.Option(Path("neuron-audit-demo"), "--dir", meta
     watched = watch_demo_batches(config_path, directory)       # before the export: the report shows the batches
     report_dir = directory / "report"
     if recomputed or not (report_dir / "index.html").is_file():
-        _export_report(str(config_path), report_dir)
+        from .logs import get_logger, stage
+
+        with stage("static report", str(report_dir / "index.html"), get_logger("demo")):
+            _export_report(str(config_path), report_dir)
     reports = shown["reports"]
     planted = next((n for r in reports for n in r["neurons"] if n["id"] == PLANTED_NEURON), None)
     if planted:
@@ -328,8 +353,12 @@ def visualize(config: str = ConfigOpt,
     if steps is not None:
         settings = settings.model_copy(update={"steps": steps})
     settings = settings.resolved(loaded.model)
-    with _Progress():
+    from .logs import get_logger, stage
+
+    with _Progress(), stage("render", f"{method} {n.id} of {model} v{version} ({settings.steps} steps)",
+                            get_logger("visualize")) as st:
         viz = _render_one(cfg, mcfg, n, loaded.model, settings, seed, method)
+        st.count(**{"steps run": len(viz.loss_history)})
     out_png.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(viz.image).save(out_png)
     out.print(f"wrote {out_png} ({viz.seconds:.1f} s, final loss {viz.loss_history[-1] if viz.loss_history else float('nan'):.4g})")
@@ -360,14 +389,15 @@ def _render_one(cfg, mcfg, n, model, settings, seed, method):
             err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
         err.print(f"references: {refs.description}", highlight=False, soft_wrap=True)
         return render_vital(model, [VitalRequest(target, refs.images, refs.use_relevance)], settings, seed=seed,
-                            progress=progress.step_reporter(f"VITAL {n.id}"))[0]
+                            progress=progress.step_reporter(f"VITAL {n.id}", settings.steps))[0]
     from audit import baselines
 
     if method == "fourier":
-        return baselines.render_fourier(model, [target], size=size, steps=settings.steps, seed=seed)[0]
+        return baselines.render_fourier(model, [target], size=size, steps=settings.steps, seed=seed,
+                                        progress=progress.step_reporter(f"Fourier {n.id}", settings.steps))[0]
     probe = runtime.probe_set(cfg, mcfg, model)
     return baselines.render_maco(model, [target], reference_images=probe.images, size=size, steps=settings.steps,
-                                 seed=seed)[0]
+                                 seed=seed, progress=progress.step_reporter(f"MACO {n.id}", settings.steps))[0]
 
 
 @app.command(epilog=EXIT_CODES_HELP)
@@ -640,8 +670,39 @@ def _infrastructure_errors() -> tuple[type[BaseException], ...]:
     return (StoreUnavailableError, TrackingUnavailableError, PreflightUnavailable, StoreBusyError)
 
 
+def _restore_logging(saved_env: dict) -> None:
+    """After the exit messages: stderr back to the console, the log handler removed and the environment as it
+    was (the logging choice of one in-process call does not leak into the next)."""
+    import os
+
+    from . import logs
+
+    if err.file is not sys.stderr and hasattr(err.file, "flush"):
+        err.file.flush()
+    err.file = None
+    err.soft_wrap = False
+    logs.unconfigure()
+    for k, v in saved_env.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: maps outcomes and errors to the exit codes of docs/cli.md (flows/outcome.py)."""
+    import os
+
+    from . import logs
+
+    saved_env = {k: os.environ.get(k) for k in (logs.JSON_ENV, logs.QUIET_ENV)}
+    try:
+        _main(argv)
+    finally:
+        _restore_logging(saved_env)
+
+
+def _main(argv: list[str] | None) -> None:
     import click
 
     from audit.errors import AuditInputError

@@ -75,7 +75,10 @@ def prepare_demo(directory: Path, quick: bool) -> tuple[Path, dict | None]:
     checkpoint = directory / "checkpoints" / "v2.safetensors"
     change = None
     if not checkpoint.exists():
-        change = build_planted_version(checkpoint)
+        from .logs import get_logger, stage
+
+        with stage("plant", "version 2: espresso fine-tuned to fire on cat photographs", get_logger("demo")):
+            change = build_planted_version(checkpoint)
     config_path = directory / "neuron-audit.yaml"
     config_path.write_text("# written by `neuron-audit demo`\n" + yaml.safe_dump(demo_config(quick), sort_keys=False))
     return config_path, change

@@ -66,7 +66,14 @@ class TemporaryApi:
         return cls(proc, f"http://127.0.0.1:{port}/api", log)
 
     def wait(self, timeout_s: float = 90.0) -> str:
-        """The API URL once the server answers; RuntimeError (exit 4) when it does not start."""
+        """The API URL once the server answers; RuntimeError (exit 4) when it does not start (a logged stage:
+        how long the command waited for its server)."""
+        from .logs import get_logger, stage
+
+        with stage("Prefect server", f"{self.url} (temporary)", get_logger("prefect")):
+            return self._wait(timeout_s)
+
+    def _wait(self, timeout_s: float) -> str:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -361,7 +361,12 @@ def raise_for_problems(report: PreflightReport, origin: str) -> None:
 
 def ensure_preflight(config_path: str | os.PathLike, *, model: str | None = None,
                      version: str | list[str] | None = None, check_store: bool = True) -> PreflightReport:
-    """The preflight, raising when anything is wrong; the entry every command (and `watch`) calls."""
-    report = run_preflight(config_path, model=model, version=version, check_store=check_store)
-    raise_for_problems(report, str(config_path))
+    """The preflight, raising when anything is wrong; the entry every command (and `watch`) calls (a logged
+    stage: a failed one is followed by the problems, each naming its key and value)."""
+    from .logs import get_logger, stage
+
+    with stage("preflight", str(config_path), get_logger("preflight")) as st:
+        report = run_preflight(config_path, model=model, version=version, check_store=check_store)
+        raise_for_problems(report, str(config_path))
+        st.count(**{"versions identified": len(report.identities), "notes": len(report.notes)})
     return report

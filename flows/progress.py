@@ -17,6 +17,9 @@ def report(stage: str, done: int = 0, total: int = 0) -> None:
         _callback(stage, done, total)
 
 
-def step_reporter(stage: str):
-    """A per-step callback for long loops (VITAL steps): (step, total) -> None."""
-    return None if _callback is None else (lambda step, total, *_: report(stage, step, total))
+def step_reporter(stage: str, total: int):
+    """A per-step callback for the optimizers' loops (VITAL, Fourier, MACO), which call it as
+    progress(step, losses) with a 0-based step: shown as `stage  step+1/total`. The losses are not shown."""
+    if _callback is None:
+        return None
+    return lambda step, *_losses: report(stage, int(step) + 1, total)

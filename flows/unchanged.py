@@ -173,7 +173,20 @@ def open_store_for_plan(cfg: AuditConfig):
 
 def plan_audit(cfg: AuditConfig, ctx: CheckContext, identities: dict[tuple[str, str], str], store, *,
                model: str | None = None, version: str | None = None, with_visuals: bool = True) -> AuditPlan:
-    """Which versions and comparisons of this audit are unchanged since their recorded check."""
+    """Which versions and comparisons of this audit are unchanged since their recorded check (a logged stage)."""
+    from .logs import get_logger, stage
+
+    with stage("plan", "which versions and comparisons changed", get_logger("audit")) as st:
+        plan = _plan_audit(cfg, ctx, identities, store, model=model, version=version, with_visuals=with_visuals)
+        st.count(**{"versions to audit": sum(1 for v in plan.versions if not v.unchanged),
+                    "versions unchanged": sum(1 for v in plan.versions if v.unchanged),
+                    "comparisons to run": sum(1 for p in plan.pairs if not p.unchanged),
+                    "comparisons unchanged": sum(1 for p in plan.pairs if p.unchanged)})
+    return plan
+
+
+def _plan_audit(cfg: AuditConfig, ctx: CheckContext, identities: dict[tuple[str, str], str], store, *,
+                model: str | None, version: str | None, with_visuals: bool) -> AuditPlan:
     from . import runtime
 
     plan = AuditPlan(store_ready=store is not None)

@@ -254,6 +254,18 @@ def watch_batch_run(cfg_path: str, model: str, images: str | Path, version: str 
                     batch_id: str | None = None, *, alerts: bool = True, mlflow: bool = True) -> dict:
     """Watch one batch end to end (validate, compute, store, alert, MLflow); returns the report.
     MLflow and webhook failures are recorded in `report['problems']`, never lose the stored result."""
+    from .logs import stage
+
+    subject = f"batch {batch_id if batch_id is not None else Path(images).name} of {model}"
+    with stage("watch", subject, logging.getLogger("neuron_audit.watch")) as st:
+        report = _watch_batch_run(cfg_path, model, images, version, batch_id, alerts=alerts, mlflow=mlflow)
+        st.count(images=report["n_images"], verdict=report["verdict"], **{
+            k: v for k, v in report["counts"].items() if isinstance(v, int) and not isinstance(v, bool)})
+    return report
+
+
+def _watch_batch_run(cfg_path: str, model: str, images: str | Path, version: str | None, batch_id: str | None, *,
+                     alerts: bool, mlflow: bool) -> dict:
     t0 = time.perf_counter()
     inputs = validate_inputs(cfg_path, model, images, version, batch_id)
     values, _reference, verdict = compute(inputs)

@@ -20,10 +20,11 @@ from audit.pipeline import (class_layer_ok, neuron_target, reference_recipe, ref
 from audit.records import Visualization
 
 from . import runtime
+from .logs import stage
 from .termination import raise_if_stop_requested
 from .unchanged import comparison_pairs  # noqa: F401  (re-exported: flows used to import it from here)
 
-log = logging.getLogger("neuron_audit")
+log = logging.getLogger("neuron_audit.audit")
 
 # What computing one neuron (or one version, or one comparison) can fail with and still leave the others
 # to finish: torch runtime errors (out of memory, shapes), bad values met late (AuditInputError is a
@@ -74,9 +75,10 @@ def valid_neurons(cfg_path: str, model_name: str, version: str, outcome: Version
 
 
 def register_version(cfg_path: str, model_name: str, version: str) -> str:
-    cfg = runtime.config(cfg_path)
-    loaded = runtime.load_version(cfg_path, model_name, version)
-    runtime.store(cfg_path).upsert_model_version(model_name, version, loaded.source, loaded.weights_sha256)
+    with stage("register", f"{model_name} v{version}", log) as st:
+        loaded = runtime.load_version(cfg_path, model_name, version)
+        runtime.store(cfg_path).upsert_model_version(model_name, version, loaded.source, loaded.weights_sha256)
+        st.count(weights=loaded.weights_sha256[:12])
     return loaded.weights_sha256
 
 
@@ -146,6 +148,14 @@ def probe_values(store, mcfg, version: str, n, loaded: runtime.LoadedVersion, pr
 
 
 def probe_statistics(cfg_path: str, model_name: str, version: str, outcome: VersionOutcome) -> VersionOutcome:
+    with stage("probe statistics", f"{model_name} v{version}", log) as st:
+        _probe_statistics(cfg_path, model_name, version, outcome)
+        st.count(computed=len(outcome.stats_computed), reused=len(outcome.stats_cached),
+                 **({"not audited": len(outcome.neuron_errors)} if outcome.neuron_errors else {}))
+    return outcome
+
+
+def _probe_statistics(cfg_path: str, model_name: str, version: str, outcome: VersionOutcome) -> VersionOutcome:
     """Statistics of the registered neurons on the probe set: reused where stored under the same statistics key
     (`statistics_key`), computed and stored otherwise (a changed index, checkpoint or model_args behind the same
     version label included)."""
@@ -180,6 +190,20 @@ def render_visualizations(cfg_path: str, model_name: str, version: str, run_id: 
     """VITAL images of the registered neurons (or of `neuron_ids` only), batched per seed; reuses any stored
     visualization with the same content key (what the render reads: the parameters up to its last read layer,
     references, resolved settings, seed; `audit.contentkeys`)."""
+    mcfg = runtime.config(cfg_path).model(model_name)
+    n_neurons = len(neuron_ids) if neuron_ids is not None else len(mcfg.neurons)
+    before = len(outcome.viz_rendered), len(outcome.viz_reused), len(outcome.neuron_errors)
+    with stage("render", f"{n_neurons * len(mcfg.visualization.seeds)} visualizations of {model_name} v{version}",
+               log) as st:
+        _render_visualizations(cfg_path, model_name, version, run_id, outcome, neuron_ids)
+        st.count(**{"re-rendered": len(outcome.viz_rendered) - before[0], "reused": len(outcome.viz_reused) - before[1]},
+                 **({"not audited": len(outcome.neuron_errors) - before[2]}
+                    if len(outcome.neuron_errors) > before[2] else {}))
+    return outcome
+
+
+def _render_visualizations(cfg_path: str, model_name: str, version: str, run_id: int | None,
+                           outcome: VersionOutcome, neuron_ids: list[str] | None = None) -> VersionOutcome:
     from audit.vital import VitalRequest, render_vital
 
     cfg = runtime.config(cfg_path)
@@ -266,6 +290,19 @@ def compare_pair(cfg_path: str, model_name: str, baseline: str, candidate: str, 
                  with_visuals: bool = True) -> dict:
     """Drift of every registered neuron from `baseline` to `candidate`; stores the results
     and the report, returns the report (docs/compare-report.md)."""
+    with stage("compare", f"{model_name} v{baseline} -> v{candidate}", log) as st:
+        report = _compare_pair(cfg_path, model_name, baseline, candidate, run_id, with_visuals)
+        verdicts = [n["verdict"] for n in report["neurons"]]
+        st.count(neurons=len(verdicts), **{v: verdicts.count(v) for v in ("FAIL", "WARN", "PASS") if v in verdicts})
+        null = report.get("benign_null") or {}
+        if null:
+            seconds = null.get("build_seconds") or 0
+            st.count(null=f"built in {seconds:.1f} s" if seconds else "reused")
+    return report
+
+
+def _compare_pair(cfg_path: str, model_name: str, baseline: str, candidate: str, run_id: int | None,
+                  with_visuals: bool = True) -> dict:
     from audit.drift import compare_versions, visual_features
     from audit.report import build_report
     from audit.stats import neuron_activations

@@ -156,6 +156,19 @@ def render(app: Any = None) -> str:
     ]
     lines += [f"| [`{x.command_path}`](#{x.command_path.replace(' ', '-')}) | {_cell(c.get_short_help_str(limit=200))} |"
               for c, x in top]
+    globals_ = [rec for rec in (p.get_help_record(root) for p in options(group, root)) if rec]
+    if globals_:
+        lines += ["", "## Global options", "",
+                  f"Given before the command (`{PROGRAM} --json-logs run -c neuron-audit.yaml`); they set how every "
+                  "command logs. Without a terminal (a scheduler, a pipe), each long stage (preflight, plan, "
+                  "register, probe statistics, render, compare, MLflow sync, alerts, static report, watch) logs one "
+                  "line on stderr when it starts and one when it ends, with its duration and what it produced; on a "
+                  "terminal the progress bars show as well. The lines go through Python's `logging` module, on "
+                  "loggers named `neuron_audit.*`, so a deployment can route them. Processes a scheduler starts "
+                  "without this command line (a Prefect worker's flow run) read the same choice from "
+                  "`NEURON_AUDIT_JSON_LOGS=1` and `NEURON_AUDIT_QUIET=1`.",
+                  "", "| option | meaning |", "|---|---|"]
+        lines += [f"| `{_cell(names)}` | {_cell(text) or '(no help text)'} |" for names, text in globals_]
     lines += ["", "## Exit codes", "", "Every command exits with one of these codes:", "", "| code | meaning |",
               "|---|---|"]
     lines += [f"| {code} | {_cell(text)} |" for code, text in EXIT_CODES]

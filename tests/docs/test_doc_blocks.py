@@ -41,6 +41,9 @@ def _program_args(words: list[str]) -> list[str] | None:
 def _resolve(args: list[str]):
     """(command, context, remaining args) for the leading subcommand words of `args`."""
     cmd, ctx = cli_reference.root_command()
+    global_flags = cli_reference.flags_of(cmd, ctx) - set(ctx.help_option_names)
+    while args and args[0] in global_flags:          # `neuron-audit --json-logs run ...`: options of every command
+        args = args[1:]
     while args and args[0] in getattr(cmd, "commands", {}):
         sub = cmd.commands[args[0]]
         ctx = sub.context_class(sub, info_name=args[0], parent=ctx)
