@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,6 +19,8 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 import pytest
 import torch
+
+from system_services import as_postgres, find_initdb, service_missing
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -58,6 +63,37 @@ def sample_images():
     for name in builtin_sample_names():
         out[name] = load_rgb_images(resolve_images(f"builtin:samples/{name}")).images[0]
     return out
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """Base URL (`postgresql+psycopg://postgres@127.0.0.1:PORT`) of one throwaway PostgreSQL server for the
+    whole test run (fsync off). Missing PostgreSQL skips, or fails when CI=true (tests/system_services.py)."""
+    from pathlib import Path
+
+    initdb = find_initdb()
+    if initdb is None:
+        service_missing("PostgreSQL is not installed (no initdb)")
+    bindir = str(Path(initdb).parent)
+    d = tempfile.mkdtemp(prefix="neuron-audit-pg-")
+    os.chmod(d, 0o755)
+    if os.geteuid() == 0:
+        shutil.chown(d, "postgres", "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = as_postgres(f"{bindir}/initdb -D {d}/data -U postgres --auth=trust -E UTF8 --locale=C.UTF-8")
+    if r.returncode != 0:
+        service_missing(f"PostgreSQL's initdb failed: {r.stderr.strip()[-400:]}")
+    r = as_postgres(f"{bindir}/pg_ctl -D {d}/data -l {d}/log -o '-c listen_addresses=127.0.0.1 -p {port} -k {d} "
+                    f"-c fsync=off -c max_connections=50' -w -t 300 start")
+    if r.returncode != 0:
+        service_missing(f"PostgreSQL did not start: {r.stderr.strip()[-400:]} {Path(d, 'log').read_text()[-400:]}")
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
+    finally:
+        as_postgres(f"{bindir}/pg_ctl -D {d}/data -m fast -w stop")
+        shutil.rmtree(d, ignore_errors=True)
 
 
 class _Webhook(BaseHTTPRequestHandler):
