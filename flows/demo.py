@@ -70,9 +70,18 @@ def build_planted_version(out: Path) -> dict:
     return vars(change)
 
 
+def planted_checkpoint_path(directory: Path) -> Path:
+    return directory / "checkpoints" / "v2.safetensors"
+
+
+def needs_planted_version(directory: Path) -> bool:
+    """True on a first run in `directory`: version 2 is still to be built (and so an audit is to be done)."""
+    return not planted_checkpoint_path(directory).exists()
+
+
 def prepare_demo(directory: Path, quick: bool) -> tuple[Path, dict | None]:
     directory.mkdir(parents=True, exist_ok=True)
-    checkpoint = directory / "checkpoints" / "v2.safetensors"
+    checkpoint = planted_checkpoint_path(directory)
     change = None
     if not checkpoint.exists():
         change = build_planted_version(checkpoint)

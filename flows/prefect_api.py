@@ -65,8 +65,10 @@ class TemporaryApi:
         proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=log)
         return cls(proc, f"http://127.0.0.1:{port}/api", log)
 
-    def wait(self, timeout_s: float = 90.0) -> str:
-        """The API URL once the server answers; RuntimeError (exit 4) when it does not start."""
+    def wait(self, timeout_s: float = 600.0) -> str:
+        """The API URL once the server answers; RuntimeError (exit 4) when it exits or does not start.
+        While its process is alive it is still booting (a minute or more on a loaded 2-core machine), so
+        `timeout_s` only bounds a server that hangs without exiting."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
