@@ -1,5 +1,6 @@
 # The two set-up commands of the README: `make demo` and `make test`.
-# Each creates .venv (torch from pip as pinned below) and installs the package.
+# Each creates .venv (torch from pip as pinned below) and installs the package; `make test` also
+# installs the system services the suite drives for real (`make system-deps`).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -9,7 +10,7 @@ export DO_NOT_TRACK = true
 export MLFLOW_DISABLE_TELEMETRY = true
 export HF_HUB_OFFLINE = 1
 
-.PHONY: demo demo-quick test test-fast benchmarks clean
+.PHONY: demo demo-quick test test-fast system-deps benchmarks clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +27,26 @@ demo: $(STAMP)
 demo-quick: $(STAMP)
 	$(VENV)/bin/neuron-audit demo --quick; rc=$$?; [ $$rc -le 1 ] || exit $$rc
 
-test: $(STAMP)
+# PostgreSQL and headless Chromium, which the tests start for real (tests/system_services.py). Installed
+# with apt-get when missing (as root, or through sudo); otherwise it says what is missing and goes on:
+# those tests then skip on a developer's machine and FAIL when CI=true.
+SYSTEM_PACKAGES := postgresql chromium
+system-deps:
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
+	command -v chromium >/dev/null || command -v chromium-browser >/dev/null || command -v google-chrome >/dev/null \
+	  || missing="$$missing chromium"; \
+	if [ -z "$$missing" ]; then echo "system-deps: postgresql and chromium are installed"; exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo="sudo -n"; \
+	else echo "system-deps: missing:$$missing; install them as root: apt-get install -y$$missing" \
+	  "(their tests skip, and fail when CI=true)"; exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then echo "system-deps: missing:$$missing and no apt-get: install them" \
+	  "with your system's package manager (their tests skip, and fail when CI=true)"; exit 0; fi; \
+	echo "system-deps: apt-get install$$missing"; \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing
+
+test: $(STAMP) system-deps
 	$(PY) -m pytest -q -p no:cacheprovider --durations=15
 
 test-fast: $(STAMP)

@@ -150,37 +150,46 @@ def _preflight(config: str, model: str | None = None, version=None, notes: bool 
 
 
 def _audit(config: str, model: str | None = None, version: str | None = None, with_visuals: bool = True,
-           command: str = "run", progress: bool = True) -> tuple[dict, bool]:
+           command: str = "run", progress: bool = True, started=None) -> tuple[dict, bool]:
     """Preflight, then the audit under the store's writer lock: only the check is recorded when every
     selected version and comparison is unchanged (no Prefect, no model); otherwise the flow, against
-    PREFECT_API_URL or a temporary Prefect server started while this process prepares. Returns
-    (summary, whether anything was recomputed)."""
+    PREFECT_API_URL or a temporary Prefect server started while this process prepares (or `started`, a
+    TemporaryApi the caller already launched; stopped here in every case). Returns (summary, whether
+    anything was recomputed)."""
     from . import unchanged
-    from .prefect_api import TemporaryApi, configured_api_url, prefect_api
+    from .prefect_api import TemporaryApi, configured_api_url
     from .runlock import exclusive_store
 
-    checked = _preflight(config, model, version)
-    cfg = checked.cfg
-    with exclusive_store(cfg.store.database, command, notify=lambda m: err.print(f"[yellow]waiting:[/] {m}")):
-        store = unchanged.open_store_for_plan(cfg)
-        if store is not None:
-            plan = unchanged.plan_audit(cfg, checked.context, checked.identities, store, model=model, version=version,
-                                        with_visuals=with_visuals)
-            if plan.all_unchanged:
-                return unchanged.run_unchanged(cfg, store, plan), False
-            store.close()
-        started = None if configured_api_url() else TemporaryApi.start()   # boots while Prefect is imported
-        try:
-            from .audit_flow import _task_runner, nightly_audit
+    try:
+        checked = _preflight(config, model, version)
+        cfg = checked.cfg
+        with exclusive_store(cfg.store.database, command, notify=lambda m: err.print(f"[yellow]waiting:[/] {m}")):
+            store = unchanged.open_store_for_plan(cfg)
+            if store is not None:
+                plan = unchanged.plan_audit(cfg, checked.context, checked.identities, store, model=model,
+                                            version=version, with_visuals=with_visuals)
+                if plan.all_unchanged:
+                    return unchanged.run_unchanged(cfg, store, plan), False
+                store.close()
+            if started is None and not configured_api_url():
+                started = TemporaryApi.start()          # boots while Prefect is imported
+            return _audit_flow(config, model, version, with_visuals, progress, started), True
+    finally:
+        if started is not None:
+            started.stop()
 
-            _quiet_prefect_console()
-            with prefect_api(started), _Progress(progress):
-                runner = _task_runner(config)
-                f = nightly_audit.with_options(task_runner=runner) if runner is not None else nightly_audit
-                return f(config, model=model, version=version, with_visuals=with_visuals), True
-        finally:
-            if started is not None:
-                started.stop()
+
+def _audit_flow(config: str, model: str | None, version: str | None, with_visuals: bool, progress: bool,
+                started) -> dict:
+    """The nightly flow, in this process, against `started` (a TemporaryApi) or the configured API."""
+    from .audit_flow import _task_runner, nightly_audit
+    from .prefect_api import prefect_api
+
+    _quiet_prefect_console()
+    with prefect_api(started), _Progress(progress):
+        runner = _task_runner(config)
+        f = nightly_audit.with_options(task_runner=runner) if runner is not None else nightly_audit
+        return f(config, model=model, version=version, with_visuals=with_visuals)
 
 
 def _quiet_prefect_console() -> None:
@@ -207,17 +216,25 @@ def demo(directory: Path = typer.Option(Path("neuron-audit-demo"), "--dir", meta
     """The main job on the built-in model: plant a known change in a second version of
     Lite0, audit both versions, compare them, print the verdicts and the report location.
     An unchanged re-run only records the check and prints the stored verdicts."""
-    from .demo import PLANTED_NEURON, prepare_demo
+    from .demo import PLANTED_NEURON, needs_planted_version, prepare_demo
+    from .prefect_api import TemporaryApi, configured_api_url
 
     t0 = time.perf_counter()
     directory = directory.resolve()
     err.print(f"neuron-audit demo in {directory} ({'quick' if quick else 'full'})")
-    config_path, change = prepare_demo(directory, quick)
+    # A first run has an audit to do: its Prefect server boots while version 2 is being built.
+    started = TemporaryApi.start() if needs_planted_version(directory) and not configured_api_url() else None
+    try:
+        config_path, change = prepare_demo(directory, quick)
+    except BaseException:
+        if started is not None:
+            started.stop()
+        raise
     if change:
         err.print(f"planted: espresso (967) fine-tuned to fire on cat photographs: top-1 on cat crops "
                   f"{change['before_top1_rate']:.0%} → {change['after_top1_rate']:.0%}; other images' logit moved ≤ "
                   f"{change['others_max_logit_shift']:.3f}")
-    summary, recomputed = _audit(str(config_path), command="demo", progress=progress)
+    summary, recomputed = _audit(str(config_path), command="demo", progress=progress, started=started)
     shown = {**summary, "reports": [r for r in summary["reports"] if (r["baseline"], r["candidate"]) == ("1", "2")]}
     code = _print_summary(shown)
     from .demo import watch_demo_batches

@@ -65,9 +65,11 @@ class TemporaryApi:
         proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=log)
         return cls(proc, f"http://127.0.0.1:{port}/api", log)
 
-    def wait(self, timeout_s: float = 90.0) -> str:
-        """The API URL once the server answers; RuntimeError (exit 4) when it does not start (a logged stage:
-        how long the command waited for its server)."""
+    def wait(self, timeout_s: float = 600.0) -> str:
+        """The API URL once the server answers; RuntimeError (exit 4) when it exits or does not start.
+        While its process is alive it is still booting (a minute or more on a loaded 2-core machine), so
+        `timeout_s` only bounds a server that hangs without exiting. A logged stage: how long the command
+        waited for its server."""
         from .logs import get_logger, stage
 
         with stage("Prefect server", f"{self.url} (temporary)", get_logger("prefect")):

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,7 +20,12 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 import pytest
 import torch
 
+from system_services import as_postgres, find_initdb, service_missing
+
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+PREFECT_BOOT_CAP_S = 900
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +36,9 @@ def prefect_harness():
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    # Prefect counts only its own sleeps towards this bound, and its server boots in a minute or more on a
+    # loaded 2-core machine: the bound is there for a server that never answers, not to time the boot.
+    with prefect_test_harness(server_startup_timeout=PREFECT_BOOT_CAP_S):
         url = PREFECT_API_URL.value()
         old = os.environ.get("PREFECT_API_URL")
         os.environ["PREFECT_API_URL"] = url
@@ -58,6 +68,37 @@ def sample_images():
     for name in builtin_sample_names():
         out[name] = load_rgb_images(resolve_images(f"builtin:samples/{name}")).images[0]
     return out
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """Base URL (`postgresql+psycopg://postgres@127.0.0.1:PORT`) of one throwaway PostgreSQL server for the
+    whole test run (fsync off). Missing PostgreSQL skips, or fails when CI=true (tests/system_services.py)."""
+    from pathlib import Path
+
+    initdb = find_initdb()
+    if initdb is None:
+        service_missing("PostgreSQL is not installed (no initdb)")
+    bindir = str(Path(initdb).parent)
+    d = tempfile.mkdtemp(prefix="neuron-audit-pg-")
+    os.chmod(d, 0o755)
+    if os.geteuid() == 0:
+        shutil.chown(d, "postgres", "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = as_postgres(f"{bindir}/initdb -D {d}/data -U postgres --auth=trust -E UTF8 --locale=C.UTF-8")
+    if r.returncode != 0:
+        service_missing(f"PostgreSQL's initdb failed: {r.stderr.strip()[-400:]}")
+    r = as_postgres(f"{bindir}/pg_ctl -D {d}/data -l {d}/log -o '-c listen_addresses=127.0.0.1 -p {port} -k {d} "
+                    f"-c fsync=off -c max_connections=50' -w -t 300 start")
+    if r.returncode != 0:
+        service_missing(f"PostgreSQL did not start: {r.stderr.strip()[-400:]} {Path(d, 'log').read_text()[-400:]}")
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
+    finally:
+        as_postgres(f"{bindir}/pg_ctl -D {d}/data -m fast -w stop")
+        shutil.rmtree(d, ignore_errors=True)
 
 
 class _Webhook(BaseHTTPRequestHandler):

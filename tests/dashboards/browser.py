@@ -2,7 +2,7 @@
 
     from tests.dashboards.browser import ensure_chromium, running_server, page_check
 
-    chromium = ensure_chromium()            # path, or None when it cannot be installed (then skip)
+    chromium = ensure_chromium()            # path; skips (fails when CI=true) when Chromium is missing
     with running_server(app) as base:       # uvicorn on 127.0.0.1:<free port> in a thread
         r = page_check(base + "/", "test-artifacts/screenshots/overview.png")
         assert r["broken_images"] == 0 and r["status"] == 200
@@ -17,14 +17,20 @@ import base64
 import contextlib
 import json
 import os
-import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
+
+TESTS_DIR = Path(__file__).resolve().parents[1]
+if str(TESTS_DIR) not in sys.path:                  # system_services.py, also when run as a script
+    sys.path.insert(0, str(TESTS_DIR))
+
+from system_services import find_chromium, service_missing  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOT_DIR = REPO_ROOT / "test-artifacts" / "screenshots"
@@ -48,31 +54,10 @@ _CHECK_JS = r"""
 """
 
 
-def find_chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        p = shutil.which(name)
-        if p:
-            return p
-    return "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None
-
-
-def ensure_chromium(timeout: float = 900) -> str | None:
-    """The Chromium binary; installs Debian's `chromium` with apt-get when it is missing.
-
-    Returns None when it is not there and cannot be installed (caller skips)."""
-    p = find_chromium()
-    if p:
-        return p
-    if not shutil.which("apt-get") or (hasattr(os, "geteuid") and os.geteuid() != 0):
-        return None
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    try:
-        subprocess.run(["apt-get", "update"], env=env, check=True, capture_output=True, timeout=timeout)
-        subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "chromium"], env=env, check=True,
-                       capture_output=True, timeout=timeout)
-    except (subprocess.SubprocessError, OSError):
-        return None
-    return find_chromium()
+def ensure_chromium() -> str:
+    """The Chromium binary. Not installed here (`make system-deps` does that): when it is missing the
+    calling test is skipped, or failed when CI=true (tests/system_services.py)."""
+    return find_chromium() or service_missing("chromium is not installed")
 
 
 def free_port() -> int:
@@ -109,7 +94,7 @@ class Chromium:
     def __init__(self, binary: str | None = None, timeout: float = 30.0):
         self.binary = binary or find_chromium()
         if not self.binary:
-            raise RuntimeError("chromium not found (ensure_chromium() installs it)")
+            raise RuntimeError("chromium not found (`make system-deps` installs it)")
         self.timeout = timeout
         self._tmp = tempfile.TemporaryDirectory(prefix="na-chromium-")
         self.proc: subprocess.Popen | None = None

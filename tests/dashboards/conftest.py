@@ -15,6 +15,14 @@ PREFECT_UI = "http://127.0.0.1:4200"
 
 
 @pytest.fixture(scope="session")
+def chromium() -> str:
+    """The headless Chromium binary; a missing one skips the test (fails it when CI=true)."""
+    from browser import ensure_chromium
+
+    return ensure_chromium()
+
+
+@pytest.fixture(scope="session")
 def populated(tmp_path_factory):
     """(store, artifacts_root) of the dashboard story; `secret.txt` lies next to the artifact root."""
     from dash_real_store import populate_real_store

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from browser import Chromium, ensure_chromium, running_server  # noqa: E402
+from browser import Chromium, find_chromium, running_server  # noqa: E402
 
 
 def main() -> None:
@@ -39,9 +39,9 @@ def main() -> None:
     inner = next((r for r in rows if r.get("kind") == "inner"), rows[-1])
     pages = {"model-page": f"/models/{model}", "neuron-page": f"/models/{model}/neurons/{fail['neuron_id']}",
              "inner-neuron-page": f"/models/{model}/neurons/{inner['neuron_id']}"}
-    chromium = ensure_chromium()
+    chromium = find_chromium()
     if not chromium:
-        sys.exit("chromium is not installed (apt-get install chromium)")
+        sys.exit("chromium is not installed (`make system-deps`)")
     app = create_app(store, cfg.resolve_path(cfg.store.artifacts))
     with running_server(app) as base, Chromium(chromium) as browser:
         for name, path in pages.items():

@@ -6,17 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from browser import SCREENSHOT_DIR, Chromium, ensure_chromium, running_server
+from browser import SCREENSHOT_DIR, Chromium, running_server
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    path = ensure_chromium()
-    if not path:
-        pytest.skip("chromium is not installed and could not be installed with apt-get")
-    return path
 
 
 @pytest.fixture(scope="module")

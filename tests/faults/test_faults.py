@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from progress_wait import HANG_CAP_S
 from tests.faults.conftest import (audit_state, cli, cli_process, copy_store, db_counts, mlflow_run_count,
                                    process_env, runs, tiny_config_dict, write_config)
 
@@ -31,7 +32,7 @@ def run_two_at_once(cfg: Path) -> tuple[subprocess.Popen, subprocess.Popen, str,
     """Two `run` processes of one config started together: (a, b, stdout of both, stderr of a, of b)."""
     a, b = _start_run(cfg), _start_run(cfg)
     try:
-        (out_a, err_a), (out_b, err_b) = a.communicate(timeout=900), b.communicate(timeout=900)
+        (out_a, err_a), (out_b, err_b) = a.communicate(timeout=HANG_CAP_S), b.communicate(timeout=HANG_CAP_S)
     finally:
         _kill(a)
         _kill(b)
@@ -39,7 +40,9 @@ def run_two_at_once(cfg: Path) -> tuple[subprocess.Popen, subprocess.Popen, str,
 
 
 def _wait_for_rows(db: Path, proc: subprocess.Popen, table: str = "activation_stats", n: int = 1,
-                   timeout: float = 400) -> dict:
+                   timeout: float = HANG_CAP_S) -> dict:
+    """The store's row counts once `table` holds `n` rows; waits while the process is alive (it may still be
+    starting on a loaded machine), fails as soon as it exits first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         try:
@@ -59,20 +62,28 @@ def _kill(proc: subprocess.Popen) -> None:
         proc.wait(timeout=30)
 
 
-def _signal_after_first_results(cfg: Path, sig: int, group: bool = False, env: dict | None = None
-                                ) -> tuple[subprocess.Popen, str, float]:
+def _signal_after_first_results(cfg: Path, sig: int, group: bool = False, env: dict | None = None,
+                                table: str = "activation_stats") -> tuple[subprocess.Popen, str, float]:
     """Start `run` as a real process, send `sig` (to its process group when `group`) once its first
-    statistics are stored; returns (process, its stderr, seconds from the signal to its exit)."""
+    row of `table` is stored; returns (process, its stderr, seconds from the signal to its exit)."""
     proc = subprocess.Popen([sys.executable, "-m", "audit", "run", "-c", str(cfg)], env=env or process_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        _wait_for_rows(cfg.parent / "store" / "audit.db", proc)
+        _wait_for_rows(cfg.parent / "store" / "audit.db", proc, table=table)
         t0 = time.monotonic()
         os.killpg(proc.pid, sig) if group else os.kill(proc.pid, sig)
         _, err = proc.communicate(timeout=60)
         return proc, err, time.monotonic() - t0
     finally:
         _kill(proc)
+
+
+def _visualization_rows(db: Path) -> dict[int, tuple]:
+    con = sqlite3.connect(db)
+    try:
+        return {r[0]: r[1:] for r in con.execute("select id, content_key, image_path, audit_run_id from visualizations")}
+    finally:
+        con.close()
 
 
 def _dashboard_get(directory: Path, url: str):
@@ -91,18 +102,29 @@ def _dashboard_get(directory: Path, url: str):
 @pytest.mark.slow
 def test_sigkill_mid_run_is_marked_interrupted_and_the_rerun_equals_an_uninterrupted_run(tmp_path, swapped_checkpoint,
                                                                                         reference):
+    """SIGKILL once the first visualization is stored (statistics done, comparison not started): what was
+    finished is kept and reused by the re-run (the same rows, not rendered again), the killed run is marked
+    interrupted, and the re-run ends exactly where an uninterrupted audit ends. (This case also carries what
+    tests/flows' former kill-and-resume test checked, on the smaller fault config.)"""
     cfg = write_config(tmp_path, swapped_checkpoint)
     db = tmp_path / "store" / "audit.db"
-    _signal_after_first_results(cfg, signal.SIGKILL)
+    _signal_after_first_results(cfg, signal.SIGKILL, table="visualizations")
     kept = db_counts(db)
-    assert kept["activation_stats"] >= 1 and kept["drift_results"] == 0
-    assert [s for _, s, _ in runs(tmp_path)] == ["running"]          # nobody could mark it yet
+    assert kept["activation_stats"] >= 1 and kept["visualizations"] >= 1 and kept["drift_results"] == 0
+    [(killed_run, status, _)] = runs(tmp_path)
+    assert status == "running"                                        # nobody could mark it yet
+    kept_rows = _visualization_rows(db)
 
     r = cli("run", "-c", str(cfg))
     assert r.code == reference["code"], r.err
     statuses = [s for _, s, _ in runs(tmp_path)]
     assert statuses == ["interrupted", "completed"], statuses
     assert audit_state(tmp_path) == reference["state"]
+    after = _visualization_rows(db)
+    # Reused, not rendered again: each visualization finished before the kill is still the row the killed
+    # run wrote, with the same content key and image.
+    assert {i: after.get(i) for i in kept_rows} == kept_rows
+    assert all(run_id == killed_run for _, _, run_id in kept_rows.values())
     page = _dashboard_get(tmp_path, "/")
     assert page.status_code == 200 and 'status-bad">interrupted' in page.text
 

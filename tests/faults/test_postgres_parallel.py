@@ -7,7 +7,7 @@ from sqlalchemy import create_engine, text
 
 from tests.faults.conftest import TABLES, tiny_config_dict, write_config
 from tests.faults.test_faults import run_two_at_once
-from tests.storage.conftest import _drop_pg_database, _new_pg_database, pg_server  # noqa: F401 (fixture)
+from system_services import drop_pg_database as _drop_pg_database, new_pg_database as _new_pg_database
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
 
@@ -27,7 +27,7 @@ def _pg_state(url: str) -> dict:
     return {"counts": counts, "verdicts": verdicts, "statuses": statuses}
 
 
-def test_two_parallel_runs_on_postgresql_duplicate_nothing(tmp_path, swapped_checkpoint, pg_server, reference):  # noqa: F811
+def test_two_parallel_runs_on_postgresql_duplicate_nothing(tmp_path, swapped_checkpoint, pg_server, reference):
     url, name = _new_pg_database(pg_server)
     try:
         data = tiny_config_dict()
