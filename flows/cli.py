@@ -469,7 +469,7 @@ def listen(config: str = ConfigOpt,
     verdict; alert when the guarded alias lands on a FAILed version. Blocks until Ctrl-C
     (docs/gate.md)."""
     from .deploy import ensure_prefect_server
-    from .listen import Listener, prefect_home, webhook_secret
+    from .listen import Listener, log_to_stderr, prefect_home, webhook_secret
 
     checked = _preflight(config)
     cfg = checked.cfg
@@ -479,6 +479,7 @@ def listen(config: str = ConfigOpt,
     import os
 
     os.environ["PREFECT_API_URL"] = api
+    log_to_stderr()
     try:
         with Listener(config, secret, host or s.host, port or s.port) as listener:
             err.print(f"listening for MLflow registry webhooks on {listener.url} (Prefect: {api}); "
