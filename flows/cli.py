@@ -471,9 +471,8 @@ def listen(config: str = ConfigOpt,
     from .deploy import ensure_prefect_server
     from .listen import Listener, log_to_stderr, prefect_home, webhook_secret
 
-    checked = _preflight(config)
-    cfg = checked.cfg
-    secret = webhook_secret(cfg)
+    secret = webhook_secret(_config(config))         # before the preflight: nothing is touched without it
+    cfg = _preflight(config).cfg
     s = cfg.registry_webhooks
     api, proc = ensure_prefect_server(port=prefect_port, home=prefect_home(cfg))
     import os

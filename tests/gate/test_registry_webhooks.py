@@ -58,17 +58,15 @@ def test_parse_delivery_checks_signature_age_and_shape():
     body = _payload("m", "3")
     d = parse_delivery(_signed(body, "d1"), body, SECRET)
     assert (d.delivery_id, d.event, d.registered_name, d.version) == ("d1", "model_version.created", "m", "3")
-    for headers, status, words in ((_signed(body, "d2", secret="other"), 401, "signature does not match"),
-                                   (_signed(body, "d3", timestamp=int(time.time()) - 3600), 401, "replay"),
-                                   ({"X-MLflow-Delivery-Id": "d4"}, 401, "unsigned"),
-                                   (_signed(b"{not json", "d5"), 400, "not JSON"),
-                                   (_signed(b'{"entity": "model_version", "action": "created", "data": {}}', "d6"),
-                                    400, "do not name a model version")):
-        raw = body if headers.get("X-MLflow-Delivery-Id") in ("d2", "d3", "d4") else None
+    no_version = b'{"entity": "model_version", "action": "created", "data": {"name": "m"}}'
+    cases = [(body, _signed(body, "d2", secret="other"), 401, "signature does not match"),
+             (body, _signed(body, "d3", timestamp=int(time.time()) - 3600), 401, "replay"),
+             (body, {"X-MLflow-Delivery-Id": "d4"}, 401, "unsigned"),
+             (b"{not json", _signed(b"{not json", "d5"), 400, "not JSON"),
+             (no_version, _signed(no_version, "d6"), 400, "do not name a model version")]
+    for raw, headers, status, words in cases:
         with pytest.raises(RejectedDelivery) as exc:
-            parse_delivery(headers, raw if raw is not None else
-                           (b"{not json" if headers["X-MLflow-Delivery-Id"] == "d5"
-                            else b'{"entity": "model_version", "action": "created", "data": {}}'), SECRET)
+            parse_delivery(headers, raw, SECRET)
         assert exc.value.status == status and words in str(exc.value)
 
 
@@ -78,15 +76,14 @@ def test_listen_without_secret_is_bad_input(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("NEURON_AUDIT_WEBHOOK_SECRET", raising=False)
     path = tmp_path / "neuron-audit.yaml"
     path.write_text(yaml.safe_dump({"store": {"database": "sqlite:///./store/audit.db",
-                                              "mlflow_tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"},
-                                    "models": [{"name": "t", "architecture": ARCH, "versions": [
-                                        {"version": "1", "source": "builtin:efficientnet_lite0"}],
+                                              "mlflow_tracking_uri": "sqlite:///./store/mlflow.db"},
+                                    "models": [{"name": "t", "architecture": ARCH, "mlflow_registered_model": "t",
                                                 "neurons": NEURONS[2:]}]}))
-    from audit.config import load_config
-    from flows.listen import webhook_secret
-
-    with pytest.raises(ValueError, match="registry_webhooks.secret_env.*NEURON_AUDIT_WEBHOOK_SECRET"):
-        webhook_secret(load_config(path))
+    with pytest.raises(SystemExit) as exc:
+        main(["listen", "-c", str(path)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert "registry_webhooks.secret_env" in err and "NEURON_AUDIT_WEBHOOK_SECRET" in err
     assert not (tmp_path / "store").exists()
 
 
@@ -147,6 +144,8 @@ def test_registered_version_is_audited_once_and_tagged(tmp_path, webhook_mlflow_
         assert _post(listener.url, again, _signed(again, "fresh-id")) == (200, "nothing to do")
         assert "not audited again" in caplog.text
         assert "the signature does not match" in caplog.text      # MLflow's own delivery with the wrong secret
+        junk = b"{not json"
+        assert _post(listener.url, junk, _signed(junk, "junk-id"))[0] == 400
 
         # a registered model no config entry names
         log_registered(url, training, f"stranger-{uuid.uuid4().hex[:6]}", tiny_model(1))
