@@ -50,9 +50,10 @@ def start_mlflow(d: Path) -> tuple[subprocess.Popen, str]:
                             stdout=open(d / "mlflow-server.log", "wb"), stderr=subprocess.STDOUT, env=env, cwd=d,
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 600
     while not api_healthy(url):
         if proc.poll() is not None or time.monotonic() > deadline:
+            os.killpg(proc.pid, 15)
             raise RuntimeError("mlflow server did not start: " + (d / "mlflow-server.log").read_text()[-1500:])
         time.sleep(0.5)
     return proc, url
@@ -73,7 +74,10 @@ def main() -> None:
     from flows.prefect_api import TemporaryApi
     from storage.resolve import register_state_dict
 
-    proc, url = start_mlflow(d)
+    import tempfile
+
+    # a fresh registry each run (version 2 is the measured one); the store and its caches persist in --dir
+    proc, url = start_mlflow(Path(tempfile.mkdtemp(prefix="r2v-mlflow-", dir=d)))
     api = TemporaryApi.start()
     try:
         os.environ["PREFECT_API_URL"] = api.wait()
@@ -117,7 +121,9 @@ def main() -> None:
             t0 = time.monotonic()
             version = register_state_dict(url, name, load_file(str(planted)))
             registered = time.monotonic() - t0
-            while not client.get_model_version(name, version).tags.get("neuron_audit.verdict"):
+            # `none` first (the version's own audit), then its verdict once compared with the champion
+            while client.get_model_version(name, version).tags.get("neuron_audit.verdict") not in ("PASS", "WARN",
+                                                                                                    "FAIL"):
                 if time.monotonic() - t0 > 1800:
                     raise RuntimeError(f"no verdict tags after 30 min; receiver: {listener.receiver.done}")
                 time.sleep(0.5)
@@ -129,7 +135,7 @@ def main() -> None:
               f"webhook arrival to verdict {entry['seconds']:.1f} s")
     finally:
         api.stop()
-        proc.terminate()
+        os.killpg(proc.pid, 15)          # the server and its workers
         proc.wait(timeout=30)
 
 

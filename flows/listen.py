@@ -1,8 +1,9 @@
 """`neuron-audit listen`: the process that receives MLflow registry webhooks (flows/registry_hooks.py) and runs
 what they trigger. An HTTP server on `registry_webhooks.host:port` answers each delivery at once; one worker
-thread runs the audits, each the `nightly-audit` Prefect flow for one version (`run_audit(config, model,
-version)`: the version, compared with its predecessor and the champion; the flow tags the registered version
-with its verdict), under the store's writer lock, so that a nightly run and a webhook never write at once.
+thread runs the audits, each the `nightly-audit` Prefect flow for the version's model (`run_audit(config,
+model)`: the new version audited and compared with its predecessor and the champion, every version audited
+before recognised unchanged and skipped; the flow tags the registered version with its verdict), under the
+store's writer lock, so that a nightly run and a webhook never write at once.
 
 Why a flow run of its own rather than a run of the `serve` deployment: the deployment's runs are executed by
 the process serving it (or a work pool's workers), which polls for them; a run started here begins at once, is
@@ -54,7 +55,9 @@ def version_verdict(config_path: str, model: str, version: str) -> str:
 
 
 def audit_version(config_path: str) -> Callable[[str, str], None]:
-    """audit(model, version): the nightly flow for that one version, under the writer lock."""
+    """audit(model, version): the nightly flow for the version's model, under the writer lock. The whole model,
+    not the version alone: the versions it is compared with must be audited too (the first time), and every
+    version audited before is recognised unchanged by its fingerprint and skipped."""
     def audit(model: str, version: str) -> None:
         from . import runtime
         from .audit_flow import run_audit
@@ -62,7 +65,9 @@ def audit_version(config_path: str) -> Callable[[str, str], None]:
 
         cfg = runtime.config(config_path)
         with exclusive_store(cfg.store.database, "listen", notify=lambda m: log.info("waiting: %s", m)):
-            run_audit(config_path, model=model, version=version)
+            summary = run_audit(config_path, model=model)
+        if not any(str(v.get("version")) == str(version) for v in summary.get("versions", [])):
+            raise LookupError(f"version {version} of {model} is not among the registry's versions the audit saw")
     return audit
 
 
