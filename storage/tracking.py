@@ -323,7 +323,8 @@ class MlflowTracker:
                 dashboard_url=dashboard_page(self.dashboard_ui, model, version, content))
             todo = {f"mvtag:{name}/{number}:{k}": v for k, v in tags.items()
                     if ledger.get(f"mvtag:{name}/{number}:{k}") != digest(v)}
-            for key, value in todo.items():
+            # the verdict last: whoever sees it (a CI job polling the version) sees the counts and links with it
+            for key, value in sorted(todo.items(), key=lambda kv: kv[0].endswith(f"{TAG}.verdict")):
                 tag = key.rsplit(":", 1)[1]
                 self._retry("tag model version", lambda t=tag, v=value: self.client.set_model_version_tag(
                     name, number, t, v))
