@@ -89,13 +89,21 @@ def test_listen_without_secret_is_bad_input(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_registered_version_is_audited_once_and_tagged(tmp_path, webhook_mlflow_server, webhook, caplog):
+def test_registered_version_is_audited_once_and_tagged(tmp_path, webhook_mlflow_server, webhook):
     from mlflow.tracking import MlflowClient
 
     from flows.listen import Listener
     from flows.registry_hooks import RejectedDelivery, parse_delivery
 
-    caplog.set_level(logging.INFO, logger="neuron_audit.webhooks")
+    # the receiver's log, read from a handler on its own logger (Prefect reconfigures the root logger's handlers
+    # when a flow starts, so pytest's caplog misses what is logged after that)
+    records: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: records.append(record.getMessage())
+    receiver_log = logging.getLogger("neuron_audit.webhooks")
+    receiver_log.addHandler(handler)
+    receiver_log.setLevel(logging.INFO)
+    text = lambda: "\n".join(records)  # noqa: E731
     url = webhook_mlflow_server
     name = f"gate-e2e-{uuid.uuid4().hex[:6]}"
     training = tmp_path / "training"
@@ -155,12 +163,12 @@ def test_registered_version_is_audited_once_and_tagged(tmp_path, webhook_mlflow_
         assert tags["neuron_audit.mlflow_run_url"].endswith(tags["neuron_audit.mlflow_run_id"])
         _wait("the worker's record", lambda: receiver.done)
         print(f"registration to verdict tags: {elapsed:.1f} s")
-        assert "not audited again" in caplog.text and "delivery already received" in caplog.text
-        assert "the signature does not match" in caplog.text      # MLflow's own delivery with the wrong secret
+        assert "not audited again" in text() and "delivery already received" in text()
+        assert "the signature does not match" in text()      # MLflow's own delivery with the wrong secret
 
         # a registered model no config entry names
         log_registered(url, training, f"stranger-{uuid.uuid4().hex[:6]}", tiny_model(1))
-        _wait("the unknown model's delivery", lambda: "is not in the config" in caplog.text, 120)
+        _wait("the unknown model's delivery", lambda: "is not in the config" in text(), 120)
 
         # the champion alias moved onto the FAILed version: alerted, moved back to the version before
         client.set_registered_model_alias(name, "champion", v2)
