@@ -62,6 +62,8 @@ def start_mlflow(d: Path) -> tuple[subprocess.Popen, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", type=Path, required=True, help="work folder (created)")
+    ap.add_argument("--tiny", action="store_true",
+                    help="the tests' 0.36 M-parameter EfficientNet (test_efficientnet) with 6 neurons instead of Lite0")
     args = ap.parse_args()
     d = args.dir.resolve()
     d.mkdir(parents=True, exist_ok=True)
@@ -81,20 +83,35 @@ def main() -> None:
     api = TemporaryApi.start()
     try:
         os.environ["PREFECT_API_URL"] = api.wait()
-        lite0 = load_model("efficientnet_lite0", "builtin:efficientnet_lite0")
         name = "lite0-r2v"
-        register_state_dict(url, name, lite0.state_dict(), alias="champion")
-        planted = d / "planted.safetensors"
-        if not planted.exists():
-            build_planted_version(planted)
-        clean = d / "fp16.safetensors"
+        if args.tiny:
+            from tests.storage._registry_testlib import ARCH, tiny_model
+
+            base, changed = tiny_model(3), tiny_model(3, negate_row=7)
+            planted = d / "tiny-planted.safetensors"
+            save_file({k: v.contiguous() for k, v in changed.state_dict().items()}, str(planted))
+            name = "tiny-r2v"
+        else:
+            base = load_model("efficientnet_lite0", "builtin:efficientnet_lite0")
+            planted = d / "planted.safetensors"
+            if not planted.exists():
+                build_planted_version(planted)
+        register_state_dict(url, name, base.state_dict(), alias="champion")
+        clean = d / ("tiny-fp16.safetensors" if args.tiny else "fp16.safetensors")
         save_file({k: (v.half().float() if v.is_floating_point() else v).contiguous()
-                   for k, v in lite0.state_dict().items()}, str(clean))
+                   for k, v in base.state_dict().items()}, str(clean))
 
         cfg = demo_config(quick=True)
         model = cfg["models"][0]
         model.pop("versions")
         model.update(mlflow_registered_model=name, champion="1")
+        if args.tiny:
+            model.update(name="tiny-r2v", architecture=ARCH, probe={"crops_per_image": 3, "resolution": 64},
+                         visualization={"resolution": 32, "steps": 2, "seeds": [0, 1], "n_references": 2},
+                         neurons=[{"id": f"c{i}", "kind": "class", "layer": "classifier", "index": i,
+                                   "references": "top-k"} for i in (3, 7, 11, 19)]
+                         + [{"id": "b3-c5", "kind": "inner", "layer": "blocks.3", "index": 5},
+                            {"id": "b2-c4", "kind": "inner", "layer": "blocks.2", "index": 4}])
         cfg["store"] = {"database": "sqlite:///./store/audit.db", "mlflow_tracking_uri": url,
                         "artifacts": "./store/artifacts"}
         cfg["registry_webhooks"] = {"port": free_port()}
