@@ -146,6 +146,9 @@ def main() -> None:
                 time.sleep(0.5)
             total = time.monotonic() - t0
             tags = client.get_model_version(name, version).tags
+            print(f"registration call to verdict tags: {total:.1f} s", flush=True)
+            while not any(e["version"] == version for e in listener.receiver.done):   # the worker's record follows
+                time.sleep(0.2)
             entry = next(e for e in listener.receiver.done if e["version"] == version)
         print(f"registered v{version} in {registered:.1f} s; verdict {tags['neuron_audit.verdict']} "
               f"(failed: {tags['neuron_audit.failed_neurons']}); registration call to tags {total:.1f} s; "
@@ -153,7 +156,7 @@ def main() -> None:
     finally:
         api.stop()
         os.killpg(proc.pid, 15)          # the server and its workers
-        proc.wait(timeout=30)
+        proc.wait(timeout=120)
 
 
 if __name__ == "__main__":
