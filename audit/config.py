@@ -86,12 +86,51 @@ class UIConfig(_Strict):
     PREFECT_API_URL without its /api. Display only: not part of the config's hash."""
     mlflow: str | None = Field(default=None, description="MLflow UI base URL, e.g. http://mlflow.internal:5000")
     prefect: str | None = Field(default=None, description="Prefect UI base URL, e.g. http://127.0.0.1:4200")
+    dashboard: str | None = Field(default=None, description=(
+        "Base URL of `neuron-audit dashboard` as people open it, e.g. http://audit.internal:8050: the verdict tags "
+        "of registered versions and the gate's summary link to its pages and images"))
 
-    @field_validator("mlflow", "prefect")
+    @field_validator("mlflow", "prefect", "dashboard")
     @classmethod
     def _url(cls, v: str | None) -> str | None:
         if v is not None and not re.match(r"^https?://[^/\s]+", v):
             raise ValueError(f"{v!r} is not an http(s) URL")
+        return v
+
+
+class RegistryWebhooksConfig(_Strict):
+    """MLflow registry webhooks received by `neuron-audit listen` (docs/gate.md): which events trigger what.
+    Display and delivery settings only: not part of the config's hash."""
+    host: str = Field(default="127.0.0.1", description="Address the receiver binds (loopback by default).")
+    port: int = Field(default=8765, ge=1, le=65535, description="Port the receiver listens on.")
+    secret_env: str = Field(default="NEURON_AUDIT_WEBHOOK_SECRET", description=(
+        "Name of the environment variable holding the HMAC secret the MLflow webhook was created with; "
+        "the receiver refuses to start without it, and drops every delivery whose signature does not match."))
+    on_version_created: Literal["audit", "ignore"] = Field(default="audit", description=(
+        "`model_version.created` of a registered model some `models[].mlflow_registered_model` names: `audit` "
+        "audits the new version against its predecessor and the champion and tags it with the verdict."))
+    on_alias_created: Literal["guard", "ignore"] = Field(default="guard", description=(
+        "`model_version_alias.created` for `guarded_alias`: `guard` audits the version if it never was, and "
+        "alerts loudly (log, `alerts.webhook`) when its verdict is FAIL."))
+    guarded_alias: str = Field(default="champion", description="The alias whose moves `on_alias_created` guards.")
+    revert_failed_alias: bool = Field(default=False, description=(
+        "true: when `guarded_alias` lands on a FAILed version, move it back to the version that held it before "
+        "(logged; only when that holder is known to this receiver). false: never move an alias."))
+    dedupe_seconds: float = Field(default=3600.0, ge=0, description=(
+        "How long a delivery id is remembered: a retried delivery within this time is answered and ignored."))
+
+    @field_validator("secret_env")
+    @classmethod
+    def _env_name(cls, v: str) -> str:
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", v):
+            raise ValueError(f"{v!r} is not an environment variable name")
+        return v
+
+    @field_validator("guarded_alias")
+    @classmethod
+    def _alias(cls, v: str) -> str:
+        if not re.match(r"^[\w-]+$", v):
+            raise ValueError(f"{v!r} is not an alias name (letters, digits, '_', '-')")
         return v
 
 
@@ -427,6 +466,8 @@ class AuditConfig(_Strict):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="Where new FAILs are announced.")
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig, description="Where the heavy tasks run.")
     ui: UIConfig = Field(default_factory=UIConfig, description="Web UI base URLs for links (display only).")
+    registry_webhooks: RegistryWebhooksConfig = Field(default_factory=RegistryWebhooksConfig, description=(
+        "MLflow registry webhooks (`neuron-audit listen`)."))
     models: list[ModelConfig] = Field(description="The audited models.")
     # Directory the relative paths of the file are resolved against (not part of the YAML).
     base_dir: Path = Field(default=Path("."), exclude=True)
@@ -450,7 +491,7 @@ class AuditConfig(_Strict):
         return path if path.is_absolute() else (self.base_dir / path)
 
     def sha256(self) -> str:
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json", exclude={"ui"}), sort_keys=True).encode()).hexdigest()
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json", exclude={"ui", "registry_webhooks"}), sort_keys=True).encode()).hexdigest()
 
 
 def _key_path(loc: tuple) -> str:

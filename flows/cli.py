@@ -453,6 +453,93 @@ def compare(config: str = ConfigOpt,
     raise Exit(_print_summary(summary))
 
 
+@app.command(epilog=EXIT_CODES_HELP)
+def gate(config: str = ConfigOpt,
+         model: str = typer.Option(..., "--model", metavar="MODEL", help="Model name from the config (models[].name)."),
+         candidate: str = typer.Option(..., "--candidate", metavar="SOURCE",
+                                       help="The candidate's weights: a checkpoint path, file:PATH, builtin:NAME, "
+                                            "models:/NAME/VERSION or models:/NAME@ALIAS."),
+         against: str = typer.Option("champion", "--against", metavar="VERSION",
+                                     help="Version compared against: `champion` (the model's), a version name, or "
+                                          "a registry alias."),
+         summary_file: Optional[Path] = typer.Option(None, "--summary", metavar="FILE",
+                                                     help="Append a Markdown summary here (e.g. $GITHUB_STEP_SUMMARY)."),
+         json_out: Optional[Path] = typer.Option(None, "--json", metavar="OUT", help="Write the compare report here."),
+         no_visuals: bool = typer.Option(False, "--no-visuals", help="Verdicts from probe-set statistics alone."),
+         progress: bool = typer.Option(True, help="Show a progress display.")) -> None:
+    """CI gate: audit a candidate checkpoint against the champion, reusing everything stored.
+    Exit 0 PASS or WARN, 1 FAIL, 2 bad input (nothing stored), 3 some neuron could not be audited
+    (docs/gate.md)."""
+    from dashboards.ui_links import ui_urls
+    from storage.links import mlflow_run_url
+
+    from . import runtime
+    from .gate import plan_gate, run_gate, write_summary
+    from .outcome import describe, not_audited
+
+    _cfg, target = plan_gate(config, model, candidate, against)
+    for note in target.notes:
+        err.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+    with _Progress(progress) as prog:
+        result = run_gate(config, target, with_visuals=not no_visuals, progress=prog,
+                          preflight=lambda path, m, vs: _preflight(path, m, vs),
+                          notify=lambda m: err.print(f"[yellow]waiting:[/] {m}"))
+    for w in result.warnings:
+        err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+    code = _print_summary(result.summary)
+    report = (result.summary.get("reports") or [{}])[0]
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps({k: v for k, v in report.items() if k != "drift_ids"}, indent=2, default=str))
+        err.print(f"wrote {json_out}")
+    if summary_file:
+        cfg = runtime.config(config)
+        mlflow_ui, _ = ui_urls(cfg)
+        store = runtime.store(config)
+        write_summary(result, summary_file, store=store, dashboard_url=cfg.ui.dashboard,
+                      mlflow_run_url=mlflow_run_url(mlflow_ui, None, result.mlflow_run_id),
+                      not_audited=[describe(d) for d in not_audited(result.summary)])
+        err.print(f"summary: {summary_file}")
+    raise Exit(code)
+
+
+@app.command()
+def listen(config: str = ConfigOpt,
+           host: Optional[str] = typer.Option(None, "--host", metavar="HOST",
+                                              help="Bind address (default: registry_webhooks.host, 127.0.0.1)."),
+           port: Optional[int] = typer.Option(None, "--port", metavar="PORT",
+                                              help="Port (default: registry_webhooks.port, 8765)."),
+           prefect_port: int = typer.Option(4200, "--prefect-port", metavar="PORT",
+                                            help="Port of the Prefect server started when PREFECT_API_URL answers "
+                                                 "nothing.")) -> None:
+    """Audit on registration: receive MLflow registry webhooks (HMAC-verified with the secret in
+    the environment variable registry_webhooks.secret_env) and audit each new version of a
+    configured registered model against its predecessor and the champion, tagging it with the
+    verdict; alert when the guarded alias lands on a FAILed version. Blocks until Ctrl-C
+    (docs/gate.md)."""
+    from .deploy import ensure_prefect_server
+    from .listen import Listener, log_to_stderr, prefect_home, webhook_secret
+
+    secret = webhook_secret(_config(config))         # before the preflight: nothing is touched without it
+    cfg = _preflight(config).cfg
+    s = cfg.registry_webhooks
+    api, proc = ensure_prefect_server(port=prefect_port, home=prefect_home(cfg))
+    import os
+
+    os.environ["PREFECT_API_URL"] = api
+    log_to_stderr()
+    try:
+        with Listener(config, secret, host or s.host, port or s.port) as listener:
+            err.print(f"listening for MLflow registry webhooks on {listener.url} (Prefect: {api}); "
+                      f"model_version.created: {s.on_version_created}; alias {s.guarded_alias!r}: "
+                      f"{s.on_alias_created}", highlight=False, soft_wrap=True)
+            listener.thread.join()
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
 @app.command()
 def watch(config: str = ConfigOpt, model: str = typer.Option(..., "--model", metavar="MODEL", help="The model to watch."),
           images: Path = typer.Option(..., "--images", metavar="DIR", help="Folder of the batch's production images."),

@@ -127,15 +127,40 @@ def version_tags(content: Mapping, neuron_errors: Mapping[str, str] | None = Non
     return tags
 
 
-def registered_version_tags(content: Mapping, mlflow_run_id: str) -> dict[str, str]:
-    """Tags for the registered model version the audited version came from: its audit outcome."""
+def registered_version_tags(content: Mapping, mlflow_run_id: str, *, run_url: str | None = None,
+                            dashboard_url: str | None = None) -> dict[str, str]:
+    """Tags for the registered model version the audited version came from, shown beside the version in the
+    MLflow UI: its verdict (worst over its comparisons), the failed neurons, the counts, the MLflow run and,
+    when the UIs' URLs are known, links to the run (`run_url`) and to the dashboard (`dashboard_url`, a page
+    from `dashboard_page`)."""
     metrics = version_metrics(content)
     tags = version_tags(content)
-    return {f"{TAG}.verdict": tags[f"{TAG}.verdict"], f"{TAG}.failed_neurons": tags[f"{TAG}.failed_neurons"],
-            f"{TAG}.fail_count": str(int(metrics.get("fail_count", 0))),
-            f"{TAG}.warn_count": str(int(metrics.get("warn_count", 0))),
-            f"{TAG}.neurons_audited": str(int(metrics.get("neurons_audited", 0))),
-            f"{TAG}.mlflow_run_id": mlflow_run_id}
+    out = {f"{TAG}.verdict": tags[f"{TAG}.verdict"], f"{TAG}.failed_neurons": tags[f"{TAG}.failed_neurons"],
+           f"{TAG}.fail_count": str(int(metrics.get("fail_count", 0))),
+           f"{TAG}.warn_count": str(int(metrics.get("warn_count", 0))),
+           f"{TAG}.pass_count": str(int(metrics.get("pass_count", 0))),
+           f"{TAG}.neurons_audited": str(int(metrics.get("neurons_audited", 0))),
+           f"{TAG}.mlflow_run_id": mlflow_run_id}
+    if run_url:
+        out[f"{TAG}.mlflow_run_url"] = run_url
+    if dashboard_url:
+        out[f"{TAG}.dashboard_url"] = dashboard_url
+    return out
+
+
+def dashboard_page(dashboard_url: str | None, model: str, version: str, content: Mapping) -> str | None:
+    """The dashboard page of a version's worst comparison (`/models/<model>/compare/<baseline>/<version>`), or
+    the model's page when it has no comparison; None without a dashboard URL."""
+    if not dashboard_url:
+        return None
+    from urllib.parse import quote
+
+    base = f"{dashboard_url.rstrip('/')}/models/{quote(str(model), safe='')}"
+    rows = list(content.get("drift") or [])
+    if not rows:
+        return base
+    worst = max(rows, key=lambda d: (VERDICT_CODES.get(d["verdict"], -1), d.get("baseline_registered_at") or ""))
+    return f"{base}/compare/{quote(str(worst['baseline']), safe='')}/{quote(str(version), safe='')}"
 
 
 def image_items(content: Mapping) -> list[dict]:

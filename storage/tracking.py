@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping, TypeVar
 
 from .errors import TrackingUnavailableError
 from .links import mlflow_experiment_url, mlflow_run_url, prefect_flow_run_url  # noqa: F401  (re-exported)
-from .mlflow_content import (TAG, digest, flatten_params, image_items, metric_key, name_part,
+from .mlflow_content import (TAG, dashboard_page, digest, flatten_params, image_items, metric_key, name_part,
                              registered_version_tags, report_html, stable_report, version_metrics, version_tags)
 from .mlflow_env import apply_mlflow_env
 from .mlflow_index import run_exists
@@ -74,8 +74,11 @@ class SyncResult:
 
 class MlflowTracker:
     def __init__(self, tracking_uri: str, artifact_location: str | None = None, *, registry_uri: str | None = None,
-                 retries: int = 3, backoff_s: float = 0.5):
+                 retries: int = 3, backoff_s: float = 0.5, mlflow_ui: str | None = None, dashboard_ui: str | None = None):
+        """mlflow_ui / dashboard_ui: base URLs of the MLflow UI and the dashboard, for the links in the tags of
+        registered versions (None: no link)."""
         self.tracking_uri = str(tracking_uri)
+        self.mlflow_ui, self.dashboard_ui = mlflow_ui, dashboard_ui
         self.registry_uri = registry_uri or self.tracking_uri
         self.artifact_location = artifact_location or default_artifact_location(self.tracking_uri)
         self.retries, self.backoff_s = retries, backoff_s
@@ -315,10 +318,13 @@ class MlflowTracker:
         try:
             if number is None:
                 number = str(self._retry("alias", lambda: self.client.get_model_version_by_alias(name, alias)).version)
-            tags = registered_version_tags(content, rid)
+            tags = registered_version_tags(
+                content, rid, run_url=mlflow_run_url(self.mlflow_ui, self.experiment_id(model), rid),
+                dashboard_url=dashboard_page(self.dashboard_ui, model, version, content))
             todo = {f"mvtag:{name}/{number}:{k}": v for k, v in tags.items()
                     if ledger.get(f"mvtag:{name}/{number}:{k}") != digest(v)}
-            for key, value in todo.items():
+            # the verdict last: whoever sees it (a CI job polling the version) sees the counts and links with it
+            for key, value in sorted(todo.items(), key=lambda kv: kv[0].endswith(f"{TAG}.verdict")):
                 tag = key.rsplit(":", 1)[1]
                 self._retry("tag model version", lambda t=tag, v=value: self.client.set_model_version_tag(
                     name, number, t, v))
@@ -384,7 +390,9 @@ def _for_config(cfg_path: str):
 
     cfg = load_config(cfg_path)
     store = AuditStore(cfg.store.database, str(cfg.resolve_path(cfg.store.artifacts)))
-    return cfg, store, MlflowTracker(cfg.store.mlflow_tracking_uri)
+    uri = cfg.store.mlflow_tracking_uri
+    mlflow_ui = cfg.ui.mlflow or (uri if uri.startswith(("http://", "https://")) else None)
+    return cfg, store, MlflowTracker(uri, mlflow_ui=mlflow_ui, dashboard_ui=cfg.ui.dashboard)
 
 
 def model_config_json(cfg, model: str) -> dict:
