@@ -3,7 +3,7 @@
 Modules, in the order a compare uses them:
 - `statistics`  the distances and effect sizes of one neuron, or of every channel of a layer;
 - `resampling`  photograph-level bootstrap and permutation tests, folds, the power statement;
-- `benign`      the benign re-saves of the baseline (fp16/bf16, int8, quantization noise, BN);
+- `benign`      the registry of benign edits of the baseline (fp16/bf16, int8, noise, BN, a team's own);
 - `null`        the benign null of every channel and its calibrated bounds (cached per baseline);
 - `identity`    cross-fitted matching of a channel that moved to another index;
 - `evidence`    typed evidence records of one neuron;
@@ -17,6 +17,7 @@ from torch import nn
 
 from .compare import CompareResults, compare_activations, compare_neuron, compare_versions
 from .evidence import Evidence, NeuronComparison
+from .benign import register_benign, register_benign_variants
 from .null import BenignNull, LayerNull, build_benign_null, null_cache, tail_quantile
 from .statistics import (benjamini_hochberg, correlation_matrix, cross_activation, effective_k, holm, ks,
                          percentile_of, spearman, top_indices, topk_overlap, visual_distance, wasserstein_norm,
@@ -35,6 +36,7 @@ def visual_features(images: list[np.ndarray], feature_model: nn.Module, batch_si
 
 __all__ = ["BenignNull", "CompareResults", "Evidence", "LayerNull", "NeuronComparison", "assign_verdicts",
            "benjamini_hochberg", "build_benign_null", "compare_activations", "compare_neuron", "compare_versions",
+           "register_benign", "register_benign_variants",
            "correlation_matrix", "cross_activation", "effective_k", "holm", "ks", "null_cache", "percentile_of",
            "spearman", "tail_quantile", "top_indices", "topk_overlap", "visual_distance", "visual_features",
            "wasserstein_norm", "wilson_interval"]

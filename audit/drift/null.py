@@ -1,8 +1,8 @@
 """The benign null: how far each neuron moves when the baseline is re-saved benignly, and the
 calibrated bounds a verdict compares the candidate with.
 
-Guarantee. A benign candidate here is a new draw of one of the recipe's edits (audit.drift.benign),
-exchangeable channel by channel with that edit's variants.
+Guarantee. A benign candidate here is a new draw of one of the recipe's edits (audit.drift.benign,
+the names in `thresholds.benign_edits`), exchangeable channel by channel with that edit's variants.
 For such a candidate and any kind of evidence, `LayerNull.bound(kind, rate)` is exceeded by a
 neuron of the layer with probability at most `rate`, provided that above the pooled 90th
 percentile the standardized distances of all edits share one generalized Pareto tail up to a
@@ -43,6 +43,7 @@ import math
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,7 +54,7 @@ from ..probe import ProbeSet
 from ..stats import LayerActivations, layer_activations_full
 from ..taps import output_layer_name
 from ..errors import AuditInputError
-from .benign import RECIPE_VERSION, BenignVariant, benign_recipe
+from .benign import DEFAULT_EDITS, BenignVariant, benign_recipe, recipe_key
 from .statistics import evidence_distances, margin_distance, normalize_features, partner_distance
 
 _TAIL_START = 0.90
@@ -179,7 +180,7 @@ class LayerNull:
 class BenignNull:
     """The benign null of one baseline on one probe set: layer -> LayerNull."""
     layers: dict[str, LayerNull]
-    recipe: str = RECIPE_VERSION
+    recipe: str = ""                   # what it was built from (`benign.recipe_key`)
     seconds: float = 0.0               # time spent building what was not cached
     variants: list[str] = field(default_factory=list)
 
@@ -221,8 +222,9 @@ class NullCache:
         self._lock = threading.Lock()
 
     @staticmethod
-    def key(weights_key: str, probe_sha: str, layer: str, k: int, feature_layer: str | None, is_head: bool) -> str:
-        raw = repr((RECIPE_VERSION, weights_key, probe_sha, layer, int(k), feature_layer, bool(is_head)))
+    def key(weights_key: str, probe_sha: str, layer: str, k: int, feature_layer: str | None, is_head: bool,
+            recipe: str = recipe_key(DEFAULT_EDITS)) -> str:
+        raw = repr((recipe, weights_key, probe_sha, layer, int(k), feature_layer, bool(is_head)))
         return hashlib.sha256(raw.encode()).hexdigest()[:40]
 
     def get(self, key: str, directory: Path | None) -> LayerNull | None:
@@ -274,18 +276,21 @@ def null_cache() -> NullCache:
 
 def build_benign_null(model: nn.Module, probe: ProbeSet, layers: list[str], base_acts: dict[str, LayerActivations],
                       k: int, feature_layer: str | None, weights_key: str, cache_dir: str | Path | None = None,
-                      batch_size: int = 32, variants: list[BenignVariant] | None = None) -> BenignNull:
+                      batch_size: int = 32, variants: list[BenignVariant] | None = None,
+                      edits: Sequence[str] = DEFAULT_EDITS) -> BenignNull:
     """The benign null of `model` (the baseline) for `layers`, from the cache where possible.
 
     `base_acts` holds the baseline's activations of `layers` and of `feature_layer`; the missing
-    layers are computed together, one pass over the probe set per benign variant."""
+    layers are computed together, one pass over the probe set per benign variant. The variants are
+    those of the registered `edits` (audit.drift.benign), or `variants` when given."""
     import time
 
     directory = Path(cache_dir) if cache_dir else None
     features = content_features(base_acts, feature_layer)
     head = head_layer(model)
     layers = list(dict.fromkeys(layers))
-    keys = {l: _NULL_CACHE.key(weights_key, probe.sha256, l, k, feature_layer, l == head) for l in layers}
+    recipe_id = recipe_key(edits) if variants is None else "variants:" + "|".join(f"{v.kind}/{v.name}" for v in variants)
+    keys = {l: _NULL_CACHE.key(weights_key, probe.sha256, l, k, feature_layer, l == head, recipe_id) for l in layers}
     out: dict[str, LayerNull] = {}
     todo = []
     for l in layers:
@@ -297,7 +302,7 @@ def build_benign_null(model: nn.Module, probe: ProbeSet, layers: list[str], base
     t0 = time.perf_counter()
     names: list[str] = []
     if todo:
-        recipe = variants if variants is not None else benign_recipe(model, probe.images, batch_size)
+        recipe = variants if variants is not None else benign_recipe(model, probe.images, batch_size, edits)
         tables: dict[str, dict[str, list]] = {l: {} for l in todo}
         for variant in recipe:
             vm = variant.build()
@@ -314,4 +319,4 @@ def build_benign_null(model: nn.Module, probe: ProbeSet, layers: list[str], base
             out[l] = value
     seconds = time.perf_counter() - t0 if todo else 0.0
     any_layer = next(iter(out.values()), None)
-    return BenignNull(out, RECIPE_VERSION, seconds, names or (any_layer.variant_names if any_layer else []))
+    return BenignNull(out, recipe_id, seconds, names or (any_layer.variant_names if any_layer else []))
