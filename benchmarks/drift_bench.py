@@ -474,6 +474,7 @@ def main(argv=None) -> int:
             g = group[r.neuron_id] if isinstance(group, dict) else group
             tally.add(seed, pair, g, r, labels[r.neuron_id], (fractions or {}).get(r.neuron_id),
                       (moved or {}).get(r.neuron_id), dt, (checks or {}).get(r.neuron_id))
+        save_json(args, probe, null_seconds, tally)      # after every compare: a killed run keeps what it measured
         return results
 
     def run_checked(seed, pair, cand, targets):
@@ -489,6 +490,11 @@ def main(argv=None) -> int:
         rng = np.random.default_rng(seed)
         targets = draw_neurons(rng, relevant, args.classes, args.inner, channels)
         unchanged = {tg.neuron_id: "unchanged" for tg in targets}
+        # benign outside the recipe, each pair's ground truth checked; first, from its own generator (the
+        # draws below stay those of earlier versions of the benchmark)
+        for pair, cand in out_of_recipe_candidates(base, probe, np.random.default_rng([seed, 7]), tmp, args.size):
+            run_checked(seed, pair, cand, targets)
+            del cand
         # benign
         run(seed, "resaved", "benign", resaved(base, tmp), targets, unchanged)
         run(seed, "fp16", "benign", round_trip(base, torch.float16), targets, unchanged)
@@ -502,11 +508,6 @@ def main(argv=None) -> int:
         # not scored: a BN re-estimate on fewer images than the recipe's (outside what the null calls benign)
         run(seed, "bn n=1024", "info", bn_sequential(base, probe.images, 1024, int(rng.integers(1 << 30))),
             targets, unchanged)
-        # benign outside the recipe, each pair's ground truth checked (its own generator: the draws below
-        # are those of earlier versions of the benchmark)
-        for pair, cand in out_of_recipe_candidates(base, probe, np.random.default_rng([seed, 7]), tmp, args.size):
-            run_checked(seed, pair, cand, targets)
-            del cand
         stages_with = sorted({int(tg.layer.split(".")[1]) for tg in targets if tg.layer.startswith("blocks.")})
         for stage in ([int(rng.choice(stages_with))] if stages_with else []) + [int(rng.integers(1, 7))]:
             perm = rng.permutation(channels[f"blocks.{stage}"])
