@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import AuditInputError
 
+_BUILTIN_BENIGN_EDITS = ("fp16", "bf16", "int8", "noise", "bn")   # audit.drift.benign.DEFAULT_EDITS
 _SOURCE_RE = re.compile(r"^(builtin:[\w.-]+|file:.+|models:/[^/@]+(/\d+|@[\w-]+))$")
 
 
@@ -334,6 +335,27 @@ class ThresholdsConfig(_Strict):
     detect_fraction: float = Field(default=0.1, gt=0, le=1, description=(
         "The share of images a change may touch that the probe set should be able to show beyond its "
         "own photographs; the compare warns (in words, with the photographs needed) when it has too few"))
+    benign_edits: list[str] = Field(default=list(_BUILTIN_BENIGN_EDITS), min_length=1, description=(
+        "The benign edits the baseline's null is built from (a FAIL is a move beyond what they do): built-in "
+        "`fp16`, `bf16` (round trips), `int8` (per-channel weights), `noise` (int8-scale weight noise, 4 draws), "
+        "`bn` (BN statistics re-estimated, 4 draws), or `package.module:function`, a function of the model that "
+        "returns the edited copy (imported when the config is read; see docs/benign-edits.md)"))
+
+    @field_validator("benign_edits")
+    @classmethod
+    def _benign_edits(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"{next(x for x in v if v.count(x) > 1)!r} is listed twice")
+        if all(x in _BUILTIN_BENIGN_EDITS for x in v):
+            return v              # no need to import torch to read a config of built-in names
+        from .drift.benign import resolve_benign
+
+        for i, name in enumerate(v):
+            try:
+                resolve_benign(name)
+            except AuditInputError as exc:
+                raise ValueError(f"[{i}]: {exc}") from None
+        return v
 
 
 class WatchConfig(_Strict):

@@ -5,7 +5,7 @@ Modules, in the order a compare uses them:
 - `statistics`  the distances and effect sizes of one neuron, or of every channel of a layer;
 - `evidence_kinds` the evidence registry: each kind's distance, title and sentence (`register_evidence`);
 - `resampling`  photograph-level bootstrap and permutation tests, folds, the power statement;
-- `benign`      the benign re-saves of the baseline (fp16/bf16, int8, quantization noise, BN);
+- `benign`      the registry of benign edits of the baseline (fp16/bf16, int8, noise, BN, a team's own);
 - `null`        the benign null of every channel and its calibrated bounds (cached per baseline);
 - `identity`    cross-fitted, one-to-one matching of a channel that moved to another index;
 - `evidence`    typed evidence records of one neuron (and the kinds that could not be computed);
@@ -19,6 +19,7 @@ from torch import nn
 
 from .compare import CompareResults, compare_activations, compare_neuron, compare_versions
 from .evidence import Evidence, NeuronComparison
+from .benign import register_benign, register_benign_variants
 from .evidence_kinds import Columns, register_evidence
 from .null import BenignNull, LayerNull, build_benign_null, null_cache, tail_quantile
 from .statistics import (benjamini_hochberg, correlation_matrix, cross_activation, effective_k, holm, ks,
@@ -38,6 +39,7 @@ def visual_features(images: list[np.ndarray], feature_model: nn.Module, batch_si
 
 __all__ = ["BenignNull", "Columns", "CompareResults", "Evidence", "LayerNull", "NeuronComparison", "assign_verdicts",
            "benjamini_hochberg", "build_benign_null", "compare_activations", "compare_neuron", "compare_versions",
+           "register_benign", "register_benign_variants",
            "correlation_matrix", "cross_activation", "effective_k", "holm", "ks", "null_cache", "percentile_of",
            "register_evidence", "spearman", "tail_quantile", "top_indices", "topk_overlap", "visual_distance",
            "visual_features", "wasserstein_norm", "wilson_interval"]

@@ -456,7 +456,8 @@ def compare_versions(model_a: nn.Module, model_b: nn.Module, probe: ProbeSet, ta
     acts_a = layer_activations_full(model_a, probe, wanted_a, batch_size, weights_key=key_a)
     acts_b = layer_activations_full(model_b, probe, layers, batch_size, weights_key=key_b)
     k = effective_k(t.top_k, len(probe.names))
-    null = build_benign_null(model_a, probe, layers, acts_a, k, feature_layer, key_a, null_cache_dir, batch_size)
+    null = build_benign_null(model_a, probe, layers, acts_a, k, feature_layer, key_a, null_cache_dir, batch_size,
+                             edits=t.benign_edits)
     return compare_activations(acts_a, acts_b, targets, null, probe.names, probe.groups, t,
                                features=content_features(acts_a, feature_layer), head=head_layer(model_a),
                                visual_features_a=visual_features_a, visual_features_b=visual_features_b,
