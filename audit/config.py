@@ -204,9 +204,10 @@ class NeuronConfig(_Strict):
 class VisualizationConfig(_Strict):
     """How each neuron's feature visualization is rendered (VITAL). Keys left null take the preset's value."""
 
-    method: Literal["vital", "fourier", "maco"] = Field(default="vital", description=(
+    method: Literal["vital", "fourier", "maco", "deepinversion"] = Field(default="vital", description=(
         "Visualization method. The nightly flow and `compare` render VITAL whatever this says; "
-        "`fourier` (Lucid) and `maco` are available from `neuron-audit visualize --method`."))
+        "`fourier` (Lucid), `maco` and `deepinversion` (the target plus a batch-norm statistics prior, "
+        "no references) are available from `neuron-audit visualize --method`."))
     preset: Literal["fast", "paper"] = Field(default="fast", description=(
         "`fast`: this project's default (fewer steps; measured against the authors' settings in the README's "
         "ablation table). `paper`: the authors' settings (adagorgun/VITAL: 2,000 Adam steps at lr 1.0 with "
