@@ -230,6 +230,13 @@ class VisualizationConfig(_Strict):
         "`full`: whole reference images (class photographs resized and centre-cropped; inner: the top probe "
         "images uncropped, relevance localizes). `crops`: random crops of the photographs (the fast preset keeps "
         "the 16 of 64 on which the model's class logit is highest) / receptive-field patches. null: the preset's."))
+    class_weight: float | None = Field(default=None, ge=0, le=1000, description=(
+        "Class neurons with photographs: weight of the class term -log p(class) beside VITAL's sort matching "
+        "(0: the authors' loss). It pulls the image to the class where the photographs are few or the model "
+        "barely recognises them, and stops pulling once the model gives the class. null: the preset's."))
+    inner_activation_weight: float | None = Field(default=None, ge=0, le=1000, description=(
+        "Inner neurons: weight of the channel's own activation (spatial mean over the references' mean peak), "
+        "maximized beside VITAL's sort matching (0: the authors' loss). null: the preset's."))
 
 
 class ProbeConfig(_Strict):
