@@ -7,7 +7,9 @@ Rows (class neurons of Lite0, rendered from `audit.presets`):
 * `fast + paper X`: the fast preset with one of its deviations put back to the authors' value:
   steps + schedule (2,000 steps, 100-step warm-up), lr (1.0), flip (off), sort (every position),
   references (whole photographs instead of random crops), taps (the authors' stem conv + four
-  stages, their weights).
+  stages, their weights);
+* `fast + class term`: this project's optional class term (`class_weight`, -log p(class) beside the
+  sort matching); inner rows: `fast + activation term` (`inner_activation_weight`).
 
 If a row that puts the authors' value back scores no better than `fast`, the deviation holds.
 Inner neurons get the same treatment for their own deviations (`--inner N`): tap weights (0.1, 1,
@@ -24,6 +26,12 @@ four classes below only; `fv_quality.py` reports held-out classes.
     python benchmarks/fv_ablation.py --rows fast,paper --seeds 1 --save-images DIR
     python benchmarks/fv_ablation.py --rows fast --set fast:lr=0.5,steps=200   # a tuning trial
     python benchmarks/fv_ablation.py --rows paper --repeat             # the paper preset, same bytes twice?
+    python benchmarks/fv_ablation.py --audited lite1 --rows fast --set cw1:class_weight=1   # the tuning split
+    python benchmarks/fv_ablation.py --audited lite1 --rows "" --inner 9 --inner-rows fast \
+        --inner-set aw1:inner_activation_weight=1
+
+Tuning split: `--audited lite1` (or lite2) renders with that model as the audited model on every class
+it gives a built-in photograph (its own classes, not Lite0's held-out ones) and scores self top-1 on it.
 
 Only built-in photographs are available: each class has one photograph, so "whole photographs"
 means one reference image per class (the authors use 50 photographs).
