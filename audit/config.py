@@ -244,9 +244,10 @@ class NeuronConfig(_Strict):
 class VisualizationConfig(_Strict):
     """How each neuron's feature visualization is rendered (VITAL). Keys left null take the preset's value."""
 
-    method: Literal["vital", "fourier", "maco"] = Field(default="vital", description=(
+    method: Literal["vital", "fourier", "maco", "deepinversion"] = Field(default="vital", description=(
         "Visualization method. The nightly flow and `compare` render VITAL whatever this says; "
-        "`fourier` (Lucid) and `maco` are available from `neuron-audit visualize --method`."))
+        "`fourier` (Lucid), `maco` and `deepinversion` (the target plus a batch-norm statistics prior, "
+        "no references) are available from `neuron-audit visualize --method`."))
     preset: Literal["fast", "paper"] = Field(default="fast", description=(
         "`fast`: this project's default (fewer steps; measured against the authors' settings in the README's "
         "ablation table). `paper`: the authors' settings (adagorgun/VITAL: 2,000 Adam steps at lr 1.0 with "
@@ -269,6 +270,13 @@ class VisualizationConfig(_Strict):
         "`full`: whole reference images (class photographs resized and centre-cropped; inner: the top probe "
         "images uncropped, relevance localizes). `crops`: random crops of the photographs (the fast preset keeps "
         "the 16 of 64 on which the model's class logit is highest) / receptive-field patches. null: the preset's."))
+    class_weight: float | None = Field(default=None, ge=0, le=1000, description=(
+        "Class neurons with photographs: weight of the class term -log p(class) beside VITAL's sort matching "
+        "(0: the authors' loss). It pulls the image to the class where the photographs are few or the model "
+        "barely recognises them, and stops pulling once the model gives the class. null: the preset's."))
+    inner_activation_weight: float | None = Field(default=None, ge=0, le=1000, description=(
+        "Inner neurons: weight of the channel's own activation (spatial mean over the references' mean peak), "
+        "maximized beside VITAL's sort matching (0: the authors' loss). null: the preset's."))
 
 
 class ProbeConfig(_Strict):

@@ -240,16 +240,19 @@ def forward_trace(model: nn.Module, size: int | None = None) -> ForwardTrace:
 
 
 def read_layers(trace: ForwardTrace, taps: Sequence[str], weights: Sequence[float], target_layer: str,
-                use_relevance: bool) -> list[str]:
+                use_relevance: bool, reads_target: bool = False) -> list[str]:
     """The layers whose outputs one neuron's loss depends on.
 
-    Paper form: the taps with a non-zero weight. Relevance form: of those, the ones computed
-    no later than the target (relevance is zero after it), and the target layer itself."""
+    Paper form: the taps with a non-zero weight, and the target layer when the loss reads the
+    target itself (`reads_target`: VITAL's class term). Relevance form: of those, the ones
+    computed no later than the target (relevance is zero after it), and the target layer itself."""
     if len(weights) != len(taps):
         raise ValueError(f"{len(weights)} tap weights for {len(taps)} taps ({list(taps)})")
     layers = [t for t, w in zip(taps, weights) if w != 0]
     if use_relevance:
         layers = [t for t in layers if trace.ends_before(t, target_layer)] + [target_layer]
+    elif reads_target:
+        layers = layers + [target_layer]
     return list(dict.fromkeys(layers))
 
 
@@ -290,7 +293,8 @@ def content_key(model: nn.Module, target_layer: str, index: int, use_relevance: 
     point on any device)."""
     relevance_weights = settings.get("inner_tap_weights") if use_relevance else None
     weights = relevance_weights or settings["tap_weights"]
-    layers = read_layers(forward_trace(model), settings["taps"], weights, target_layer, use_relevance)
+    layers = read_layers(forward_trace(model), settings["taps"], weights, target_layer, use_relevance,
+                         reads_target=float(settings.get("class_weight") or 0) > 0)
     keyed_settings = {k: v for k, v in settings.items() if k not in ("device",)}
     parts = {
         "render": RENDER_VERSION,

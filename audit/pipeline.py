@@ -48,7 +48,8 @@ def vital_settings(model_cfg: ModelConfig):
     from .vital import VitalSettings
 
     v = model_cfg.visualization
-    overrides = {k: getattr(v, k) for k in ("resolution", "steps", "lr", "taps", "tap_weights")
+    overrides = {k: getattr(v, k) for k in ("resolution", "steps", "lr", "taps", "tap_weights", "class_weight",
+                                            "inner_activation_weight")
                  if getattr(v, k) is not None}
     return VitalSettings.for_model(model_cfg.architecture, preset=v.preset, **overrides)
 

@@ -19,7 +19,9 @@ txt2patch.py), read side by side:
 * references: 50 photographs of the class, each resized to 256 and centre-cropped to 224 (no
   random crops); inner neurons: the images whose best patch activates the channel most, used as
   full images with relevance doing the localization;
-* every sorted position is matched (no subsampling).
+* every sorted position is matched (no subsampling);
+* the loss has no target term: the class logit and the inner channel are not in it
+  (`class_weight` = `inner_activation_weight` = 0).
 
 `fast` differs where `benchmarks/fv_ablation.py` measured that quality holds (the README's
 ablation table). Its values are the measured choice, not a guess. Two of its differences are
@@ -79,7 +81,7 @@ PAPER = VitalPreset(
     settings=dict(steps=2000, lr=1.0, betas=(0.5, 0.9), warmup=100, jitter=None, flip=False, tap_set="paper",
                   tap_weights=None, inner_tap_weights=[0.1, 1.0, 1.0, 1.0, 0.0], tv_l1=0.0, tv_l2=0.0, l2=0.0,
                   inner_tv_l2=3e-7, inner_l2=3e-7, sort_samples=None, half_res_warm_start=False,
-                  plateau_patience=None, final_tap_weight=1.0),
+                  plateau_patience=None, final_tap_weight=1.0, class_weight=0.0, inner_activation_weight=0.0),
     class_references=ReferenceRecipe("full", 50),
     inner_references=ReferenceRecipe("full", 50),
     notes="adagorgun/VITAL as published (setting_id 1: 2k iterations at full resolution)",

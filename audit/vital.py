@@ -97,6 +97,13 @@ class VitalSettings(BaseModel):
     # logits are linear in that map's spatial mean, so matching it is what makes the class recognisable.
     final_tap_weight: float = Field(default=1.0, gt=0)
     inner_tap_weights: list[float] | None = None                   # relevance form; None: tap_weights
+    # Class neurons in the paper form (photographs as references): weight of -log p(class) beside the
+    # sort-matching loss. It saturates once the model gives the class, so it pulls the image to the class
+    # where the references are weak and leaves the matching alone where they are not. 0: the authors' loss.
+    class_weight: float = Field(default=0.0, ge=0)
+    # Inner neurons: weight of the channel's own spatial-mean activation (divided by its mean spatial max
+    # over the references) beside the sort-matching loss, maximized. 0: the authors' loss.
+    inner_activation_weight: float = Field(default=0.0, ge=0)
     half_res_warm_start: bool = False                              # first half of the steps at half resolution
     use_relevance: bool | None = None                              # default for requests that leave it None
     sort_samples: int | None = Field(default=4096, ge=16)          # None: sort every position
@@ -204,6 +211,17 @@ def request_uses_relevance(request: VitalRequest, settings: VitalSettings) -> bo
     return request.target.kind == "inner"
 
 
+def reads_class_term(request: VitalRequest, settings: VitalSettings) -> bool:
+    """A class neuron in the paper form whose loss has the class term (`class_weight`)."""
+    return (settings.class_weight > 0 and request.target.kind == "class"
+            and not request_uses_relevance(request, settings))
+
+
+def reads_activation_term(request: VitalRequest, settings: VitalSettings) -> bool:
+    """An inner neuron whose loss has its channel's own activation (`inner_activation_weight`)."""
+    return settings.inner_activation_weight > 0 and request.target.kind == "inner"
+
+
 class _StopForward(Exception):
     pass
 
@@ -263,6 +281,14 @@ class _Plan:
     phases: list[tuple[int, int]]          # (average-pool factor, steps)
     tap_seed: dict[str, int]               # each tap's own subsampling seed offset
     batched: bool                          # one forward for the batch (else one per element)
+    trace: ForwardTrace | None = None      # where each layer ends in the forward
+    class_term: torch.Tensor | None = None       # [B] weight of -log p(class) (0: not read)
+    activation_term: torch.Tensor | None = None  # [B] weight of the target channel's activation (0: not read)
+
+    def target_terms(self, group: list[int]) -> tuple[list[int], list[int]]:
+        """Positions in `group` of the elements whose loss reads the logits / their target channel."""
+        return ([k for k, i in enumerate(group) if float(self.class_term[i]) != 0],
+                [k for k, i in enumerate(group) if float(self.activation_term[i]) != 0])
 
 
 def _plan(model: nn.Module, requests: Sequence[VitalRequest], settings: VitalSettings, dev: torch.device) -> _Plan:
@@ -285,9 +311,12 @@ def _plan(model: nn.Module, requests: Sequence[VitalRequest], settings: VitalSet
     if s.half_res_warm_start and s.steps >= 2:
         phases = [(2, s.steps // 2), (1, s.steps - s.steps // 2)]
     batched = s.batched_forward if s.batched_forward is not None else dev.type == "cuda"
+    class_term = torch.tensor([s.class_weight if reads_class_term(r, s) else 0.0 for r in requests], device=dev)
+    activation_term = torch.tensor([s.inner_activation_weight if reads_activation_term(r, s) else 0.0
+                                    for r in requests], device=dev)
     return _Plan(settings=s, res=s.resolution, taps=used, stop=used[-1] if used else None, rel=rel, layers=layers,
                  tap_weight=weight, priors=priors, phases=phases, tap_seed={t: 2 + k for k, t in enumerate(s.taps)},
-                 batched=batched)
+                 batched=batched, trace=trace, class_term=class_term, activation_term=activation_term)
 
 
 # ---------------------------------------------------------------------------------- phase 2: reference targets
@@ -297,6 +326,7 @@ def _plan(model: nn.Module, requests: Sequence[VitalRequest], settings: VitalSet
 class _ReferenceTargets:
     sorted: dict[str, torch.Tensor]            # tap -> [B, C, N] mean sorted reference values
     channel_weight: dict[str, torch.Tensor]    # tap -> [B, C] (ones for elements without relevance)
+    activation_scale: torch.Tensor | None = None   # [B] references' mean spatial max of the target channel
 
 
 def _reference_targets(model: nn.Module, requests: Sequence[VitalRequest], plan: _Plan, pool: int,
@@ -336,7 +366,28 @@ def _reference_targets(model: nn.Module, requests: Sequence[VitalRequest], plan:
     n = plan.settings.sort_samples
     if n:
         srt = {t: resample_sorted(v, min(v.shape[-1], n)) for t, v in srt.items()}
-    return _ReferenceTargets(srt, {t: torch.stack(v) for t, v in weight_by_tap.items()})
+    scale = torch.ones(len(requests), device=dev)
+    for i in range(len(requests)):
+        if float(plan.activation_term[i]) != 0:
+            scale[i] = _reference_channel_peak(model, requests[i], plan.layers[i], plan.res, pool, dev, chunk)
+    return _ReferenceTargets(srt, {t: torch.stack(v) for t, v in weight_by_tap.items()}, scale)
+
+
+def _reference_channel_peak(model: nn.Module, req: VitalRequest, layer: str, res: int, pool: int,
+                            dev: torch.device, chunk: int) -> float:
+    """The references' mean spatial max of the target channel (at least 1e-3): the scale that makes
+    the activation term comparable across channels and layers."""
+    refs = req.references.to(device=dev, dtype=torch.float32)
+    if refs.shape[-1] != res or refs.shape[-2] != res:
+        refs = F.interpolate(refs, size=(res, res), mode="bilinear", antialias=True, align_corners=False)
+    if pool > 1:
+        refs = F.avg_pool2d(refs, pool)
+    peaks = []
+    for i in range(0, refs.shape[0], chunk):
+        with torch.no_grad(), capture(model, [layer], detach=True) as acts:
+            _forward(model, refs[i:i + chunk], layer)
+        peaks.append(channels_first(acts[layer])[:, req.target.index].float().amax(-1))
+    return max(float(torch.cat(peaks).mean()), 1e-3)
 
 
 # ------------------------------------------------------------------------------------ phase 3: synthetic images
@@ -373,18 +424,35 @@ def _augmenters(plan: _Plan, b: int, seed: int, pool: int) -> list[Compose]:
 # ------------------------------------------------------------------------------------------- phase 4: the loss
 
 
+@dataclass
+class _GroupForward:
+    feats: dict[str, torch.Tensor]         # tap -> [g, C, N], relevance-weighted in the relevance form
+    logits: torch.Tensor | None            # [g, classes] when an element reads the class term
+    target: dict[int, torch.Tensor]        # position in group -> [N] its target channel (activation term)
+
+
 def _tap_features(model: nn.Module, xj: torch.Tensor, requests: Sequence[VitalRequest], plan: _Plan,
-                  group: list[int], taps: list[str]) -> dict[str, torch.Tensor]:
-    """Activations [g, C, N] of the group's elements at `taps` (the forward stops after the last),
-    multiplied in the relevance form by the min-max normalized relevance of each element's target."""
+                  group: list[int], taps: list[str]) -> _GroupForward:
+    """Activations [g, C, N] of the group's elements at `taps`, multiplied in the relevance form by the
+    min-max normalized relevance of each element's target; and what the target terms read: the logits
+    (the forward then runs to the end) and each activation-term element's target channel (the forward
+    then runs at least to its layer). Otherwise the forward stops after the last tap."""
     rel_pos = [k for k, i in enumerate(group) if plan.rel[i]]
     syn_rel = None
     if rel_pos:
         r = tap_relevance(model, xj[rel_pos].detach(), [plan.layers[group[k]] for k in rel_pos],
                           [requests[group[k]].target.index for k in rel_pos], taps)
         syn_rel = {t: _minmax(channels_first(r[t]).float(), -1) for t in taps}
-    with capture(model, taps) as acts:
-        _forward(model, xj, taps[-1])
+    class_pos, act_pos = plan.target_terms(group)
+    extra = [plan.layers[group[k]] for k in act_pos]
+    layers = list(dict.fromkeys(list(taps) + extra))
+    stop = None if class_pos else (max(layers, key=lambda t: plan.trace.end_of(t)) if extra else taps[-1])
+    with capture(model, layers) as acts:
+        with _stop_after(model, stop):
+            try:
+                logits = model(xj)
+            except _StopForward:
+                logits = None
     feats = {}
     for t in taps:
         a = channels_first(acts[t]).float()
@@ -393,7 +461,26 @@ def _tap_features(model: nn.Module, xj: torch.Tensor, requests: Sequence[VitalRe
             scale[rel_pos] = syn_rel[t]
             a = a * scale
         feats[t] = a
-    return feats
+    target = {k: channels_first(acts[plan.layers[group[k]]])[k, requests[group[k]].target.index].float()
+              for k in act_pos}
+    return _GroupForward(feats, logits if class_pos else None, target)
+
+
+def _target_terms(fwd: _GroupForward, requests: Sequence[VitalRequest], plan: _Plan, refs: _ReferenceTargets,
+                  group: list[int]) -> torch.Tensor:
+    """[g] the class term (weight x -log p(class)) and the activation term (-weight x the target
+    channel's spatial mean / the references' mean spatial max) of the group's elements."""
+    class_pos, act_pos = plan.target_terms(group)
+    logp = F.log_softmax(fwd.logits.float(), dim=-1) if class_pos else None
+    terms = []
+    for k, i in enumerate(group):
+        term = plan.class_term.new_zeros(())
+        if k in class_pos:
+            term = term - plan.class_term[i] * logp[k, requests[i].target.index]
+        if k in act_pos:
+            term = term - plan.activation_term[i] * fwd.target[k].mean() / refs.activation_scale[i]
+        terms.append(term)
+    return torch.stack(terms)
 
 
 def _loss_function(model: nn.Module, requests: Sequence[VitalRequest], plan: _Plan, refs: _ReferenceTargets,
@@ -417,15 +504,17 @@ def _loss_function(model: nn.Module, requests: Sequence[VitalRequest], plan: _Pl
             xg = xj if len(group) == b else xj[group]
             total = torch.zeros(len(group), device=xj.device)
             if taps:
-                feats = _tap_features(model, xg, requests, plan, group, taps)
+                fwd = _tap_features(model, xg, requests, plan, group, taps)
                 for t in taps:
-                    a = feats[t]
+                    a = fwd.feats[t]
                     if t not in positions:
                         positions[t] = sample_positions(a.shape[-1], s.sort_samples, syn.tap_generators[t])
                     j = plan.taps.index(t)
                     total = total + plan.tap_weight[group, j] * sort_matching_loss(
                         a, refs.sorted[t][group], refs.channel_weight[t][group], positions=positions[t])
             total = s.feat_weight * total
+            if taps:
+                total = total + _target_terms(fwd, requests, plan, refs, group)
             p = plan.priors[group]
             if bool((p[:, 0] != 0).any()):
                 total = total + p[:, 0] * total_variation_l1(xg)

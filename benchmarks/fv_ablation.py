@@ -7,7 +7,9 @@ Rows (class neurons of Lite0, rendered from `audit.presets`):
 * `fast + paper X`: the fast preset with one of its deviations put back to the authors' value:
   steps + schedule (2,000 steps, 100-step warm-up), lr (1.0), flip (off), sort (every position),
   references (whole photographs instead of random crops), taps (the authors' stem conv + four
-  stages, their weights).
+  stages, their weights);
+* `fast + class term`: this project's optional class term (`class_weight`, -log p(class) beside the
+  sort matching); inner rows: `fast + activation term` (`inner_activation_weight`).
 
 If a row that puts the authors' value back scores no better than `fast`, the deviation holds.
 Inner neurons get the same treatment for their own deviations (`--inner N`): tap weights (0.1, 1,
@@ -24,6 +26,12 @@ four classes below only; `fv_quality.py` reports held-out classes.
     python benchmarks/fv_ablation.py --rows fast,paper --seeds 1 --save-images DIR
     python benchmarks/fv_ablation.py --rows fast --set fast:lr=0.5,steps=200   # a tuning trial
     python benchmarks/fv_ablation.py --rows paper --repeat             # the paper preset, same bytes twice?
+    python benchmarks/fv_ablation.py --audited lite1 --rows fast --set cw1:class_weight=1   # the tuning split
+    python benchmarks/fv_ablation.py --audited lite1 --rows "" --inner 9 --inner-rows fast \
+        --inner-set aw1:inner_activation_weight=1
+
+Tuning split: `--audited lite1` (or lite2) renders with that model as the audited model on every class
+it gives a built-in photograph (its own classes, not Lite0's held-out ones) and scores self top-1 on it.
 
 Only built-in photographs are available: each class has one photograph, so "whole photographs"
 means one reference image per class (the authors use 50 photographs).
@@ -58,6 +66,7 @@ CLASS_ROWS: dict[str, dict] = {
     "fast + paper taps and weights": {"tap_set": "paper", "tap_weights": None, "final_tap_weight": 1.0},
     "fast - crop selection (random crops)": {"references": ("crops", None, 1)},
     "fast - final-map weight (1 per tap)": {"final_tap_weight": 1.0},
+    "fast + class term (class_weight 1)": {"class_weight": 1.0},
 }
 INNER_ROWS: dict[str, dict] = {
     "paper": {"preset": "paper"},
@@ -66,6 +75,7 @@ INNER_ROWS: dict[str, dict] = {
                                                                       "inner_tap_weights": [0.1, 1, 1, 1, 0]},
     "fast + receptive-field crops (old form)": {"references": ("crops", None, 1)},
     "fast + paper lr": {"lr": 1.0},
+    "fast + activation term (inner_activation_weight 1)": {"inner_activation_weight": 1.0},
 }
 
 
@@ -157,8 +167,14 @@ def render_inner(model, row: dict, targets, probe, values_of, seeds: list[int], 
     return {"images": images, "seconds_per_neuron": float(np.mean(seconds))}
 
 
-def ablation_classes(spec: str) -> tuple[dict[str, int], dict[str, list[str]]]:
-    """(class name -> index, class name -> its photographs) for `--classes`."""
+def ablation_classes(spec: str, audited: str = "lite0") -> tuple[dict[str, int], dict[str, list[str]]]:
+    """(class name -> index, class name -> its photographs) for `--classes`. With another audited
+    model than Lite0 (the tuning split): every class that model gives a built-in photograph."""
+    if audited != "lite0":
+        from fv_quality import class_name, photo_classes
+
+        found = photo_classes(f"efficientnet_{audited}")
+        return {class_name(p): c for c, p in found.items()}, {class_name(p): p for p in found.values()}
     if spec in ("tuned", "held-out"):
         from fv_quality import class_name, photo_classes
 
@@ -166,6 +182,19 @@ def ablation_classes(spec: str) -> tuple[dict[str, int], dict[str, list[str]]]:
         return {class_name(p): c for c, p in found.items()}, {class_name(p): p for p in found.values()}
     names = [c.strip() for c in spec.split(",") if c.strip()]
     return {c: TUNED[c] for c in names}, {c: [c] for c in names}
+
+
+def with_set_rows(rows: dict[str, dict], specs: list[str]) -> dict[str, dict]:
+    """`rows` with each 'ROW:key=value,...' spec defining or changing a row."""
+    rows = dict(rows)
+    for spec in specs:
+        name, _, kv = spec.partition(":")
+        base = dict(rows.get(name, {}))
+        for item in filter(None, kv.split(",")):
+            k, _, v = item.partition("=")
+            base[k.strip()] = parse_value(v.strip())
+        rows[name] = base
+    return rows
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -178,10 +207,15 @@ def main(argv: list[str] | None = None) -> dict:
                     help="tuned (the four the defaults were tuned on) | held-out (every other class Lite0 gives a "
                          "built-in photograph, as fv_quality.py) | a comma list of tuned photograph names")
     ap.add_argument("--seeds", default="1", help="a count N (seeds 0..N-1) or a comma list")
-    ap.add_argument("--resolution", type=int, default=224)
+    ap.add_argument("--audited", default="lite0", choices=("lite0", "lite1", "lite2"),
+                    help="the audited model. lite1/lite2: the tuning split (that model renders and scores self "
+                         "top-1 on every class it gives a built-in photograph; --classes is ignored)")
+    ap.add_argument("--resolution", type=int, default=None, help="image size (default: the audited model's)")
     ap.add_argument("--steps", type=int, default=None, help="override every row's steps (smoke runs only)")
     ap.add_argument("--inner", type=int, default=0, help="also ablate the inner-neuron rows on this many channels")
     ap.add_argument("--inner-rows", default=",".join(INNER_ROWS))
+    ap.add_argument("--inner-set", action="append", default=[], metavar="ROW:key=value,...",
+                    help="define or change an inner row, as --set does for class rows")
     ap.add_argument("--repeat", action="store_true",
                     help="render the first row's first class again (first seed) and compare the bytes")
     ap.add_argument("--save-images", type=Path, default=None, metavar="DIR")
@@ -197,33 +231,32 @@ def main(argv: list[str] | None = None) -> dict:
     from audit.models import load_model
     from fv_quality import class_scores, frechet_to_crops, inner_targets, score_inner
 
-    rows = dict(CLASS_ROWS)
-    for spec in args.set:
-        name, _, kv = spec.partition(":")
-        base = dict(rows.get(name, {}))
-        for item in filter(None, kv.split(",")):
-            k, _, v = item.partition("=")
-            base[k.strip()] = parse_value(v.strip())
-        rows[name] = base
+    rows = with_set_rows(CLASS_ROWS, args.set)
+    inner_rows = with_set_rows(INNER_ROWS, args.inner_set)
     chosen = [r.strip() for r in args.rows.split(",") if r.strip()] + [s.partition(":")[0] for s in args.set
                                                                        if s.partition(":")[0] not in args.rows]
     if args.steps:
         rows = {k: {**v, "steps": args.steps} for k, v in rows.items()}
-        for k in INNER_ROWS:
-            INNER_ROWS[k] = {**INNER_ROWS[k], "steps": args.steps}
-    classes, photos = ablation_classes(args.classes)
-    model = load_model("efficientnet_lite0", "builtin:efficientnet_lite0")
+        inner_rows = {k: {**v, "steps": args.steps} for k, v in inner_rows.items()}
+    classes, photos = ablation_classes(args.classes, args.audited)
+    audited = f"efficientnet_{args.audited}"
+    model = load_model(audited, f"builtin:{audited}")
+    if args.resolution is None:
+        from audit.models import model_input_size
+
+        args.resolution = model_input_size(model)
     table: dict[str, dict] = {}
     for name in dict.fromkeys(chosen):
         print(f"[fv_ablation] {name}: {rows[name]}", file=sys.stderr, flush=True)
         res = render_classes(model, rows[name], classes, seeds, args.resolution, photos)
         imgs = [res["images"][(c, s)] for c in classes for s in seeds]
         labels = [classes[c] for c in classes for s in seeds]
-        row = class_scores(imgs, labels)
+        row = class_scores(imgs, labels, audited)
         row["frechet"] = float(np.mean([frechet_to_crops([res["images"][(c, s)] for s in seeds], tuple(photos[c]))
                                         for c in classes]))
         row.update(seconds_per_neuron=res["seconds_per_neuron"], steps_run=res["steps_run"], recipe=res["recipe"])
-        row["per_class_self_top1"] = {c: class_scores([res["images"][(c, s)] for s in seeds], classes[c])["self_top1"]
+        row["per_class_self_top1"] = {c: class_scores([res["images"][(c, s)] for s in seeds], classes[c],
+                                                      audited)["self_top1"]
                                       for c in classes}
         table[name] = row
         print(f"[fv_ablation] {name}: {json.dumps({k: v for k, v in row.items() if k != 'per_class_self_top1'})}",
@@ -255,14 +288,15 @@ def main(argv: list[str] | None = None) -> dict:
         acts = neuron_activations(model, probe, [NeuronTarget(f"{l}-c{i}", "inner", l, i) for l, i in targets],
                                   use_cache=False)
         values_of = lambda layer, idx: acts[f"{layer}-c{idx}"].max  # noqa: E731
-        for name in [r.strip() for r in args.inner_rows.split(",") if r.strip()]:
+        names = [r.strip() for r in args.inner_rows.split(",") if r.strip()]
+        for name in dict.fromkeys(names + [s.partition(":")[0] for s in args.inner_set]):
             print(f"[fv_ablation] inner {name} on {targets}", file=sys.stderr, flush=True)
-            res = render_inner(model, INNER_ROWS[name], targets, probe, values_of, seeds, args.resolution)
+            res = render_inner(model, inner_rows[name], targets, probe, values_of, seeds, args.resolution)
             inner_table[name] = {**score_inner(model, res["images"], targets, probe, seeds),
                                  "seconds_per_neuron": res["seconds_per_neuron"]}
             print(f"[fv_ablation] inner {name}: {json.dumps(inner_table[name])}", file=sys.stderr, flush=True)
 
-    print(f"Lite0, {args.resolution} px, classes {', '.join(f'{c} ({i})' for c, i in classes.items())}, seeds {seeds}\n")
+    print(f"{args.audited} audited, {args.resolution} px, classes {', '.join(f'{c} ({i})' for c, i in classes.items())}, seeds {seeds}\n")
     print("| row | self top-1 | Lite1 top-1 / top-5 | Lite2 top-1 / top-5 | p(class) Lite1 / Lite2 | Fréchet | steps run | s / neuron |")
     print("|---|---|---|---|---|---|---|---|")
     for name, r in table.items():

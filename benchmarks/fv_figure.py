@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-METHODS = ("vital", "fourier", "maco")
+METHODS = ("vital", "fourier", "maco", "deepinversion")
 CLASSES = ("coffee", "chelsea", "rocket", "camera")
 
 

@@ -1,5 +1,5 @@
-"""Quality of feature visualizations on Lite0: VITAL (default config) vs Fourier (Lucid) and MACO,
-on the classes it was tuned on and on held-out classes.
+"""Quality of feature visualizations on Lite0: VITAL (default config) vs Fourier (Lucid), MACO and
+DeepInversion, on the classes it was tuned on and on held-out classes.
 
 Protocol (issue 13):
 
@@ -11,7 +11,8 @@ Protocol (issue 13):
   of those (the authors use 50 photographs per class);
 * VITAL from the DEFAULT config (`audit.pipeline.vital_settings` of a config that sets nothing:
   the fast preset, its reference recipe), 3 seeds; Fourier 512 steps, MACO 256 steps (their
-  usual budgets), same seeds;
+  usual budgets), DeepInversion 400 steps (`audit.deepinversion`: no references; the authors run
+  2-3k on a GPU), same seeds;
 * figures: self top-1 (Lite0 at 224), Lite1 (240) and Lite2 (260) top-1 / top-5 / p(class), the
   Fréchet distance per class to 32 random crops of the class photographs in Lite0's penultimate
   features (Ledoit-Wolf shrinkage; `audit.quality.frechet_distance`), seconds per neuron (wall
@@ -61,8 +62,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 TUNED_PHOTOS = {"chelsea": 285, "coffee": 967, "rocket": 657, "camera": 872}
-METHODS = ("vital", "fourier", "maco")
-BASELINE_STEPS = {"fourier": 512, "maco": 256}
+METHODS = ("vital", "fourier", "maco", "deepinversion")
+BASELINE_STEPS = {"fourier": 512, "maco": 256, "deepinversion": 400}
 N_EVAL_CROPS = 32
 EVAL_REFERENCE_SEED = 10_000        # the Fréchet reference crops differ from VITAL's own references
 INNER_LAYERS = ("blocks.2", "blocks.4", "blocks.5")
@@ -71,19 +72,21 @@ INNER_LAYERS = ("blocks.2", "blocks.4", "blocks.5")
 # ----------------------------------------------------------------------------------------- classes
 
 
-def photo_classes() -> dict[int, list[str]]:
-    """Lite0's top-1 class of each built-in photograph (whole image at 224 px): class -> photographs."""
+def photo_classes(model_name: str = "efficientnet_lite0") -> dict[int, list[str]]:
+    """The model's top-1 class of each built-in photograph (whole image at its input size; Lite0: 224 px):
+    class -> photographs."""
     import torch
 
     from audit.assets import builtin_sample_names
-    from audit.models import preprocess
+    from audit.models import model_input_size, preprocess
     from audit.quality import builtin_model
 
-    lite0 = builtin_model("efficientnet_lite0")
+    net = builtin_model(model_name)
+    size = model_input_size(net)
     out: dict[int, list[str]] = {}
     for name in builtin_sample_names():
         with torch.no_grad():
-            top = int(lite0(preprocess([_photo(name)], 224)).argmax(1))
+            top = int(net(preprocess([_photo(name)], size)).argmax(1))
         out.setdefault(top, []).append(name)
     return dict(sorted(out.items()))
 
@@ -102,13 +105,14 @@ def class_name(photos: list[str]) -> str:
 # ------------------------------------------------------------------------------------------ scoring
 
 
-def class_scores(images, labels) -> dict:
-    """Self top-1 on Lite0, top-1 / top-5 / p(class) on Lite1 and Lite2 (each at its native size)."""
+def class_scores(images, labels, audited: str = "efficientnet_lite0") -> dict:
+    """Self top-1 on the audited model (Lite0 unless told), top-1 / top-5 / p(class) on Lite1 and Lite2
+    (each at its native size)."""
     from audit.models import model_input_size
     from audit.quality import builtin_model, class_probability, transfer_topk
 
-    lite0 = builtin_model("efficientnet_lite0")
-    row = {"self_top1": transfer_topk(lite0, images, labels, model_input_size(lite0), k=(1,))["top1"]}
+    net = builtin_model(audited)
+    row = {"self_top1": transfer_topk(net, images, labels, model_input_size(net), k=(1,))["top1"]}
     for short in ("lite1", "lite2"):
         net = builtin_model(f"efficientnet_{short}")
         tk = transfer_topk(net, images, labels, model_input_size(net), k=(1, 5))
@@ -300,6 +304,10 @@ def run_method(method: str, classes: dict[int, list[str]], seeds: list[int], res
             by_index = dict(zip(neurons, refs[seed]))
             magnitudes = [by_index[t.index].images for t in targets] if kind == "class" else probe.images
             out = render_maco(model, targets, magnitudes, size=size, steps=steps, seed=seed)
+        elif method == "deepinversion":
+            from audit.deepinversion import render_deepinversion
+
+            out = render_deepinversion(model, targets, size=size, steps=steps, seed=seed)
         else:
             raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
         if dev.type == "cuda":
@@ -468,10 +476,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="VITAL preset (audit/presets.py): the default `fast`, or the authors' `paper` settings")
     p.add_argument("--resolution", type=int, default=None, help="image size in px (default: the model's, 224)")
     p.add_argument("--steps-scale", type=float, default=1.0,
-                   help="multiply every method's step count (VITAL: the preset's; Fourier 512; MACO 256)")
+                   help="multiply every method's step count (VITAL: the preset's; Fourier 512; MACO 256; "
+                        "DeepInversion 400)")
     p.add_argument("--seeds", default="3", help="a count N (seeds 0..N-1) or a comma list of seeds (default 3)")
     p.add_argument("--classes", default="all", help="all | tuned | held-out | a comma list of class indices")
-    p.add_argument("--methods", default=",".join(METHODS), help="comma list of vital, fourier, maco")
+    p.add_argument("--methods", default=",".join(METHODS), help="comma list of vital, fourier, maco, deepinversion")
     p.add_argument("--inner", type=int, default=9, help="inner channels to score (0: none)")
     p.add_argument("--inner-seeds", default="1", help="seeds of the inner renders (count or list)")
     p.add_argument("--save-images", type=Path, default=None, metavar="DIR")

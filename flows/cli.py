@@ -346,7 +346,7 @@ def visualize(config: str = ConfigOpt,
               seed: int = typer.Option(0, "--seed", metavar="SEED", help="Random seed of the visualization."),
               steps: Optional[int] = typer.Option(None, "--steps", metavar="N",
                                                   help="Optimization steps (default: visualization.steps of the config)."),
-              method: str = typer.Option("vital", "--method", metavar="METHOD", help="vital | fourier | maco")) -> None:
+              method: str = typer.Option("vital", "--method", metavar="METHOD", help="vital | fourier | maco | deepinversion")) -> None:
     """Render one visualization, without storage."""
     from PIL import Image
 
@@ -355,8 +355,8 @@ def visualize(config: str = ConfigOpt,
 
     from . import runtime
 
-    if method not in ("vital", "fourier", "maco"):
-        _fail(f"--method: unknown method {method!r}; valid: vital, fourier, maco")
+    if method not in ("vital", "fourier", "maco", "deepinversion"):
+        _fail(f"--method: unknown method {method!r}; valid: vital, fourier, maco, deepinversion")
     if steps is not None and steps < 1:
         _fail(f"--steps: {steps} must be at least 1")
     cfg = _config(config)
@@ -412,6 +412,11 @@ def _render_one(cfg, mcfg, n, model, settings, seed, method):
     if method == "fourier":
         return baselines.render_fourier(model, [target], size=size, steps=settings.steps, seed=seed,
                                         progress=progress.step_reporter(f"Fourier {n.id}", settings.steps))[0]
+    if method == "deepinversion":
+        from audit.deepinversion import render_deepinversion
+
+        return render_deepinversion(model, [target], size=size, steps=settings.steps, seed=seed,
+                                    progress=progress.step_reporter(f"DeepInversion {n.id}", settings.steps))[0]
     probe = runtime.probe_set(cfg, mcfg, model)
     return baselines.render_maco(model, [target], reference_images=probe.images, size=size, steps=settings.steps,
                                  seed=seed, progress=progress.step_reporter(f"MACO {n.id}", settings.steps))[0]
