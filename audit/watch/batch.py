@@ -6,8 +6,9 @@ crop per image). Unreadable and non-RGB files are skipped with a reason; fewer t
 `min_images` usable images is bad input.
 
 `batch_features` computes, in the same forward pass, the neurons' values and the spatial mean of
-every channel of the whole-layer test's layers (`tested_layers`: each layer an inner neuron taps,
-and the model's final feature layer, whose spatial mean is the pooled embedding).
+every channel of the whole-layer test's layers (`tested_layers`: the earliest feature stage, each
+layer an inner neuron taps, and the model's final feature layer, whose spatial mean is the pooled
+embedding).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from ..errors import AuditInputError
 from ..probe import ProbeSet, build_probe_set
 from ..records import NeuronTarget
 from ..stats import layer_activations_full, neuron_activations
-from ..taps import final_feature_layer
+from ..taps import default_taps, final_feature_layer
 
 
 def load_batch(folder: str | Path, size: int, min_images: int) -> ProbeSet:
@@ -43,8 +44,14 @@ def neuron_values(model: nn.Module, images: ProbeSet, targets: list[NeuronTarget
 
 
 def tested_layers(model: nn.Module, targets: list[NeuronTarget]) -> list[str]:
-    """The whole-layer test's layers: each layer an inner neuron taps, then the final feature layer."""
-    layers = [t.layer for t in targets if t.kind != "class"]
+    """The whole-layer test's layers: the model's earliest feature stage (colour and fine detail, where
+    broken preprocessing shows first: an R/B swap moves little beyond it), each layer an inner neuron
+    taps, then the final feature layer (its spatial mean is the pooled embedding)."""
+    try:
+        early = default_taps(model)[:1]
+    except AuditInputError:
+        early = []
+    layers = early + [t.layer for t in targets if t.kind != "class"]
     final = final_feature_layer(model)
     if final is not None:
         layers.append(final)

@@ -246,7 +246,7 @@ def judge_batch(batch_values: np.ndarray, reference: ReferenceWindow, targets: l
     ref = {"kind": reference.kind, "description": reference.description, "sha256": reference.sha256,
            "n_images": int(len(reference.values)), "n_units": reference.n_units,
            "layer_photographs": int(len(next(iter(reference.layers.values())))) if reference.layers else 0,
-           **({"limits": reference.meta["limits"]} if "limits" in reference.meta else {})}
+           **{k: reference.meta[k] for k in ("limits", "cache", "cache_key") if k in reference.meta}}
     return BatchVerdict(verdict, verdicts, jd, groups, _summary(verdict, groups, jd, ld), power,
                         n, ref, ld)
 
