@@ -295,18 +295,18 @@ def centre_square(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
-def photograph_rows(model, targets, photos, size: int, cache: Path | None):
+def photograph_rows(model, targets, photos, size: int, cache: Path | None, shifts: list[str]):
     """{variant: (values [N, p], {layer: [N, C]})} for the clean photographs and each shift."""
     from audit.watch import batch_features, tested_layers
 
     layers = tested_layers(model, targets)
     if cache is not None and cache.is_file():
         z = np.load(cache)
-        return {v: (z[f"{v}|values"], {l: z[f"{v}|{l}"] for l in layers}) for v in ["clean", *PHOTO_SHIFTS]}, layers
+        return {v: (z[f"{v}|values"], {l: z[f"{v}|{l}"] for l in layers}) for v in ["clean", *shifts]}, layers
     base = [centre_square(p, size) for p in photos]
     rng = np.random.default_rng(0)
     out = {}
-    for variant in ["clean", *PHOTO_SHIFTS]:
+    for variant in ["clean", *shifts]:
         t0 = time.perf_counter()
         kind, sev = PHOTO_SHIFTS.get(variant, (None, None))
         images = base if kind is None else [apply_shift(im, kind, sev, rng) for im in base]
@@ -333,9 +333,13 @@ def photographs_stream(args) -> None:
     targets = choose_neurons(model, probe, np.random.default_rng(args.seed), args.per_layer)
     print(f"{n_photos} photographs, {len(targets)} neurons, reference {args.reference_size} / batch "
           f"{args.batch_size} photographs, {args.splits} splits (split seed {args.split_seed})", flush=True)
-    rows, layers = photograph_rows(model, targets, photos, 224, args.features_cache)
+    shifts = [x.strip() for x in args.shifts.split(",")] if args.shifts else list(PHOTO_SHIFTS)
+    unknown = sorted(set(shifts) - set(PHOTO_SHIFTS))
+    if unknown:
+        raise SystemExit(f"--shifts: unknown {unknown}; valid: {', '.join(PHOTO_SHIFTS)}")
+    rows, layers = photograph_rows(model, targets, photos, 224, args.features_cache, shifts)
     rng = np.random.default_rng(args.split_seed)
-    variants = ["clean", *PHOTO_SHIFTS]
+    variants = ["clean", *shifts]
     tally = {v: Counter() for v in variants}
     clean_values, clean_layers = rows["clean"]
     for k in range(args.splits):
@@ -394,6 +398,7 @@ def main() -> None:
     ap.add_argument("--splits", type=int, default=200, help="photographs: random reference/held-out splits")
     ap.add_argument("--split-seed", type=int, default=1, help="photographs: seed of the splits (tune on one, report on another)")
     ap.add_argument("--reference-size", type=int, default=50, help="photographs: reference photographs per split")
+    ap.add_argument("--shifts", default=None, help=f"photographs: comma list of {', '.join(PHOTO_SHIFTS)} (default all)")
     ap.add_argument("--features-cache", type=Path, default=None,
                     help="photographs: .npz of the model's rows, reused when present (tuning runs)")
     ap.add_argument("--seed", type=int, default=2)
