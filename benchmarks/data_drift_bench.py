@@ -31,6 +31,26 @@ Reported:
   - seconds to watch one batch of `--timing-images` photographs at the model's input size
     (224 px), from JPEG files on disk to verdicts (reference cached, as in production).
 
+Stream "photographs" (`--stream photographs`, the default): NEW photographs, not crops. A set of
+real photographs nobody in the product uses -- the photographic stamps of Debian's
+`tuxpaint-stamps-default` (cut-out photographs of animals, food, plants, vehicles, composited on
+white; clip-art is left out by a colour-count rule), plus scikit-image's sample photographs -- is
+split at random `--splits` times into a reference of `--reference-size` photographs and
+`--batch-size` held-out photographs. Each split's reference is a folder-style window (every
+photograph its own unit, whole-layer rows included); the held-out photographs are watched as
+they are (in distribution: must not alarm) and with a shift applied to each (Gaussian blur of
+radius 4 and 2, an R/B channel swap, JPEG quality 5 and 15; applied at the model's input size,
+224 px). Each photograph and shift is run through the model once; the splits re-use those rows.
+Tune on one `--split-seed`, report on a fresh one run once. The photographs are installed by a
+documented step, never downloaded by this code:
+
+    apt-get update && apt-get install -y tuxpaint-stamps-default
+    OMP_NUM_THREADS=2 nice -n 10 .venv/bin/python benchmarks/data_drift_bench.py --stream photographs \\
+        --splits 200 --split-seed 1
+
+Stream "crops" (`--stream crops`): the earlier benchmark below, batches of crops of the probe
+photographs against the probe set.
+
 Evidently runs in its own interpreter (`--evidently-python`, e.g. a scratch venv with
 `pip install evidently "pandas<3"`): the default of its `EmbeddingsDriftMetric`, i.e.
 `model(bootstrap=n_reference < 1000)` (a domain classifier on the embeddings), on the model's
@@ -217,13 +237,174 @@ def timing(model, targets, photos, seed: int, n: int, crops: int) -> dict:
     return {"images": n, "load_s": t1 - t0, "forward_s": t2 - t1, "statistics_s": t3 - t2, "total_s": t3 - t0}
 
 
+# ---------------------------------------------------------------- stream of new photographs
+TUXPAINT_STAMPS = Path("/usr/share/tuxpaint/stamps")
+SKIMAGE_PHOTOS = ("astronaut.png", "camera.png", "chelsea.png", "coffee.png", "coins.png", "hubble_deep_field.jpg",
+                  "ihc.png", "moon.png", "motorcycle_left.png", "motorcycle_right.png", "retina.jpg", "rocket.jpg",
+                  "brick.png", "grass.png", "gravel.png")
+PHOTO_SHIFTS = {"blur r4": ("blur", 4.0), "blur r2": ("blur", 2.0), "R/B swap": ("swap", 1.0),
+                "JPEG q5": ("jpeg", 5), "JPEG q15": ("jpeg", 15)}
+
+
+def stamp_photograph(path: Path) -> Image.Image | None:
+    """A Tux Paint stamp as a photograph on white, or None for clip-art (fewer than 1,500 distinct
+    colours among its opaque pixels), tiny (< 120 px) or mostly transparent stamps."""
+    im = Image.open(path).convert("RGBA")
+    if min(im.size) < 120:
+        return None
+    a = np.asarray(im)
+    opaque = a[..., 3] > 200
+    if opaque.mean() < 0.15:
+        return None
+    rgb = a[..., :3][opaque][::5].astype(np.int64)
+    if len(np.unique(rgb @ np.array([65536, 256, 1]))) < 1500:
+        return None
+    bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+    bg.alpha_composite(im)
+    return bg.convert("RGB").crop(im.getchannel("A").point(lambda v: 255 if v > 200 else 0).getbbox())
+
+
+def real_photographs() -> tuple[list[Image.Image], list[str]]:
+    """The stream's photographs (module docstring); the Tux Paint package must be installed."""
+    from audit.assets import skimage_data_dir
+
+    if not TUXPAINT_STAMPS.is_dir():
+        raise SystemExit("the photographs stream needs Debian's tuxpaint-stamps-default: "
+                         "apt-get update && apt-get install -y tuxpaint-stamps-default")
+    files = sorted(f for f in TUXPAINT_STAMPS.rglob("*.png")
+                   if "symbols" not in f.parts and "cartoon" not in f.parts and "_mirror" not in f.name)
+    photos, names = [], []
+    for f in files:
+        p = stamp_photograph(f)
+        if p is not None:
+            photos.append(p)
+            names.append(f"tuxpaint/{f.relative_to(TUXPAINT_STAMPS)}")
+    for n in SKIMAGE_PHOTOS:
+        photos.append(Image.open(skimage_data_dir() / n).convert("RGB"))
+        names.append(f"skimage/{n}")
+    return photos, names
+
+
+def centre_square(img: Image.Image, size: int) -> Image.Image:
+    """Shorter side to `size`, centre crop (written here, not taken from the product)."""
+    w, h = img.size
+    s = size / min(w, h)
+    img = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
+    w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def photograph_rows(model, targets, photos, size: int, cache: Path | None, shifts: list[str]):
+    """{variant: (values [N, p], {layer: [N, C]})} for the clean photographs and each shift."""
+    from audit.watch import batch_features, tested_layers
+
+    layers = tested_layers(model, targets)
+    if cache is not None and cache.is_file():
+        z = np.load(cache)
+        return {v: (z[f"{v}|values"], {l: z[f"{v}|{l}"] for l in layers}) for v in ["clean", *shifts]}, layers
+    base = [centre_square(p, size) for p in photos]
+    rng = np.random.default_rng(0)
+    out = {}
+    for variant in ["clean", *shifts]:
+        t0 = time.perf_counter()
+        kind, sev = PHOTO_SHIFTS.get(variant, (None, None))
+        images = base if kind is None else [apply_shift(im, kind, sev, rng) for im in base]
+        x = to_tensor(images)
+        values, means = batch_features(model, ProbeSet(x, [str(i) for i in range(len(x))], variant), targets, layers)
+        out[variant] = (values, means)
+        print(f"  {variant}: {len(x)} photographs, {time.perf_counter() - t0:.0f} s", flush=True)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, **{f"{v}|values": vals for v, (vals, _) in out.items()},
+                 **{f"{v}|{l}": m[l] for v, (_, m) in out.items() for l in layers})
+    return out, layers
+
+
+def photographs_stream(args) -> None:
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    t0 = time.perf_counter()
+    model = load_model("efficientnet_lite0", "builtin:efficientnet_lite0")
+    photos, names = real_photographs()
+    n_photos = len(photos)
+    if n_photos < args.reference_size + args.batch_size:
+        raise SystemExit(f"{n_photos} photographs: fewer than --reference-size + --batch-size")
+    probe = build_probe_set("builtin:samples", args.resolution, args.crops)
+    targets = choose_neurons(model, probe, np.random.default_rng(args.seed), args.per_layer)
+    print(f"{n_photos} photographs, {len(targets)} neurons, reference {args.reference_size} / batch "
+          f"{args.batch_size} photographs, {args.splits} splits (split seed {args.split_seed})", flush=True)
+    shifts = [x.strip() for x in args.shifts.split(",")] if args.shifts else list(PHOTO_SHIFTS)
+    unknown = sorted(set(shifts) - set(PHOTO_SHIFTS))
+    if unknown:
+        raise SystemExit(f"--shifts: unknown {unknown}; valid: {', '.join(PHOTO_SHIFTS)}")
+    rows, layers = photograph_rows(model, targets, photos, 224, args.features_cache, shifts)
+    rng = np.random.default_rng(args.split_seed)
+    variants = ["clean", *shifts]
+    tally = {v: Counter() for v in variants}
+    clean_values, clean_layers = rows["clean"]
+    for k in range(args.splits):
+        order = rng.permutation(n_photos)
+        ref, held = order[:args.reference_size], order[args.reference_size:args.reference_size + args.batch_size]
+        window = ReferenceWindow(clean_values[ref], image_units(len(ref)), [names[i] for i in ref], "folder",
+                                 layers={l: clean_layers[l][ref] for l in layers})
+        for v in variants:
+            values, means = rows[v]
+            verdict = judge_batch(values[held], window, targets, [names[i] for i in held],
+                                  WatchConfig(seed=k),
+                                  batch_layers={l: means[l][held] for l in layers})
+            nf = sum(n.verdict == "FAIL" for n in verdict.neurons)
+            t = tally[v]
+            t["batches"] += 1
+            t["neuron_batches"] += len(targets)
+            t["neuron_fail"] += nf
+            t["batch_fail"] += verdict.verdict == "FAIL"
+            t["any_neuron"] += nf > 0
+            t["joint"] += verdict.joint["verdict"] == "FAIL"
+            t["layers"] += verdict.layers.get("verdict") == "FAIL"
+            t["without_layers"] += nf > 0 or verdict.joint["verdict"] == "FAIL"
+        if (k + 1) % 25 == 0:
+            print(f"  {k + 1}/{args.splits} splits, {time.perf_counter() - t0:.0f} s", flush=True)
+    result = {"args": {k: str(v) for k, v in vars(args).items()}, "photographs": n_photos,
+              "neurons": [t.neuron_id for t in targets], "layers": layers,
+              "tally": {v: dict(t) for v, t in tally.items()}, "bench_seconds": time.perf_counter() - t0}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1, default=str))
+    print_photograph_tables(result)
+
+
+def print_photograph_tables(res: dict) -> None:
+    t = res["tally"]
+    c = t["clean"]
+    print(f"\nNew photographs: {res['photographs']} photographs, {c['batches']} random splits, "
+          f"{len(res['neurons'])} neurons, whole-layer test on {', '.join(res['layers'])}\n")
+    print("| batch | batches FAIL [95% Wilson] | any neuron FAIL | joint test FAIL | whole-layer FAIL | "
+          "FAIL without the whole-layer test |")
+    print("|---|---|---|---|---|---|")
+    for v, d in t.items():
+        n = d["batches"]
+        w = wilson(d["batch_fail"], n)
+        print(f"| {'in distribution' if v == 'clean' else v} | {_pct(d['batch_fail'] / n)} {_ci(w)} | "
+              f"{_pct(d['any_neuron'] / n)} | {_pct(d['joint'] / n)} | {_pct(d['layers'] / n)} | "
+              f"{_pct(d['without_layers'] / n)} |")
+    print(f"\nin distribution, FAIL per neuron-batch: {c['neuron_fail']}/{c['neuron_batches']} = "
+          f"{_pct(c['neuron_fail'] / c['neuron_batches'])} {_ci(wilson(c['neuron_fail'], c['neuron_batches']))}")
+    print(f"benchmark wall time {res['bench_seconds']:.0f} s")
+
+
 # ---------------------------------------------------------------- main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--stream", choices=("photographs", "crops"), default="photographs")
+    ap.add_argument("--splits", type=int, default=200, help="photographs: random reference/held-out splits")
+    ap.add_argument("--split-seed", type=int, default=1, help="photographs: seed of the splits (tune on one, report on another)")
+    ap.add_argument("--reference-size", type=int, default=50, help="photographs: reference photographs per split")
+    ap.add_argument("--shifts", default=None, help=f"photographs: comma list of {', '.join(PHOTO_SHIFTS)} (default all)")
+    ap.add_argument("--features-cache", type=Path, default=None,
+                    help="photographs: .npz of the model's rows, reused when present (tuning runs)")
     ap.add_argument("--seed", type=int, default=2)
     ap.add_argument("--resolution", type=int, default=128)
     ap.add_argument("--crops", type=int, default=24)
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=None, help="default: 50 (photographs), 64 (crops)")
     ap.add_argument("--in-dist", type=int, default=200)
     ap.add_argument("--pool", type=int, default=3200, help="fresh in-distribution crops the batches are drawn from")
     ap.add_argument("--shift-batches", type=int, default=4)
@@ -232,6 +413,12 @@ def main() -> None:
     ap.add_argument("--evidently-python", default=None)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/data_drift.json"))
     args = ap.parse_args()
+    if args.stream == "photographs":
+        args.batch_size = args.batch_size or 50
+        if args.out == Path("benchmarks/results/data_drift.json"):
+            args.out = Path("benchmarks/results/data_drift_photographs.json")
+        return photographs_stream(args)
+    args.batch_size = args.batch_size or 64
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     rng = np.random.default_rng(args.seed)
     model = load_model("efficientnet_lite0", "builtin:efficientnet_lite0")

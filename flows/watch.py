@@ -85,11 +85,50 @@ def validate_inputs(cfg_path: str, model: str, images: str | Path, version: str 
                        dict(outcome.neuron_errors))
 
 
+def _cache_dir(cfg) -> Path:
+    """The reference cache's folder (the store's artifacts, without opening the store)."""
+    return cfg.resolve_path(cfg.store.artifacts) / "cache" / "watch"
+
+
+def _reference_outputs(cfg, mcfg, loaded, images, targets, layer_rows: list[int] | None):
+    """The reference images' neuron values and per-photograph layer means, from the content-keyed
+    cache when present (`audit.watch.refcache`), else one forward pass, then cached.
+    `layer_rows`: the rows that are independent photographs (None: all)."""
+    from audit.watch import CachedReference, batch_features, load_reference, reference_key, save_reference, \
+        tested_layers
+
+    layers = tested_layers(loaded.model, targets)
+    key = reference_key(weights_sha256=loaded.weights_sha256, architecture=mcfg.architecture,
+                        model_args=mcfg.model_args, num_classes=mcfg.num_classes, images_sha256=images.sha256,
+                        neurons=[(t.layer, t.index, t.kind) for t in targets], layers=layers)
+    folder = _cache_dir(cfg)
+    hit = load_reference(folder, key)
+    if hit is not None and hit.values.shape == (len(images.names), len(targets)):
+        log.info("watch reference: cache hit %s", key[:12])
+        return hit, True, key
+    values, means = batch_features(loaded.model, images, targets, layers)
+    rows = np.arange(len(values)) if layer_rows is None else np.asarray(layer_rows, dtype=int)
+    entry = CachedReference(values, list(images.names), {k: v[rows] for k, v in means.items()})
+    save_reference(folder, key, entry)
+    return entry, False, key
+
+
+def _batch_layers_key(loaded, mcfg, images_sha256: str, layers: list[str]) -> str:
+    from audit.watch import reference_key
+
+    return reference_key(weights_sha256=loaded.weights_sha256, architecture=mcfg.architecture,
+                         model_args=mcfg.model_args, num_classes=mcfg.num_classes, images_sha256=images_sha256,
+                         neurons=[], layers=layers)
+
+
 def reference_window(inputs: WatchInputs):
-    """The model's reference window (`watch.reference`): the probe set (units: recipe slots), a folder of
-    photographs, or the last PASS batches of this version (units: images)."""
+    """The model's reference window (`watch.reference`): the probe set (units: recipe slots; whole-layer
+    test on each photograph's whole-image crop), a folder of photographs, or the last PASS batches of this
+    version (units: images). The reference's model outputs come from the content-keyed cache when the
+    same weights, architecture, images, neurons and statistics produced them before."""
     from audit.probe import build_probe_set
-    from audit.watch import ReferenceWindow, image_units, neuron_values, probe_units
+    from audit.watch import PROBE_REFERENCE_LIMITS, ReferenceWindow, image_units, load_reference, probe_units, \
+        tested_layers
 
     cfg = runtime.config(inputs.cfg_path)
     mcfg = cfg.model(inputs.model)
@@ -97,10 +136,14 @@ def reference_window(inputs: WatchInputs):
     spec = mcfg.watch.reference
     if spec == "probe":
         probe = runtime.probe_set(cfg, mcfg, loaded.model)
-        values = neuron_values(loaded.model, probe, inputs.targets, weights_key=loaded.weights_sha256)
-        return ReferenceWindow(values, probe_units(probe.names), list(probe.names), "probe",
-                               f"probe set {mcfg.probe_set} ({len(probe.names)} crops, "
-                               f"{mcfg.probe.crops_per_image} recipe slots per photograph)", probe.sha256)
+        whole = [i for i, n in enumerate(probe.names) if n.endswith("#crop0")]
+        entry, hit, key = _reference_outputs(cfg, mcfg, loaded, probe, inputs.targets, whole)
+        n_photos = len(whole)
+        return ReferenceWindow(entry.values, probe_units(probe.names), list(probe.names), "probe",
+                               f"probe set {mcfg.probe_set} ({len(probe.names)} crops of {n_photos} photographs, "
+                               f"{mcfg.probe.crops_per_image} recipe slots per photograph)", probe.sha256,
+                               {"cache": "hit" if hit else "computed", "cache_key": key,
+                                "limits": PROBE_REFERENCE_LIMITS.format(n=n_photos)}, entry.layers)
     if spec == "batches":
         ids = [t.neuron_id for t in inputs.targets]
         store = runtime.store(inputs.cfg_path)
@@ -111,14 +154,25 @@ def reference_window(inputs: WatchInputs):
                                   f"version {inputs.version} with at least {mcfg.watch.min_images} images; the store "
                                   f"has {len(values)} (watch a few batches against the probe set or a folder first)")
         sha = hashlib.sha256(("|".join(used)).encode()).hexdigest()
+        layers = tested_layers(loaded.model, inputs.targets)
+        blocks = []
+        for bid in used:
+            row = store.batches.get_batch(inputs.model, bid)
+            hit = load_reference(_cache_dir(cfg), _batch_layers_key(loaded, mcfg, row["images_sha256"], layers))
+            blocks.append(hit.layers if hit is not None else None)
+        ref_layers = ({k: np.concatenate([b[k] for b in blocks]) for k in layers}
+                      if blocks and all(b is not None and set(layers) <= set(b) for b in blocks) else {})
+        if ref_layers and len(next(iter(ref_layers.values()))) != len(values):
+            ref_layers = {}
         return ReferenceWindow(values, image_units(len(values)), names, "batches",
                                f"the last {len(used)} PASS batches ({', '.join(used[-3:])}{' ...' if len(used) > 3 else ''})",
-                               sha, {"batches": used})
+                               sha, {"batches": used}, ref_layers)
     size = runtime.probe_size(mcfg, loaded.model)
     ref = build_probe_set(spec, size=size, crops_per_image=1, base_dir=cfg.base_dir, min_images=mcfg.watch.min_images)
-    values = neuron_values(loaded.model, ref, inputs.targets, weights_key=loaded.weights_sha256)
-    return ReferenceWindow(values, image_units(len(values)), [n.split("#", 1)[0] for n in ref.names], "folder",
-                           f"folder {spec} ({len(ref.names)} photographs)", ref.sha256)
+    entry, hit, key = _reference_outputs(cfg, mcfg, loaded, ref, inputs.targets, None)
+    return ReferenceWindow(entry.values, image_units(len(entry.values)), [n.split("#", 1)[0] for n in ref.names],
+                           "folder", f"folder {spec} ({len(ref.names)} photographs)", ref.sha256,
+                           {"cache": "hit" if hit else "computed", "cache_key": key}, entry.layers)
 
 
 def _thumbnails(store, batch, indices: set[int]) -> dict[int, str]:
@@ -136,15 +190,20 @@ def _thumbnails(store, batch, indices: set[int]) -> dict[int, str]:
 
 
 def compute(inputs: WatchInputs):
-    """(batch values [n, p], reference window, BatchVerdict): no store writes."""
-    from audit.watch import judge_batch, neuron_values
+    """(batch values [n, p], reference window, BatchVerdict): no store writes (the batch's layer means
+    go to the content-keyed cache, so later batches can use it as their reference)."""
+    from audit.watch import CachedReference, batch_features, judge_batch, save_reference, tested_layers
 
-    mcfg = runtime.config(inputs.cfg_path).model(inputs.model)
+    cfg = runtime.config(inputs.cfg_path)
+    mcfg = cfg.model(inputs.model)
     loaded = runtime.load_version(inputs.cfg_path, inputs.model, inputs.version)
     reference = reference_window(inputs)
-    values = neuron_values(loaded.model, inputs.batch, inputs.targets, use_cache=False)
+    layers = tested_layers(loaded.model, inputs.targets)
+    values, means = batch_features(loaded.model, inputs.batch, inputs.targets, layers)
+    save_reference(_cache_dir(cfg), _batch_layers_key(loaded, mcfg, inputs.batch.sha256, layers),
+                   CachedReference(np.zeros((len(values), 0)), list(inputs.batch.names), means))
     verdict = judge_batch(values, reference, inputs.targets, list(inputs.batch.names),
-                          mcfg.watch)
+                          mcfg.watch, batch_layers=means)
     return values, reference, verdict
 
 
@@ -159,7 +218,7 @@ def store_batch(inputs: WatchInputs, values: np.ndarray, verdict) -> int:
         for im in n.evidence.get("images", []):
             im["thumbnail"] = thumbs.get(im["index"])
     summary = {"text": verdict.summary, "groups": verdict.groups, "power": verdict.power, "counts": verdict.counts(),
-               "errors": inputs.neuron_errors}
+               "errors": inputs.neuron_errors, "layers": verdict.layers}
     return store.batches.save_batch(
         inputs.model, inputs.version, inputs.batch_id, source=str(inputs.folder.resolve()),
         images_sha256=inputs.batch.sha256, n_images=len(inputs.batch.names), skipped=inputs.batch.skipped,
@@ -175,14 +234,15 @@ def build_report(inputs: WatchInputs, verdict, batch_pk: int | None) -> dict:
             "n_images": len(inputs.batch.names), "n_skipped": len(inputs.batch.skipped),
             "skipped": {Path(k).name: v for k, v in inputs.batch.skipped.items()},
             "images_sha256": inputs.batch.sha256, "verdict": verdict.verdict, "summary": verdict.summary,
-            "groups": verdict.groups, "joint": verdict.joint, "power": verdict.power, "reference": verdict.reference,
+            "groups": verdict.groups, "joint": verdict.joint, "layers": verdict.layers, "power": verdict.power,
+            "reference": verdict.reference,
             "counts": verdict.counts(), "errors": dict(inputs.neuron_errors), "batch_pk": batch_pk,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "neurons": [n.as_dict() for n in verdict.neurons]}
 
 
 def alert_payload(report: dict, subject: str, reason: str, links: dict | None = None) -> dict:
-    what = "the joint test" if subject == "(joint)" else f"neuron `{subject}`"
+    what = {"(joint)": "the joint test", "(layers)": "the whole-layer test"}.get(subject, f"neuron `{subject}`")
     text = (f":rotating_light: neuron-audit watch FAIL — {report['model']} v{report['version']}, batch "
             f"`{report['batch_id']}` ({report['n_images']} images): {what} — {reason}")
     return {"text": text, "kind": "watch", "model": report["model"], "version": report["version"],
@@ -191,7 +251,7 @@ def alert_payload(report: dict, subject: str, reason: str, links: dict | None = 
 
 
 def send_alerts(cfg_path: str, report: dict, links: dict | None = None) -> list[dict]:
-    """One webhook POST per FAIL that is new for this batch (neurons and the joint test); deliveries that
+    """One webhook POST per FAIL that is new for this batch (neurons, the joint and whole-layer tests); deliveries that
     failed earlier are retried."""
     from .alerts import post_json
 
@@ -200,6 +260,8 @@ def send_alerts(cfg_path: str, report: dict, links: dict | None = None) -> list[
     fails = [(n["id"], n["reason"]) for n in report["neurons"] if n["verdict"] == "FAIL"]
     if report["joint"].get("verdict") == "FAIL":
         fails.append(("(joint)", report["joint"]["reason"]))
+    if report.get("layers", {}).get("verdict") == "FAIL":
+        fails.append(("(layers)", report["layers"]["reason"]))
     sent = []
     for subject, reason in fails:
         payload = alert_payload(report, subject, reason, links)
@@ -229,6 +291,9 @@ def log_mlflow(cfg_path: str, report: dict) -> str:
     metrics.update({f"watch.{n['id']}.p_value": n["statistics"]["p_value"] for n in report["neurons"]})
     metrics.update({f"watch.count.{k}": float(v) for k, v in report["counts"].items()})
     metrics["watch.joint.ratio"] = report["joint"].get("ratio")
+    if report.get("layers", {}).get("layers"):
+        metrics["watch.layers.p_value"] = report["layers"]["p_value"]
+        metrics["watch.layers.max_ratio"] = max(x["ratio"] for x in report["layers"]["layers"])
     metrics["watch.n_images"] = float(report["n_images"])
     key = f"watch-{report['batch_id']}-{report['version']}-{report['images_sha256'][:12]}-{report['reference']['sha256'][:12]}"
     rid = tracker.log_keyed_run(model=report["model"], run_key=key[:250],
@@ -272,6 +337,8 @@ def _watch_batch_run(cfg_path: str, model: str, images: str | Path, version: str
     pk = store_batch(inputs, values, verdict)
     report = build_report(inputs, verdict, pk)
     report["problems"] = []
+    if verdict.reference.get("limits"):
+        log.warning("watch %s: %s", inputs.batch_id, verdict.reference["limits"])
     if alerts:
         try:
             report["alerts"] = send_alerts(cfg_path, report)
@@ -328,6 +395,10 @@ def verdict_table(report: dict):
                       f"{st['above']:.0%}", f"{st['below']:.0%}", n["reason"])
     j = report["joint"]
     table.add_row("(joint)", f"[{colour[j['verdict']]}]{j['verdict']}[/]", "", "", "", j.get("reason", ""))
+    lay = report.get("layers") or {}
+    if lay:
+        table.add_row("(layers)", f"[{colour.get(lay['verdict'], 'yellow')}]{lay['verdict']}[/]", "", "", "",
+                      lay.get("reason", ""))
     return table
 
 
@@ -339,6 +410,9 @@ def run_watch_command(config: str, model: str, images, version, batch_id, json_o
     report = watch_batch_run(config, model, images, version, batch_id)
     out.print(verdict_table(report))
     out.print(f"summary: {report['summary']}")
+    out.print(f"reference: {report['reference']['description']}")
+    if report["reference"].get("limits"):
+        err.print(f"note: {report['reference']['limits']}")
     out.print(f"power: {report['power']['statement']}")
     if report["n_skipped"]:
         err.print(f"skipped {report['n_skipped']} file(s): "

@@ -69,6 +69,8 @@ def watch_batch(config_path: str, model: str, images: str, version: str | None =
     except (TrackingUnavailableError, MlflowException, OSError) as exc:   # after retries; the stored result stands
         problems.append(f"MLflow: {exc.__class__.__name__}: {exc}")
     report["problems"] = problems
+    if report["reference"].get("limits"):
+        get_run_logger().warning("batch %s: %s", report["batch_id"], report["reference"]["limits"])
     get_run_logger().info("batch %s of %s: %s (%s)", report["batch_id"], model, report["verdict"], report["summary"])
     return report
 

@@ -158,7 +158,7 @@ def _topk_change(ctx: _Context, a: np.ndarray, b: np.ndarray) -> TopKChange:
     r_ab, r_ba = retention(a[:, None], b[:, None], k)
     content_p = None
     if ctx.features is not None:
-        content_p = content_p_value(ctx.features, ta, tb, PERMUTATIONS, ctx.t.bootstrap_seed)
+        content_p = content_p_value(ctx.features, ta, tb, PERMUTATIONS, ctx.t.bootstrap_seed, ctx.labels)
     return TopKChange(k=k, overlap=int(inter), top_a=[int(i) for i in ta], top_b=[int(i) for i in tb],
                       new_in_b=[int(i) for i in tb if i not in set(ta.tolist())],
                       photos_a=_photo_counts(ctx, ta), photos_b=_photo_counts(ctx, tb),

@@ -11,7 +11,7 @@ permutes whole photographs (all their crops together).
 - `topk_overlap_p_value`: P(two top-k sets overlap at least this much by chance), with B's
   photographs permuted among A's (crop structure kept): replaces the hypergeometric p-value,
   which treats crops as exchangeable and so overstates how unlikely an overlap is.
-- `content_p_value`: permutation p-value of the distance between the top-k centroids.
+- `content_p_value`: permutation p-value of the distance between the top-k centroids (photographs permuted).
 - `photograph_folds`: held-out splits by photograph, for the moved-channel match.
 - `photographs_needed` / `power_statement`: how many photographs a probe set needs before a
   change that touches a given share of images can be shown beyond the photographs at hand.
@@ -134,20 +134,28 @@ def topk_overlap_p_value(a: np.ndarray, b: np.ndarray, k: int, labels: np.ndarra
 
 
 def content_p_value(features: np.ndarray, top_a: np.ndarray, top_b: np.ndarray, n_perm: int = 999,
-                    seed: int = 0) -> float:
+                    seed: int = 0, labels: np.ndarray | None = None) -> float:
     """Permutation p-value of the distance between the centroids of A's and B's top-k images
-    (rows of normalized `features`): the 2k images are split at random into two sets of k, and
-    p = P(split distance >= observed). 1 when the two sets are the same images."""
+    (rows of normalized `features`). 1 when the two sets are the same images.
+
+    The unit permuted is the photograph (`labels`: each image's source photograph): crops of one
+    photograph are not exchangeable with other photographs' crops, so each photograph's share of
+    the difference, c_g = (sum of its crops in A - sum of its crops in B) / k, keeps its sign or
+    flips it as a whole, and p = P(||sum_g ±c_g|| >= observed). Without `labels`, every image is
+    its own photograph."""
     k = len(top_a)
-    pool = np.concatenate([features[top_a], features[top_b]])     # [2k, D]
-    observed = float(np.linalg.norm(pool[:k].mean(0) - pool[k:].mean(0)))
+    ta, tb = np.asarray(top_a), np.asarray(top_b)
+    unit = np.asarray(labels) if labels is not None else np.arange(len(features))
+    groups, inverse = np.unique(np.concatenate([unit[ta], unit[tb]]), return_inverse=True)
+    signed = np.concatenate([features[ta], -features[tb]]) / k      # [2k, D]
+    share = np.zeros((len(groups), features.shape[1]))
+    np.add.at(share, inverse, signed)                                # c_g
+    observed = float(np.linalg.norm(share.sum(0)))
     if observed <= _EPS:
         return 1.0
     rng = np.random.default_rng(seed)
-    first = np.argsort(rng.random((n_perm, 2 * k)), axis=1)[:, :k]
-    split = np.full((n_perm, 2 * k), -1.0 / k)
-    np.put_along_axis(split, first, 1.0 / k, axis=1)             # +1/k on one half, -1/k on the other
-    dist = np.linalg.norm(split @ pool, axis=1)
+    signs = rng.choice([-1.0, 1.0], size=(n_perm, len(groups)))
+    dist = np.linalg.norm(signs @ share, axis=1)
     return float((1 + np.sum(dist >= observed - 1e-12)) / (1 + n_perm))
 
 

@@ -13,8 +13,14 @@ batches that come from the reference distribution itself:
   crops taken at one recipe slot are not independent of each other. So the independent unit
   is the recipe slot, and the reference mean's variance is the variance of the slot means
   over the number of slots (cluster-robust, `design_covariance`).
+  This makes the probe window a narrow reference: it stands for "crops of these 12
+  photographs", so a batch of other photographs (however ordinary) differs from it by
+  construction. `watch` says so on every call that uses it (`PROBE_REFERENCE_LIMITS`).
 - A folder of photographs, or the images of earlier batches, are independent images: each
   image is its own unit.
+
+`ReferenceWindow.layers` holds the whole-layer test's rows (`layers.py`): one row per
+independent photograph (a folder's images; for the probe set, each photograph's whole-image crop).
 
 `design_covariance` is the CR1 cluster-robust covariance of a mean vector for any unit labels;
 `ReferenceWindow.n_units - 1` is the degrees of freedom it rests on.
@@ -37,6 +43,7 @@ class ReferenceWindow:
     description: str = ""
     sha256: str = ""
     meta: dict = field(default_factory=dict)
+    layers: dict[str, np.ndarray] = field(default_factory=dict)   # layer -> [r, C], one row per photograph
 
     def __post_init__(self) -> None:
         self.values = np.asarray(self.values, dtype=np.float64)
@@ -50,6 +57,14 @@ class ReferenceWindow:
     @property
     def n_units(self) -> int:
         return int(len(np.unique(self.units)))
+
+
+PROBE_REFERENCE_LIMITS = (
+    "the reference is the probe set (watch.reference: probe): crops of the {n} probe photographs, not "
+    "photographs like production's. It can tell that a batch is unlike these photographs; it cannot tell "
+    "broken inputs from a batch of other, ordinary photographs (any batch of other photographs may FAIL). "
+    "Give it a real reference: `watch.reference: <folder of >= 50 production photographs>`, or "
+    "`watch.reference: batches` to use the last PASS batches")
 
 
 def probe_units(names: list[str]) -> np.ndarray:

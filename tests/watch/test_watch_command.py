@@ -60,7 +60,7 @@ def test_clean_passes_blurred_fails_and_reruns_update_in_place(tmp_path, batches
         assert len(n["evidence"]["images"]) == 6 and all(im["thumbnail"] for im in n["evidence"]["images"])
     assert report["summary"] and report["power"]["statement"]
     assert report["mlflow_run_id"]
-    n_alerts = len(fails) + (report["joint"]["verdict"] == "FAIL")
+    n_alerts = len(fails) + (report["joint"]["verdict"] == "FAIL") + (report["layers"]["verdict"] == "FAIL")
     assert len(webhook.received) == n_alerts
     assert all(a["kind"] == "watch" and a["batch_id"] == "blurred" for a in webhook.received)
 
