@@ -27,16 +27,18 @@ demo: $(STAMP)
 demo-quick: $(STAMP)
 	$(VENV)/bin/neuron-audit demo --quick; rc=$$?; [ $$rc -le 1 ] || exit $$rc
 
-# PostgreSQL and headless Chromium, which the tests start for real (tests/system_services.py). Installed
+# PostgreSQL and headless Chromium, which the tests start for real (tests/system_services.py), and the
+# photographs of Debian's tuxpaint-stamps-default (the watch's new-photograph tests and benchmark). Installed
 # with apt-get when missing (as root, or through sudo); otherwise it says what is missing and goes on:
 # those tests then skip on a developer's machine and FAIL when CI=true.
-SYSTEM_PACKAGES := postgresql chromium
+SYSTEM_PACKAGES := postgresql chromium tuxpaint-stamps-default
 system-deps:
 	@missing=""; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
 	command -v chromium >/dev/null || command -v chromium-browser >/dev/null || command -v google-chrome >/dev/null \
 	  || missing="$$missing chromium"; \
-	if [ -z "$$missing" ]; then echo "system-deps: postgresql and chromium are installed"; exit 0; fi; \
+	[ -d /usr/share/tuxpaint/stamps ] || missing="$$missing tuxpaint-stamps-default"; \
+	if [ -z "$$missing" ]; then echo "system-deps: postgresql, chromium and the Tux Paint photographs are installed"; exit 0; fi; \
 	if [ "$$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo="sudo -n"; \
 	else echo "system-deps: missing:$$missing; install them as root: apt-get install -y$$missing" \
 	  "(their tests skip, and fail when CI=true)"; exit 0; fi; \
