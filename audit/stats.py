@@ -15,10 +15,7 @@ any neuron of an already seen layer is a cache hit too.
 """
 from __future__ import annotations
 
-import hashlib
 import os
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +24,7 @@ import torch
 from torch import nn
 
 from .contentkeys import STATS_VERSION, model_content_key
+from .npzcache import NpzCache
 from .probe import ProbeSet
 from .records import ActivationStats, NeuronTarget
 from .taps import capture, channels_first, get_layer
@@ -53,68 +51,27 @@ class LayerActivations:
     grid: np.ndarray | None = None       # [N, C, G] float16 maps pooled to <= 4x4 cells; None: no square map
 
 
-class ActivationCache:
-    """In-memory LRU plus optional on-disk .npz store of per-layer activations."""
+def _encode_layer(value: LayerActivations) -> dict[str, np.ndarray]:
+    arrays = {"max": value.max, "mean": value.mean, "argmax": value.argmax}
+    if value.grid is not None:
+        arrays["grid"] = value.grid
+    return arrays
+
+
+def _decode_layer(arrays) -> LayerActivations:
+    return LayerActivations(arrays["max"], arrays["mean"], arrays["argmax"], arrays.get("grid"))
+
+
+class ActivationCache(NpzCache[LayerActivations]):
+    """Per-layer activations in memory (LRU) and, with a folder, as .npz files (audit.npzcache)."""
 
     def __init__(self, max_entries: int = 64, directory: str | Path | None = None):
-        self.max_entries = max_entries
-        self.directory = Path(directory) if directory else None
-        self._mem: OrderedDict[tuple, LayerActivations] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-
-    @staticmethod
-    def _file_name(key: tuple) -> str:
-        return hashlib.sha256(repr((CACHE_VERSION,) + key).encode()).hexdigest()[:40] + ".npz"
-
-    def get(self, key: tuple) -> LayerActivations | None:
-        with self._lock:
-            if key in self._mem:
-                self._mem.move_to_end(key)
-                self.hits += 1
-                return self._mem[key]
-        if self.directory is not None:
-            path = self.directory / self._file_name(key)
-            if path.is_file():
-                try:
-                    with np.load(path) as z:
-                        value = LayerActivations(z["max"], z["mean"], z["argmax"],
-                                                 z["grid"] if "grid" in z.files else None)
-                except (OSError, ValueError, KeyError):
-                    value = None
-                if value is not None:
-                    self._put_mem(key, value)
-                    with self._lock:
-                        self.hits += 1
-                    return value
-        with self._lock:
-            self.misses += 1
-        return None
-
-    def _put_mem(self, key: tuple, value: LayerActivations) -> None:
-        with self._lock:
-            self._mem[key] = value
-            self._mem.move_to_end(key)
-            while len(self._mem) > self.max_entries:
-                self._mem.popitem(last=False)
-
-    def put(self, key: tuple, value: LayerActivations) -> None:
-        self._put_mem(key, value)
-        if self.directory is not None:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            path = self.directory / self._file_name(key)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-            arrays = {"max": value.max, "mean": value.mean, "argmax": value.argmax}
-            if value.grid is not None:
-                arrays["grid"] = value.grid
-            np.savez(tmp, **arrays)
-            os.replace(tmp, path)
+        super().__init__(CACHE_VERSION, _encode_layer, _decode_layer, max_entries=max_entries, directory=directory)
 
     def clear(self) -> None:
-        with self._lock:
-            self._mem.clear()
-            self.hits = self.misses = 0
+        """Forget the in-memory entries and the hit counts (the files stay)."""
+        super().clear()
+        self.hits = self.misses = 0
 
 
 _CACHE = ActivationCache(directory=os.environ.get("NEURON_AUDIT_ACTIVATION_CACHE") or None)

@@ -40,9 +40,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +52,7 @@ from ..probe import ProbeSet
 from ..stats import LayerActivations, layer_activations_full
 from ..taps import output_layer_name
 from ..errors import AuditInputError
+from ..npzcache import NpzCache
 from .benign import DEFAULT_EDITS, BenignVariant, benign_recipe, recipe_key
 from .evidence_kinds import distances_key, layer_columns, measure
 from .statistics import normalize_features
@@ -213,13 +211,22 @@ def head_layer(model: nn.Module) -> str | None:
         return None
 
 
-class NullCache:
-    """In-memory LRU plus optional on-disk .npz store of LayerNull tables."""
+def _encode_null(value: LayerNull) -> dict[str, np.ndarray]:
+    return {"__variant_kinds": np.asarray(value.variant_kinds), "__variant_names": np.asarray(value.variant_names),
+            **{k: v.astype(np.float32) for k, v in value.distances.items()}}
+
+
+def _decode_null(arrays) -> LayerNull:
+    return LayerNull({f: a for f, a in arrays.items() if not f.startswith("__")},
+                     [str(x) for x in arrays["__variant_kinds"]], [str(x) for x in arrays["__variant_names"]])
+
+
+class NullCache(NpzCache[LayerNull]):
+    """LayerNull tables in memory (LRU) and, under the folder a call names, as .npz files
+    (audit.npzcache); the key says what the null was built from."""
 
     def __init__(self, max_entries: int = 32):
-        self.max_entries = max_entries
-        self._mem: OrderedDict[str, LayerNull] = OrderedDict()
-        self._lock = threading.Lock()
+        super().__init__("null-1", _encode_null, _decode_null, max_entries=max_entries)
 
     @staticmethod
     def key(weights_key: str, probe_sha: str, layer: str, k: int, feature_layer: str | None, is_head: bool,
@@ -229,45 +236,6 @@ class NullCache:
         raw = repr((recipe, STATS_VERSION, distances_key(), weights_key, probe_sha, layer, int(k), feature_layer,
                     bool(is_head)))
         return hashlib.sha256(raw.encode()).hexdigest()[:40]
-
-    def get(self, key: str, directory: Path | None) -> LayerNull | None:
-        with self._lock:
-            if key in self._mem:
-                self._mem.move_to_end(key)
-                return self._mem[key]
-        if directory is not None and (directory / f"{key}.npz").is_file():
-            try:
-                with np.load(directory / f"{key}.npz", allow_pickle=False) as z:
-                    kinds = [str(x) for x in z["__variant_kinds"]]
-                    names = [str(x) for x in z["__variant_names"]]
-                    dist = {f: z[f] for f in z.files if not f.startswith("__")}
-                value = LayerNull(dist, kinds, names)
-            except (OSError, ValueError, KeyError):
-                return None
-            self._put_mem(key, value)
-            return value
-        return None
-
-    def _put_mem(self, key: str, value: LayerNull) -> None:
-        with self._lock:
-            self._mem[key] = value
-            self._mem.move_to_end(key)
-            while len(self._mem) > self.max_entries:
-                self._mem.popitem(last=False)
-
-    def put(self, key: str, value: LayerNull, directory: Path | None) -> None:
-        self._put_mem(key, value)
-        if directory is not None:
-            directory.mkdir(parents=True, exist_ok=True)
-            path = directory / f"{key}.npz"
-            tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-            np.savez(tmp, __variant_kinds=np.asarray(value.variant_kinds), __variant_names=np.asarray(value.variant_names),
-                     **{k: v.astype(np.float32) for k, v in value.distances.items()})
-            os.replace(tmp, path)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._mem.clear()
 
 
 _NULL_CACHE = NullCache()
