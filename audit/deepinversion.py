@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .baselines import _device, _frozen_on, _mask
+from .baselines import _device, _mask
+from .modelstate import frozen_on
 from .models import IMAGENET_MEAN, IMAGENET_STD, to_uint8_image
 from .optimize import optimize
 from .priors import l2_prior, total_variation_l1, total_variation_l2
@@ -120,7 +121,7 @@ def render_deepinversion(model: nn.Module, targets: list[NeuronTarget], size: in
     g = torch.Generator().manual_seed(seed + 1)
     augment = Compose([Jitter(jitter, generator=g)] + ([RandomFlip(0.5, generator=g)] if flip else []))
     acc = torch.zeros(b, size, size, device=dev)
-    with _frozen_on(model, dev):
+    with frozen_on(model, dev):
         head = output_layer_name(model)
         inner = sorted({t.layer for t in targets if t.kind != "class" and t.layer != head})
 
