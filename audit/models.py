@@ -1,8 +1,8 @@
-"""Building timm models from built-in weights, files or in-memory state dicts."""
+"""Building timm models from state dicts (the `sources` package reads them from `builtin:`, `file:` and
+`models:/` sources), and the images they take."""
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .builtin_weights import BUILTIN_MODELS, builtin_weight_file  # noqa: F401 (re-exported)
+from .builtin_weights import BUILTIN_MODELS, builtin_state_dict, builtin_weight_file  # noqa: F401 (re-exported)
 from .errors import AuditInputError, CheckpointMismatchError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -20,42 +20,19 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 _builtin_weight_file = builtin_weight_file   # the name this module used before
+_REEXPORTED = (BUILTIN_MODELS, builtin_state_dict)   # their home is audit/builtin_weights.py
+
+# Moved to the `sources` package (sources/state_dicts.py, sources/registry.py); these names keep working for
+# one release through `__getattr__` below, the only place audit/ reaches into sources/ (lazily, on use).
+_MOVED_TO_SOURCES = {"file_state_dict": "read_state_dict", "read_source": "read_source"}
 
 
-def builtin_state_dict(name: str) -> OrderedDict[str, torch.Tensor]:
-    """The shipped weights remapped to timm's key names (same tensors, same order)."""
-    if name not in BUILTIN_MODELS:
-        raise AuditInputError(f"unknown built-in model {name!r}; valid: {', '.join('builtin:' + m for m in BUILTIN_MODELS)}")
-    raw = torch.load(_builtin_weight_file(name), map_location="cpu", weights_only=True)
-    target = timm.create_model(name, pretrained=False).state_dict()
-    if len(raw) != len(target):
-        raise CheckpointMismatchError(f"builtin:{name}", name, [], [f"{len(raw)} tensors vs {len(target)}"])
-    remapped = OrderedDict()
-    for (src_key, tensor), (dst_key, ref) in zip(raw.items(), target.items()):
-        if tuple(tensor.shape) != tuple(ref.shape):
-            raise CheckpointMismatchError(f"builtin:{name}", name, [], [], [f"{src_key}->{dst_key} {tuple(tensor.shape)} vs {tuple(ref.shape)}"])
-        remapped[dst_key] = tensor
-    return remapped
+def __getattr__(name: str):
+    if name in _MOVED_TO_SOURCES:
+        import sources
 
-
-def file_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A `.safetensors` file or a torch state dict (loaded with weights_only=True)."""
-    path = Path(path)
-    if not path.is_file():
-        raise AuditInputError(f"checkpoint file {str(path)!r} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for non-checkpoints
-        raise AuditInputError(f"cannot read checkpoint {str(path)!r} as a torch state dict: {exc}") from exc
-    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise AuditInputError(f"checkpoint {str(path)!r} is not a state dict of tensors")
-    return dict(obj)
+        return getattr(sources, _MOVED_TO_SOURCES[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 _RESERVED_MODEL_ARGS = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "features_only")
@@ -122,14 +99,17 @@ def load_state_into(model: nn.Module, state: Mapping[str, torch.Tensor], source:
 def load_model(architecture: str, source: str | None = None, state_dict: Mapping[str, torch.Tensor] | None = None,
                device: str | torch.device = "cpu", base_dir: Path | None = None,
                model_args: Mapping[str, Any] | None = None, num_classes: int | None = None) -> nn.Module:
-    """A timm model in eval mode with weights from `source` (builtin:NAME, file:PATH) or `state_dict`.
+    """A timm model in eval mode with the weights `state_dict` (`source` names them in messages).
 
     The architecture is `timm.create_model(architecture, **model_args)`. Its head takes
     `num_classes` when given, else the checkpoint's own size (a model fine-tuned for 10 classes
-    loads as a 10-class model). `models:/` sources are resolved by storage/, which passes the
-    weights as `state_dict`.
+    loads as a 10-class model). Source strings (`builtin:`, `file:`, `models:/`) are read by the
+    `sources` package: `sources.load_model` takes a source and passes its weights here. A source
+    without `state_dict` is still read through `sources` for one release (deprecated).
     """
     if state_dict is None:
+        from sources import read_source   # deprecated path, kept for one release: use sources.load_model
+
         state_dict = read_source(source, base_dir)
     args = dict(model_args or {})
     if num_classes is not None:
@@ -141,20 +121,6 @@ def load_model(architecture: str, source: str | None = None, state_dict: Mapping
         fit_head_to_checkpoint(model, state_dict)
     load_state_into(model, state_dict, source or "<state dict>", architecture)
     return model.to(device).eval()
-
-
-def read_source(source: str | None, base_dir: Path | None = None) -> Mapping[str, torch.Tensor]:
-    """The state dict of a `builtin:NAME` or `file:PATH` source."""
-    if source is None:
-        raise AuditInputError("load_model needs a source or a state_dict")
-    if source.startswith("builtin:"):
-        return builtin_state_dict(source[len("builtin:"):])
-    if source.startswith("file:"):
-        p = Path(source[len("file:"):])
-        return file_state_dict(p if p.is_absolute() or base_dir is None else base_dir / p)
-    if source.startswith("models:/"):
-        raise AuditInputError(f"source {source!r} is an MLflow registry URI: resolve it through storage.resolve")
-    raise AuditInputError(f"unknown model source {source!r}; valid: builtin:NAME, file:PATH, models:/NAME/VERSION, models:/NAME@ALIAS")
 
 
 def weights_sha256(state: nn.Module | Mapping[str, torch.Tensor]) -> str:

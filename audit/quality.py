@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .models import BUILTIN_MODELS, load_model, model_input_size, preprocess
+from .builtin_weights import BUILTIN_MODELS, builtin_state_dict
+from .models import load_model, model_input_size, preprocess
 
 __all__ = ["images_to_tensor", "predict_logits", "self_top1", "transfer_topk", "class_probability", "penultimate_features",
            "shrunk_covariance", "frechet_distance", "evaluate_class_visualizations", "builtin_model", "channel_peaks",
@@ -204,7 +205,8 @@ def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray, shrinkage: float 
 @lru_cache(maxsize=4)
 def builtin_model(name: str) -> nn.Module:
     """A built-in Lite model (cached), on CUDA when available."""
-    return load_model(name, f"builtin:{name}", device="cuda" if torch.cuda.is_available() else "cpu")
+    return load_model(name, f"builtin:{name}", state_dict=builtin_state_dict(name),
+                      device="cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _reference_crops(specs: str | Sequence[str], base_dir: Path | None, size: int, n: int, seed: int) -> torch.Tensor:

@@ -21,7 +21,7 @@ Benign outside the null's recipe (none built by audit/drift/benign.py, the funct
   prune1%     magnitude pruning: the 0.1-1 % smallest |weights| of each conv/linear tensor zeroed
   int8head    per-tensor (not per-channel) symmetric int8 on the classifier's weight
   export      torch.export of the model, saved as .pt2 and read back through the product's own
-              loader (storage.registry_formats.pt2_state_dict + audit.models.load_model)
+              loader (sources.pt2.pt2_state_dict + audit.models.load_model)
   bnother     BN running statistics re-estimated on a different set: 8 batches of 32 crops of the held-out
               photographs in train mode at momentum 0.001-0.01 (the stored statistics keep 92-99 %; a
               re-estimate from scratch on these photographs is not benign: on seed 0 mean probe correlation
@@ -84,7 +84,8 @@ from audit.drift import compare_activations, compare_versions, wilson_interval  
 from audit.drift.benign import batchnorm_layers, int8_per_channel, round_trip  # noqa: E402
 from audit.drift.null import build_benign_null, content_features, head_layer  # noqa: E402
 from audit.drift.statistics import effective_k  # noqa: E402
-from audit.models import load_model, weights_sha256  # noqa: E402
+from audit.models import weights_sha256  # noqa: E402
+from sources import load_model  # noqa: E402
 from audit.probe import build_probe_set  # noqa: E402
 from audit.records import NeuronTarget  # noqa: E402
 from audit.stats import LayerActivations, layer_activations_full  # noqa: E402
@@ -261,7 +262,7 @@ def int8_per_tensor_head(model):
 
 def export_round_trip(model, example: torch.Tensor, tmp: Path):
     """torch.export, saved as .pt2, read back by the product's own pt2 reader and loader."""
-    from storage.registry_formats import pt2_state_dict
+    from sources.pt2 import pt2_state_dict
 
     path = tmp / "export.pt2"
     torch.export.save(torch.export.export(copy.deepcopy(model).eval(), (example,)), path)

@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    from audit.models import load_model
+    from sources import load_model
     from fv_quality import class_scores, frechet_to_crops, inner_targets, score_inner
 
     rows = with_set_rows(CLASS_ROWS, args.set)

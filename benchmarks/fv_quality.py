@@ -230,7 +230,7 @@ def run_method(method: str, classes: dict[int, list[str]], seeds: list[int], res
 
     torch.set_num_threads(threads)
     from audit.config import NeuronConfig
-    from audit.models import load_model
+    from sources import load_model
     from audit.pipeline import reference_recipe, references_for, vital_settings
     from audit.probe import build_probe_set
     from audit.records import NeuronTarget
@@ -373,7 +373,7 @@ def evaluate(results: dict[str, dict], classes: dict[int, list[str]], seeds: lis
                 entry[m] = float(np.mean([table["per_class"][c][m][f"{short}_top1"] for c in ok])) if ok else None
             table["transferable"][split][short] = entry
     if inner:
-        from audit.models import load_model
+        from sources import load_model
         from audit.probe import build_probe_set
 
         model = load_model("efficientnet_lite0", "builtin:efficientnet_lite0")
@@ -520,7 +520,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"[fv_quality] classes (Lite0 top-1 of each built-in photograph): {classes}", file=sys.stderr, flush=True)
     inner: list[tuple[str, int]] = []
     if args.inner:
-        from audit.models import load_model
+        from sources import load_model
         from audit.probe import build_probe_set
 
         model = load_model("efficientnet_lite0", "builtin:efficientnet_lite0")

@@ -35,7 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from audit.assets import load_rgb_images, resolve_images  # noqa: E402
-from audit.models import load_model  # noqa: E402
+from sources import load_model  # noqa: E402
 from audit.records import NeuronTarget  # noqa: E402
 from audit.references import class_references  # noqa: E402
 from audit.vital import VitalRequest, VitalSettings, benchmark_step, render_vital  # noqa: E402

@@ -22,7 +22,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from audit.lrp_rules import CONV_RULES  # noqa: E402
-from audit.models import load_model  # noqa: E402
+from sources import load_model  # noqa: E402
 from audit.probe import build_probe_set  # noqa: E402
 from audit.relevance import tap_relevance  # noqa: E402
 from audit.taps import capture  # noqa: E402

@@ -152,8 +152,8 @@ def registry_part(tmp: Path) -> dict:
     import numpy as np
     import torch
 
-    from audit.models import load_model
-    from storage.resolve import resolve_registry_source
+    from sources import load_model
+    from sources.mlflow_registry import resolve_registry_source
 
     uri = f"sqlite:///{tmp}/registry/mlflow.db"
     model = load_model("efficientnet_lite0", "builtin:efficientnet_lite0")

@@ -71,10 +71,10 @@ def main() -> None:
     import yaml
     from safetensors.torch import load_file, save_file
 
-    from audit.models import load_model
+    from sources import load_model
     from flows.demo import build_planted_version, demo_config
     from flows.prefect_api import TemporaryApi
-    from storage.resolve import register_state_dict
+    from sources.mlflow_registry import register_state_dict
 
     import tempfile
 

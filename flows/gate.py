@@ -101,7 +101,7 @@ def resolve_against(cfg: AuditConfig, mcfg: ModelConfig, against: str, versions:
         return against
     if mcfg.mlflow_registered_model and re.match(r"^[\w-]+$", against):
         from storage.errors import TrackingUnavailableError
-        from storage.resolve import list_registry_versions
+        from sources.mlflow_registry import list_registry_versions
 
         try:
             found = list_registry_versions(mcfg.mlflow_registered_model, cfg.store.mlflow_tracking_uri, [against])
@@ -127,7 +127,7 @@ def plan_gate(config: str, model: str, candidate: str, against: str = "champion"
     base = resolve_against(cfg, mcfg, against, names)
     same = next((v.version for v in listed if _same_source(cfg, v.source, source)), None)
     if same is None and mcfg.mlflow_registered_model and source.startswith("models:/"):
-        from storage.resolve import parse_models_uri
+        from sources.mlflow_registry import parse_models_uri
 
         name, number, _alias = parse_models_uri(source)
         if name == mcfg.mlflow_registered_model and number in names:

@@ -277,15 +277,14 @@ STORE_CHECKS: list[Callable[[CheckContext], None]] = [check_database, check_arti
 # ------------------------------------------------------------------------------ the registry
 def _registry_resolver(cfg: AuditConfig) -> Callable[[str], ResolvedSource]:
     def resolve(source: str) -> ResolvedSource:
-        from storage.resolve import parse_models_uri
-
-        from storage.mlflow_index import version_identity
+        from sources.mlflow_index import version_identity
+        from sources.mlflow_registry import parse_models_uri
 
         name, version, alias = parse_models_uri(source)
         identity = version_identity(name, version, alias, cfg.store.mlflow_tracking_uri)
         if identity is None:                      # a store only MLflow itself can read
-            from storage.errors import TrackingUnavailableError
-            from storage.resolve import resolve_registry_source
+            from sources.errors import TrackingUnavailableError
+            from sources.mlflow_registry import resolve_registry_source
 
             try:
                 state, info = resolve_registry_source(source, cfg.store.mlflow_tracking_uri)
@@ -295,7 +294,7 @@ def _registry_resolver(cfg: AuditConfig) -> Callable[[str], ResolvedSource]:
             return ResolvedSource(identity, lambda: state)
 
         def load():
-            from storage.resolve import resolve_registry_source
+            from sources.mlflow_registry import resolve_registry_source
 
             return resolve_registry_source(source, cfg.store.mlflow_tracking_uri)[0]
         return ResolvedSource(identity, load)

@@ -81,26 +81,20 @@ def device() -> "torch.device":
 def _load(path: str, model_name: str, version: str) -> LoadedVersion:
     from audit.contentkeys import model_content_key
     from audit.models import load_model, weights_sha256
+    from sources import resolve
 
     cfg = config(path)
     mcfg = cfg.model(model_name)
     vcfg = version_config(cfg, mcfg, version)
-    registry = None
-    if vcfg.source.startswith("models:/"):
-        from storage.resolve import resolve_registry_source
-
-        state, registry = resolve_registry_source(vcfg.source, cfg.store.mlflow_tracking_uri,
-                                                  allow_pickle=mcfg.allow_pickle, model_key=f"models[{mcfg.name}]")
-        model = load_model(mcfg.architecture, state_dict=state, device=device(), model_args=mcfg.model_args,
-                           num_classes=mcfg.num_classes)
-    else:
-        model = load_model(mcfg.architecture, vcfg.source, device=device(), base_dir=cfg.base_dir,
-                           model_args=mcfg.model_args, num_classes=mcfg.num_classes)
+    weights = resolve(vcfg.source, base_dir=cfg.base_dir, tracking_uri=cfg.store.mlflow_tracking_uri,
+                      allow_pickle=mcfg.allow_pickle, model_key=f"models[{mcfg.name}]")
+    model = load_model(mcfg.architecture, vcfg.source, state_dict=weights.state_dict, device=device(),
+                       model_args=mcfg.model_args, num_classes=mcfg.num_classes)
     for p in model.parameters():
         p.requires_grad_(False)
-    weights = weights_sha256(model)
+    digest = weights_sha256(model)
     build = {"architecture": mcfg.architecture, "model_args": mcfg.model_args, "num_classes": mcfg.num_classes}
-    return LoadedVersion(model, weights, vcfg.source, registry, model_content_key(model, weights, build))
+    return LoadedVersion(model, digest, vcfg.source, weights.info, model_content_key(model, digest, build))
 
 
 def load_version(path: str, model_name: str, version: str) -> LoadedVersion:
@@ -117,16 +111,16 @@ def version_config(cfg: AuditConfig, mcfg: ModelConfig, version: str) -> Version
 def registry_versions(cfg: AuditConfig, mcfg: ModelConfig) -> list[VersionConfig]:
     """The config's versions, plus the MLflow registry's for `mlflow_registered_model` models (every version, or
     those `mlflow_aliases` point to). Every version is read without MLflow where the store allows (see
-    storage.mlflow_index); aliases are read through MLflow."""
+    sources.mlflow_index); aliases are read through MLflow."""
     versions = list(mcfg.versions)
     if mcfg.mlflow_registered_model:
-        from storage.mlflow_index import registered_versions
+        from sources.mlflow_index import registered_versions
 
         listed = None
         if mcfg.mlflow_aliases is None:
             listed = registered_versions(mcfg.mlflow_registered_model, cfg.store.mlflow_tracking_uri)
         if listed is None:
-            from storage.resolve import list_registry_versions
+            from sources.mlflow_registry import list_registry_versions
 
             listed = list_registry_versions(mcfg.mlflow_registered_model, cfg.store.mlflow_tracking_uri,
                                             mcfg.mlflow_aliases)

@@ -124,7 +124,7 @@ def pair_subject(baseline: str, candidate: str) -> str:
 def _manifest_problem(store, cfg: AuditConfig, manifest: dict) -> str | None:
     """Why the recorded results of a version are not intact (an artifact missing or corrupt, the MLflow run
     gone), or None."""
-    from storage.mlflow_index import run_exists
+    from sources.mlflow_index import run_exists
 
     for rel in manifest.get("artifacts", []):
         problem = store.artifacts.verify(rel)

@@ -307,7 +307,7 @@ def _compare_pair(cfg_path: str, model_name: str, baseline: str, candidate: str,
     from audit.report import build_report
     from audit.stats import neuron_activations
     from audit.probe import ProbeSet
-    from audit.models import load_model, preprocess
+    from audit.models import preprocess
     from PIL import Image
 
     cfg = runtime.config(cfg_path)
@@ -367,6 +367,6 @@ def _compare_pair(cfg_path: str, model_name: str, baseline: str, candidate: str,
 
 @runtime.functools.lru_cache(maxsize=1)
 def _feature_model():
-    from audit.models import load_model
+    from sources import load_model
 
     return load_model("efficientnet_lite0", "builtin:efficientnet_lite0", device=runtime.device())

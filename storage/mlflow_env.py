@@ -1,20 +1,5 @@
-"""Process settings for every MLflow client neuron-audit creates (telemetry off, short HTTP retries: storage/
-retries itself with backoff and marks results pending, so MLflow's own minutes of retrying would only hide an
-unreachable server). Defaults only: a user's own environment wins."""
-from __future__ import annotations
+"""Moved to `sources.mlflow_env` (every MLflow client neuron-audit creates, the registry source's included, gets
+these settings); this module re-exports its names for one release."""
+from sources.mlflow_env import MLFLOW_ENV_DEFAULTS, apply_mlflow_env
 
-import os
-
-MLFLOW_ENV_DEFAULTS = {
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DO_NOT_TRACK": "true",
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",   # an int
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-}
-
-
-def apply_mlflow_env() -> None:
-    for key, value in MLFLOW_ENV_DEFAULTS.items():
-        os.environ.setdefault(key, value)
+__all__ = ["MLFLOW_ENV_DEFAULTS", "apply_mlflow_env"]

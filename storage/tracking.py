@@ -27,27 +27,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
+from sources.mlflow_env import apply_mlflow_env, default_artifact_location
+from sources.mlflow_index import run_exists
+
 from .errors import TrackingUnavailableError
 from .links import mlflow_experiment_url, mlflow_run_url, prefect_flow_run_url  # noqa: F401  (re-exported)
 from .mlflow_content import (TAG, dashboard_page, digest, flatten_params, image_items, metric_key, name_part,
                              registered_version_tags, report_html, stable_report, version_metrics, version_tags)
-from .mlflow_env import apply_mlflow_env
-from .mlflow_index import run_exists
 
 apply_mlflow_env()
 
 T = TypeVar("T")
 _NOT_RETRYABLE = ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS",
                   "PERMISSION_DENIED", "UNAUTHENTICATED")
-
-
-def default_artifact_location(tracking_uri: str) -> str | None:
-    """For a local `sqlite:///DIR/mlflow.db` store: `file://DIR/mlartifacts` (MLflow's own default is ./mlruns
-    in the current directory). None for servers, which choose their own."""
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri[len("sqlite:///"):]).expanduser().resolve()
-        return (db.parent / "mlartifacts").as_uri()
-    return None
 
 
 def experiment_name(model: str) -> str:
@@ -58,7 +50,7 @@ def _registered(source: str | None) -> tuple[str, str | None, str | None] | None
     """(name, version, alias) of a models:/ source, else None."""
     if not source or not source.startswith("models:/"):
         return None
-    from .resolve import parse_models_uri
+    from sources.mlflow_registry import parse_models_uri
 
     return parse_models_uri(source)
 
@@ -218,7 +210,7 @@ class MlflowTracker:
         known_run, ledger = store.mlflow_ledger(model, version)
         todo = self._todo(desired, ledger)
         if known_run and not todo and run_exists(known_run, self.tracking_uri) is not False:
-            return SyncResult(known_run, None, [])   # told without importing MLflow (storage.mlflow_index)
+            return SyncResult(known_run, None, [])   # told without importing MLflow (sources.mlflow_index)
         run_id, created = self._ensure_run(store, model, version, content, known_run)
         if run_id != known_run:
             todo = self._todo(desired, self._params_already_in(store, model, version, run_id, created, audit_run_id))

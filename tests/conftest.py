@@ -54,7 +54,7 @@ def prefect_harness():
 @pytest.fixture(scope="session")
 def lite0():
     """The built-in EfficientNet-Lite0 (ImageNet weights from the PyPI package), eval mode."""
-    from audit.models import load_model
+    from sources import load_model
 
     return load_model("efficientnet_lite0", "builtin:efficientnet_lite0")
 

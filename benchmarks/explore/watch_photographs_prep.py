@@ -4,7 +4,8 @@ import sys, io, os, glob, time
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2]))
 import numpy as np, torch
 from PIL import Image, ImageFilter
-from audit.models import load_model, normalize
+from audit.models import normalize
+from sources import load_model
 from audit.probe import ProbeSet
 from audit.stats import layer_activations_full
 from audit.taps import final_feature_layer

@@ -15,7 +15,8 @@ from families import FAMILIES, save
 from audit.config import parse_config
 from audit.errors import AuditInputError, CheckpointMismatchError
 from audit.labels import class_label, class_labels, labels_problem, neuron_title
-from audit.models import load_model, model_input_hw
+from audit.models import model_input_hw
+from sources import load_model
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,8 @@ import torch
 
 from audit.assets import load_rgb_images, resolve_images
 from audit.errors import AuditInputError, CheckpointMismatchError
-from audit.models import load_model, preprocess, weights_sha256
+from audit.models import preprocess, weights_sha256
+from sources import load_model
 from audit.taps import capture, default_taps, layer_channels
 
 

@@ -30,7 +30,7 @@ T = ThresholdsConfig(bootstrap=200)
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
     """The demo's version 2: the espresso row fine-tuned to fire on the cat photograph."""
-    from audit.models import load_model
+    from sources import load_model
     from flows.demo import build_planted_version
 
     path = tmp_path_factory.mktemp("planted") / "v2.safetensors"

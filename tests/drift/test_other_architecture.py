@@ -11,7 +11,7 @@ import torch
 
 from audit.config import ThresholdsConfig
 from audit.drift import compare_versions
-from audit.models import load_model
+from sources import load_model
 from audit.probe import build_probe_set
 from audit.records import NeuronTarget
 

@@ -50,7 +50,7 @@ def swapped_checkpoint(tmp_path_factory) -> Path:
     """Lite0 with the cat (285) and espresso (967) logit rows swapped: a big, unambiguous change."""
     from safetensors.torch import save_file
 
-    from audit.models import load_model
+    from sources import load_model
     from benchmarks.edits import swap_class_rows
 
     m = swap_class_rows(load_model("efficientnet_lite0", "builtin:efficientnet_lite0"), 285, 967)

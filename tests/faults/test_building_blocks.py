@@ -174,7 +174,7 @@ def test_artifact_integrity_is_checked_against_the_hash_in_the_name(tmp_path):
 def test_the_preflight_cache_spares_model_builds_for_unchanged_content(tmp_path, swapped_checkpoint):
     from audit.checks import CheckContext, MemoryCache, run_model_checks
     from audit.config import load_config
-    from audit.models import load_model
+    from sources import load_model
     from tests.faults.conftest import tiny_config_dict, write_config
 
     cfg = load_config(write_config(tmp_path, swapped_checkpoint, tiny_config_dict()))
@@ -199,8 +199,8 @@ def test_the_registry_is_read_without_mlflow_as_mlflow_wrote_it(tmp_path):
     import torch
 
     from audit.errors import AuditInputError
-    from storage.mlflow_index import registered_versions, run_exists, version_identity
-    from storage.resolve import register_state_dict
+    from sources.mlflow_index import registered_versions, run_exists, version_identity
+    from sources.mlflow_registry import register_state_dict
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     v1 = register_state_dict(uri, "reg-model", {"w": torch.zeros(3)})

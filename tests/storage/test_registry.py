@@ -30,8 +30,8 @@ def _same(state: dict, model) -> bool:
 
 
 def test_pt2_alias_and_state_dict_versions_load_exactly(registry, tmp_path, monkeypatch):
-    from audit.models import load_model
-    from storage.resolve import resolve_registry_source
+    from sources import load_model
+    from sources.mlflow_registry import resolve_registry_source
 
     uri, models = registry
     monkeypatch.chdir(tmp_path)        # MLflow's process-wide default registry would be ./mlflow.db here
@@ -49,7 +49,7 @@ def test_pt2_alias_and_state_dict_versions_load_exactly(registry, tmp_path, monk
 
 def test_pickled_version_needs_opt_in(registry):
     from audit.errors import AuditInputError
-    from storage.resolve import check_registry_source, resolve_registry_source
+    from sources.mlflow_registry import check_registry_source, resolve_registry_source
 
     uri, models = registry
     with pytest.raises(AuditInputError, match=r"pickle.*runs code.*models\[m\]\.allow_pickle: true"):
@@ -68,7 +68,7 @@ def _closed_port() -> str:
 
 def test_missing_names_versions_aliases_and_unreadable_registry_are_named(registry):
     from audit.errors import AuditInputError
-    from storage.resolve import check_registered_model, check_registry_source, list_registry_versions
+    from sources.mlflow_registry import check_registered_model, check_registry_source, list_registry_versions
 
     uri, _ = registry
     assert check_registry_source(f"models:/{NAME}/1", uri) is None
@@ -94,7 +94,8 @@ def test_missing_names_versions_aliases_and_unreadable_registry_are_named(regist
 def test_pt2_reader_matches_torch_export_without_unpickling(tmp_path):
     """The weights read from the archive's raw records equal torch.export's own ExportedProgram.state_dict, and
     the dtype table matches torch's serializer."""
-    from storage.registry_formats import PT2_DTYPES, RegistryFormatError, pt2_state_dict
+    from sources.errors import SourceFormatError
+    from sources.pt2 import PT2_DTYPES, pt2_state_dict
 
     try:
         from torch._export.serde.serialize import _SERIALIZE_TO_TORCH_DTYPE
@@ -120,5 +121,5 @@ def test_pt2_reader_matches_torch_export_without_unpickling(tmp_path):
     own = m.state_dict()
     assert set(state) == set(own) and all(torch.equal(state[k], own[k]) and state[k].dtype == own[k].dtype for k in own)
     (tmp_path / "bad.pt2").write_bytes(b"not a zip")
-    with pytest.raises(RegistryFormatError, match="not a torch.export archive"):
+    with pytest.raises(SourceFormatError, match="not a torch.export archive"):
         pt2_state_dict(tmp_path / "bad.pt2")

@@ -197,7 +197,7 @@ def test_unreachable_mlflow_keeps_results_pending_then_logs_them(audited, tracki
 
 
 def test_registered_model_version_gets_outcome_tags(audited, tracking_uri):
-    from storage.resolve import register_state_dict
+    from sources.mlflow_registry import register_state_dict
     from storage.tracking import MlflowTracker
 
     store, run = audited
