@@ -68,7 +68,7 @@ def audit_version_task(cfg_path: str, model: str, version: str, run_id: int) -> 
 @task(name="log-to-mlflow", task_run_name=version_task_name("log to MLflow"), **IO_RETRIES)
 def log_mlflow_task(cfg_path: str, model: str, version: str, run_id: int, outcome: work.VersionOutcome) -> dict:
     """Sync the version's MLflow run (only what is new); {"mlflow_run_id", "logged": number of items logged}."""
-    from storage.tracking import sync_version_audit
+    from .mlflow_sync import sync_version_audit
 
     with logs.stage("MLflow sync", f"{model} v{version}", log) as st:
         result = sync_version_audit(cfg_path, model, version, run_id, neuron_errors=outcome.neuron_errors)
@@ -85,7 +85,7 @@ def compare_task(cfg_path: str, model: str, baseline: str, candidate: str, run_i
 @task(name="log-report-to-mlflow", task_run_name=compare_task_name, **IO_RETRIES)
 def log_report_task(cfg_path: str, model: str, run_id: int, report: dict) -> dict:
     """Sync the candidate's MLflow run: drift metrics, verdict tags, the compare report as JSON and HTML."""
-    from storage.tracking import sync_version_audit
+    from .mlflow_sync import sync_version_audit
 
     with logs.stage("MLflow sync", f"{model} v{report['baseline']} -> v{report['candidate']} report", log) as st:
         result = sync_version_audit(cfg_path, model, str(report["candidate"]), run_id)

@@ -190,7 +190,7 @@ def sync_candidate(cfg_path: str, model: str, candidate: str, neuron_errors: dic
     """The candidate's MLflow run brought up to date (a registered candidate gets the verdict tags):
     (MLflow run id, None), or (None, why not) when MLflow cannot be reached."""
     from storage.errors import TrackingUnavailableError
-    from storage.tracking import sync_version_audit
+    from .mlflow_sync import sync_version_audit
 
     try:
         return sync_version_audit(cfg_path, model, candidate, None, neuron_errors=neuron_errors).mlflow_run_id, None

@@ -1,5 +1,6 @@
-"""What the tasks of one process share: the config, the store, loaded models and
-probe sets, each built once per process (a Dask worker builds its own).
+"""What the tasks of one process share: the config, the store, the MLflow tracker, loaded models
+and probe sets, each built once per process (a Dask worker builds its own). storage/ is handed
+the store and tracker opened here; it never opens its own.
 
 torch and timm are imported only where a model or probe set is built, so that the preflight
 and the recognition of unchanged versions stay cheap."""
@@ -51,6 +52,14 @@ def store(path: str):
     # stored versions reads them instead of running the models again.
     set_cache_dir(cfg.resolve_path(cfg.store.artifacts) / "cache" / "activations")
     return s
+
+
+@functools.lru_cache(maxsize=4)
+def tracker(path: str):
+    """The MLflow tracker of the config at `path` (MLflow itself is imported on its first call)."""
+    from storage.tracking import tracker_for
+
+    return tracker_for(config(path))
 
 
 def read_store(path: str):

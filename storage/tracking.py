@@ -20,7 +20,6 @@ backoff; when MLflow stays unreachable `TrackingUnavailableError` is raised, the
 """
 from __future__ import annotations
 
-import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -373,31 +372,25 @@ class MlflowTracker:
         return out
 
 
-# ---------------------------------------------------------------------- glue used by flows/ (config path based)
-@functools.lru_cache(maxsize=8)
-def _for_config(cfg_path: str):
-    from audit.config import load_config
-
-    from .repository import AuditStore
-
-    cfg = load_config(cfg_path)
-    store = AuditStore(cfg.store.database, str(cfg.resolve_path(cfg.store.artifacts)))
-    uri = cfg.store.mlflow_tracking_uri
-    mlflow_ui = cfg.ui.mlflow or (uri if uri.startswith(("http://", "https://")) else None)
-    return cfg, store, MlflowTracker(uri, mlflow_ui=mlflow_ui, dashboard_ui=cfg.ui.dashboard)
-
-
+# ---------------------------------------------------------------------- one audited version, for flows/
 def model_config_json(cfg, model: str) -> dict:
     """The model's audit configuration as MLflow sees it (params, config.json, config_sha256 tag)."""
     return cfg.model(model).model_dump(mode="json")
 
 
-def sync_version_audit(cfg_path: str, model: str, version: str, run_id: int | None,
-                       neuron_errors: Mapping[str, str] | None = None) -> SyncResult:
-    """Sync (model, version) from the store of the config at cfg_path and record it for audit run `run_id`
-    ('logged' when anything was logged, 'pending' with the error when MLflow is unreachable, nothing when nothing
-    was new). Then syncs versions left pending by earlier runs (best effort)."""
-    cfg, store, tracker = _for_config(str(cfg_path))
+def tracker_for(cfg) -> MlflowTracker:
+    """The tracker of a loaded config (`store.mlflow_tracking_uri`, with the UI links of `ui:`)."""
+    uri = cfg.store.mlflow_tracking_uri
+    mlflow_ui = cfg.ui.mlflow or (uri if uri.startswith(("http://", "https://")) else None)
+    return MlflowTracker(uri, mlflow_ui=mlflow_ui, dashboard_ui=cfg.ui.dashboard)
+
+
+def sync_audited_version(store, tracker: MlflowTracker, cfg, model: str, version: str, run_id: int | None,
+                         neuron_errors: Mapping[str, str] | None = None) -> SyncResult:
+    """Sync (model, version) from `store` (the caller's, opened once per process) and record it for audit run
+    `run_id` ('logged' when anything was logged, 'pending' with the error when MLflow is unreachable, nothing
+    when nothing was new). Then syncs versions left pending by earlier runs (best effort). `cfg`: the loaded
+    audit config the versions' params come from."""
     try:
         result = tracker.sync_version(store, model, version, run_id, config=model_config_json(cfg, model),
                                       neuron_errors=neuron_errors)
@@ -417,16 +410,3 @@ def sync_version_audit(cfg_path: str, model: str, version: str, run_id: int | No
 
 def _has_model(cfg, model: str) -> bool:
     return any(m.name == model for m in cfg.models)
-
-
-def log_version_audit(cfg_path: str, model: str, version: str, run_id: int, outcome: Any = None) -> str | None:
-    """Flow task body: sync a freshly audited version; returns its MLflow run id. The outcome's neuron errors
-    become the `unaudited_*` tag and metric."""
-    errors = getattr(outcome, "neuron_errors", None) if outcome is not None else None
-    return sync_version_audit(cfg_path, model, version, run_id, neuron_errors=errors).mlflow_run_id
-
-
-def log_compare_report(cfg_path: str, model: str, run_id: int, report: dict) -> str | None:
-    """Flow task body after a compare: sync the candidate's run (drift metrics, verdict tags and the stored
-    compare report as JSON/HTML artifacts). Returns the candidate's MLflow run id."""
-    return sync_version_audit(cfg_path, model, str(report["candidate"]), run_id).mlflow_run_id

@@ -75,3 +75,17 @@ def test_importing_sources_loads_neither_torch_nor_mlflow():
             "print(','.join(m for m in ('torch', 'timm', 'mlflow') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "", (r.stdout, r.stderr[-2000:])
+
+
+def test_storage_is_handed_its_store_and_never_loads_the_config():
+    """storage/ keeps results only: no module of it reads neuron-audit.yaml or opens an AuditStore of its own
+    (flows/runtime.py opens both once per process and passes them in)."""
+    wrong = []
+    for f in _files("storage"):
+        tree = ast.parse(f.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "audit.config":
+                wrong += [f"{f.name} imports audit.config.{a.name}" for a in node.names if a.name == "load_config"]
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "AuditStore"):
+                wrong.append(f"{f.name} opens an AuditStore")
+    assert not wrong, wrong

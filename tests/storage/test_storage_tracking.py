@@ -169,7 +169,9 @@ def test_deleted_run_is_recreated_and_runs_are_found_again_by_tag(audited, track
 def test_unreachable_mlflow_keeps_results_pending_then_logs_them(audited, tracking_uri, tmp_path):
     import yaml
 
-    from storage.tracking import MlflowTracker, sync_version_audit
+    from flows import runtime
+    from flows.mlflow_sync import sync_version_audit
+    from storage.tracking import MlflowTracker
 
     store, run = audited
     cfg = make_config().model_dump(mode="json")
@@ -177,10 +179,8 @@ def test_unreachable_mlflow_keeps_results_pending_then_logs_them(audited, tracki
                     "artifacts": str(store.artifacts.root)}
     path = tmp_path / "down.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    import storage.tracking as tracking
-
-    tracking._for_config.cache_clear()
-    _, _, down = tracking._for_config(str(path))
+    runtime.tracker.cache_clear()
+    down = runtime.tracker(str(path))
     down.retries, down.backoff_s = 1, 0.01
     with pytest.raises(TrackingUnavailableError, match="unavailable.*after 2 attempts"):
         sync_version_audit(str(path), "m", "2", run)
@@ -224,10 +224,11 @@ def test_against_real_mlflow_server(mlflow_server, audited):
 
 
 def test_flow_glue_syncs_candidate_with_its_compare_report(tmp_path, tracking_uri):
-    """The config-path helpers flows/ calls: sync_version_audit and log_compare_report."""
+    """The config-path helpers flows/ calls (flows/mlflow_sync.py): log_version_audit and log_compare_report."""
     import yaml
 
-    from storage.tracking import MlflowTracker, log_compare_report, log_version_audit
+    from flows.mlflow_sync import log_compare_report, log_version_audit
+    from storage.tracking import MlflowTracker
 
     cfg = make_config().model_dump(mode="json")
     cfg["store"] = {"database": f"sqlite:///{tmp_path}/audit.db", "mlflow_tracking_uri": tracking_uri,
