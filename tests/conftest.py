@@ -17,12 +17,20 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
+# Under pytest-xdist (`make test` runs two workers on a 2-core machine) each worker, and every CLI process it
+# starts, gets its share of the cores: two workers with two torch threads each would make both cores' threads
+# wait on each other (torch's threads spin), which is far slower than one thread each.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_THREADS = max(1, min(2, (os.cpu_count() or 1) // max(1, _WORKERS)))
+if _WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(_THREADS)
+
 import pytest
 import torch
 
 from system_services import as_postgres, find_initdb, service_missing
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(_THREADS)
 
 
 PREFECT_BOOT_CAP_S = 900
