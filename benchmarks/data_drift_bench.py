@@ -394,6 +394,8 @@ EVIDENTLY_VENV_PYTHON = Path(__file__).resolve().parents[1] / ".venv-evidently" 
 def evidently_python(args) -> str | None:
     """The interpreter with Evidently (`--evidently-python`, else `make bench-deps`'s .venv-evidently when
     built); None (with a note) when there is none: the anchor's columns are left out."""
+    if args.no_anchor:
+        return None
     if args.evidently_python:
         return args.evidently_python
     if EVIDENTLY_VENV_PYTHON.is_file():
@@ -469,6 +471,7 @@ def main() -> None:
     ap.add_argument("--per-layer", type=int, default=4)
     ap.add_argument("--timing-images", type=int, default=256, help="0 skips the timing")
     ap.add_argument("--evidently-python", default=None, help="an interpreter with Evidently (default: .venv-evidently when built by `make bench-deps`)")
+    ap.add_argument("--no-anchor", action="store_true", help="photographs: leave Evidently out (more splits in the time)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/data_drift.json"))
     args = ap.parse_args()
     if args.stream == "photographs":
