@@ -12,7 +12,7 @@ export DO_NOT_TRACK = true
 export MLFLOW_DISABLE_TELEMETRY = true
 export HF_HUB_OFFLINE = 1
 
-.PHONY: demo demo-quick test test-fast system-deps benchmarks clean
+.PHONY: demo demo-quick test test-fast system-deps benchmarks bench-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,16 @@ benchmarks: $(STAMP)
 	$(PY) benchmarks/fv_speed.py
 	$(PY) benchmarks/fv_quality.py
 	$(PY) benchmarks/drift_bench.py
+
+# Evidently, the anchor of benchmarks/data_drift_bench.py, in its own venv: its pins conflict with the project's
+# (it is never installed into .venv). pandas<3: Evidently 0.7.23 imports a name pandas 3 removed.
+EVIDENTLY_VENV := .venv-evidently
+bench-deps: $(EVIDENTLY_VENV)/.installed
+$(EVIDENTLY_VENV)/.installed:
+	$(PYTHON) -m venv $(EVIDENTLY_VENV)
+	$(EVIDENTLY_VENV)/bin/python -m pip install -q --upgrade pip
+	$(EVIDENTLY_VENV)/bin/python -m pip install -q evidently==0.7.23 pandas==2.3.3
+	touch $@
 
 clean:
 	rm -rf $(VENV) neuron-audit-demo .pytest_cache

@@ -45,19 +45,26 @@ Tune on one `--split-seed`, report on a fresh one run once. The photographs are 
 documented step, never downloaded by this code:
 
     apt-get update && apt-get install -y tuxpaint-stamps-default
+    make bench-deps        # Evidently in its own venv, .venv-evidently (the anchor)
     OMP_NUM_THREADS=2 nice -n 10 .venv/bin/python benchmarks/data_drift_bench.py --stream photographs \\
         --splits 200 --split-seed 1
+
+The anchor: Evidently's embedding drift on the same splits, from the same forward pass (the pooled
+embedding `watch`'s whole-layer test reads, i.e. the spatial mean of the final feature layer, of the
+reference and held-out photographs), exported to an npz next to `--out` and run by
+benchmarks/evidently_anchor.py in `.venv-evidently` (or `--evidently-python`): its default (a domain
+classifier) and its MMD. Without that interpreter the anchor's columns are left out.
 
 Stream "crops" (`--stream crops`): the earlier benchmark below, batches of crops of the probe
 photographs against the probe set.
 
-Evidently runs in its own interpreter (`--evidently-python`, e.g. a scratch venv with
-`pip install evidently "pandas<3"`): the default of its `EmbeddingsDriftMetric`, i.e.
+Evidently runs in its own interpreter (`--evidently-python`, e.g. `make bench-deps`'s
+.venv-evidently/bin/python): the default of its `EmbeddingsDriftMetric`, i.e.
 `model(bootstrap=n_reference < 1000)` (a domain classifier on the embeddings), on the model's
 penultimate-layer embeddings (global_pool, 1280-d).
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/data_drift_bench.py --seed 2 \\
-        --evidently-python /work/wt/evidently-venv/bin/python [--in-dist 200] [--shift-batches 8]
+        --evidently-python .venv-evidently/bin/python [--in-dist 200] [--shift-batches 8]
 """
 from __future__ import annotations
 
@@ -342,9 +349,12 @@ def photographs_stream(args) -> None:
     variants = ["clean", *shifts]
     tally = {v: Counter() for v in variants}
     clean_values, clean_layers = rows["clean"]
+    splits = []
+    t_splits = time.perf_counter()
     for k in range(args.splits):
         order = rng.permutation(n_photos)
         ref, held = order[:args.reference_size], order[args.reference_size:args.reference_size + args.batch_size]
+        splits.append((ref, held))
         window = ReferenceWindow(clean_values[ref], image_units(len(ref)), [names[i] for i in ref], "folder",
                                  layers={l: clean_layers[l][ref] for l in layers})
         for v in variants:
@@ -364,12 +374,48 @@ def photographs_stream(args) -> None:
             t["without_layers"] += nf > 0 or verdict.joint["verdict"] == "FAIL"
         if (k + 1) % 25 == 0:
             print(f"  {k + 1}/{args.splits} splits, {time.perf_counter() - t0:.0f} s", flush=True)
+    split_seconds = (time.perf_counter() - t_splits) / max(1, args.splits)
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "photographs": n_photos,
               "neurons": [t.neuron_id for t in targets], "layers": layers,
-              "tally": {v: dict(t) for v, t in tally.items()}, "bench_seconds": time.perf_counter() - t0}
+              "tally": {v: dict(t) for v, t in tally.items()}, "seconds_per_split": split_seconds}
+    python = evidently_python(args)
+    if python:
+        result["evidently"] = evidently_anchor(python, {v: rows[v][1][layers[-1]] for v in variants}, splits,
+                                               args.out.with_suffix(".embeddings.npz"))
+    result["bench_seconds"] = time.perf_counter() - t0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1, default=str))
     print_photograph_tables(result)
+
+
+EVIDENTLY_VENV_PYTHON = Path(__file__).resolve().parents[1] / ".venv-evidently" / "bin" / "python"
+
+
+def evidently_python(args) -> str | None:
+    """The interpreter with Evidently (`--evidently-python`, else `make bench-deps`'s .venv-evidently when
+    built); None (with a note) when there is none: the anchor's columns are left out."""
+    if args.no_anchor:
+        return None
+    if args.evidently_python:
+        return args.evidently_python
+    if EVIDENTLY_VENV_PYTHON.is_file():
+        return str(EVIDENTLY_VENV_PYTHON)
+    print("no Evidently interpreter (`make bench-deps` builds .venv-evidently): the anchor is left out", flush=True)
+    return None
+
+
+def evidently_anchor(python: str, embeddings: dict[str, np.ndarray], splits, npz: Path) -> dict:
+    """Evidently's embedding drift (benchmarks/evidently_anchor.py, in its own interpreter) on the same splits
+    and the same pooled embeddings `watch` judged (the spatial mean of the final feature layer)."""
+    npz.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(npz, variants=np.array(list(embeddings)), reference=np.stack([r for r, _ in splits]),
+             held_out=np.stack([h for _, h in splits]), **{f"emb|{v}": e for v, e in embeddings.items()})
+    out = npz.with_suffix(".evidently.json")
+    t0 = time.perf_counter()
+    subprocess.run([python, str(Path(__file__).with_name("evidently_anchor.py")), str(npz), str(out)], check=True)
+    res = json.loads(out.read_text())
+    res["wall_seconds"] = time.perf_counter() - t0
+    return res
 
 
 def print_photograph_tables(res: dict) -> None:
@@ -377,18 +423,32 @@ def print_photograph_tables(res: dict) -> None:
     c = t["clean"]
     print(f"\nNew photographs: {res['photographs']} photographs, {c['batches']} random splits, "
           f"{len(res['neurons'])} neurons, whole-layer test on {', '.join(res['layers'])}\n")
+    ev = res.get("evidently")
+    ev_head = " Evidently default (domain classifier) [95% Wilson] | Evidently MMD [95% Wilson] |" if ev else ""
     print("| batch | batches FAIL [95% Wilson] | any neuron FAIL | joint test FAIL | whole-layer FAIL | "
-          "FAIL without the whole-layer test |")
-    print("|---|---|---|---|---|---|")
+          "FAIL without the whole-layer test |" + ev_head)
+    print("|---|---|---|---|---|---|" + ("---|---|" if ev else ""))
     for v, d in t.items():
         n = d["batches"]
         w = wilson(d["batch_fail"], n)
+        cells = ""
+        if ev:
+            for method in ("model", "mmd"):
+                flags = ev["flags"][method][v]
+                cells += f" {_pct(sum(flags) / len(flags))} {_ci(wilson(sum(flags), len(flags)))} |"
         print(f"| {'in distribution' if v == 'clean' else v} | {_pct(d['batch_fail'] / n)} {_ci(w)} | "
               f"{_pct(d['any_neuron'] / n)} | {_pct(d['joint'] / n)} | {_pct(d['layers'] / n)} | "
-              f"{_pct(d['without_layers'] / n)} |")
+              f"{_pct(d['without_layers'] / n)} |" + cells)
+    if ev:
+        print(f"\nEvidently {ev.get('evidently_version')} on the same splits and pooled embeddings: "
+              f"{ev['wall_seconds']:.0f} s")
+    c_any = c["batch_fail"]
+    print(f"in distribution, batches with any FAIL: {c_any}/{c['batches']} = {_pct(c_any / c['batches'])} "
+          f"{_ci(wilson(c_any, c['batches']))}")
     print(f"\nin distribution, FAIL per neuron-batch: {c['neuron_fail']}/{c['neuron_batches']} = "
           f"{_pct(c['neuron_fail'] / c['neuron_batches'])} {_ci(wilson(c['neuron_fail'], c['neuron_batches']))}")
-    print(f"benchmark wall time {res['bench_seconds']:.0f} s")
+    print(f"judging one split (in distribution and every shift): {res['seconds_per_split']:.1f} s; "
+          f"benchmark wall time {res['bench_seconds']:.0f} s")
 
 
 # ---------------------------------------------------------------- main
@@ -410,7 +470,8 @@ def main() -> None:
     ap.add_argument("--shift-batches", type=int, default=4)
     ap.add_argument("--per-layer", type=int, default=4)
     ap.add_argument("--timing-images", type=int, default=256, help="0 skips the timing")
-    ap.add_argument("--evidently-python", default=None)
+    ap.add_argument("--evidently-python", default=None, help="an interpreter with Evidently (default: .venv-evidently when built by `make bench-deps`)")
+    ap.add_argument("--no-anchor", action="store_true", help="photographs: leave Evidently out (more splits in the time)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/data_drift.json"))
     args = ap.parse_args()
     if args.stream == "photographs":

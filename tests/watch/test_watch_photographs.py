@@ -172,3 +172,63 @@ def test_swapped_channels_of_new_colour_photographs_fail_against_a_folder(tmp_pa
     assert verdicts["clean"][0] == 0 and verdicts["clean"][1]["layers"]["verdict"] != "FAIL"
     code, rep = verdicts["swapped"]
     assert code == 1 and rep["layers"]["verdict"] == "FAIL", rep["layers"]["reason"]
+
+
+def test_a_second_call_with_an_unchanged_reference_runs_no_reference_photograph_through_the_model(
+        tmp_path, photo_folders, mlflow_uri):
+    """Every input the model sees is recorded by a forward pre-hook on the very model the CLI loads: the
+    first call runs the reference photographs through it, the second (same reference, weights, neurons)
+    runs only the batch's."""
+    from audit.probe import build_probe_set
+    from flows import runtime
+
+    config = _folder_config(tmp_path, photo_folders, mlflow_uri)
+    runtime.config.cache_clear()
+    runtime._load.cache_clear()
+    model = runtime.load_version(str(config), "lite0", "1").model
+    size = runtime.probe_size(runtime.config(str(config)).model("lite0"), model)
+    reference = build_probe_set(str(photo_folders["reference"]), size=size, crops_per_image=1).images
+    batch = build_probe_set(str(photo_folders["clean"]), size=size, crops_per_image=1).images
+    seen: list[torch.Tensor] = []
+    handle = model.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().flatten(1).clone()))
+
+    def photographs_through_the_model(images: torch.Tensor) -> int:
+        rows = torch.cat([s for s in seen if s.shape[1] == images[0].numel()])
+        return sum(bool(torch.isclose(rows, im.flatten()[None], atol=1e-5).all(1).any()) for im in images)
+
+    try:
+        calls = []
+        for _ in range(2):
+            seen.clear()
+            report = json.loads(_run(config, tmp_path, photo_folders))
+            calls.append((report["reference"]["cache"], photographs_through_the_model(reference),
+                          photographs_through_the_model(batch)))
+    finally:
+        handle.remove()
+    assert calls[0] == ("computed", len(reference), len(batch))
+    assert calls[1] == ("hit", 0, len(batch))
+
+
+def test_the_console_script_ends_fast_with_everything_written(tmp_path, photo_folders, mlflow_uri):
+    """`neuron-audit watch` as its own process ends with `os._exit` after its atexit handlers
+    (flows.watch.end_console_process): its exit code, its printed lines, the --json report, the stored
+    batch and its MLflow run are all there."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from flows import runtime
+
+    config = _folder_config(tmp_path, photo_folders, mlflow_uri)
+    out = tmp_path / "console.json"
+    proc = subprocess.run([str(Path(sys.executable).parent / "neuron-audit"), "watch", "-c", str(config), "--model",
+                           "lite0", "--images", str(photo_folders["blurred"]), "--batch-id", "console", "--json",
+                           str(out)], capture_output=True, text=True, env=os.environ.copy(), timeout=600)
+    assert proc.returncode == 1, proc.stderr[-2000:]                     # the blurred batch FAILs
+    assert "summary:" in proc.stdout and f"wrote {out}" in " ".join(proc.stderr.split())
+    report = json.loads(out.read_text())
+    assert report["verdict"] == "FAIL" and report["mlflow_run_id"]
+    runtime.config.cache_clear()
+    stored = runtime.store(str(config)).batches.get_batch("lite0", "console")
+    assert stored is not None and stored["verdict"] == "FAIL"
