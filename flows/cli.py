@@ -557,11 +557,9 @@ def watch(config: str = ConfigOpt, model: str = typer.Option(..., "--model", met
                                                   help="Write the watch report here.")) -> None:
     """Feature drift on a production batch: every registered neuron against the reference window.
     Exit 0 without FAIL, 1 with a FAIL, 2 on bad input."""
-    from .watch import end_console_process, run_watch_command
+    from .watch import run_watch_command
 
-    code = run_watch_command(config, model, images, version, batch_id, json_out, out, err)
-    end_console_process(code)
-    raise Exit(code)
+    raise Exit(run_watch_command(config, model, images, version, batch_id, json_out, out, err))
 
 
 MlflowUiOpt = typer.Option(None, "--mlflow-ui", metavar="URL",

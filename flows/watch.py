@@ -402,24 +402,6 @@ def verdict_table(report: dict):
     return table
 
 
-def end_console_process(code: int) -> None:
-    """When this process is the `neuron-audit` console script, end it now with `code`: logging and the
-    standard streams are flushed and the atexit handlers run, then `os._exit` skips the interpreter's
-    teardown of torch, timm, MLflow and SQLAlchemy (about 2 CPU seconds of a cached watch call, more
-    than the whole-layer test costs). Every result is committed before this point (the batch in one
-    transaction, the MLflow run synchronously). Called in-process (tests, `main([...])`), it does nothing."""
-    import atexit
-    import os
-    import sys
-
-    if Path(sys.argv[0]).name != "neuron-audit":
-        return
-    atexit._run_exitfuncs()            # logging.shutdown among them
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    os._exit(code)
-
-
 def run_watch_command(config: str, model: str, images, version, batch_id, json_out, out, err) -> int:
     """The body of `neuron-audit watch`: watch, print the table and the batch's summary, write --json;
     returns the exit code."""

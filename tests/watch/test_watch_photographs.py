@@ -207,28 +207,3 @@ def test_a_second_call_with_an_unchanged_reference_runs_no_reference_photograph_
         handle.remove()
     assert calls[0] == ("computed", len(reference), len(batch))
     assert calls[1] == ("hit", 0, len(batch))
-
-
-def test_the_console_script_ends_fast_with_everything_written(tmp_path, photo_folders, mlflow_uri):
-    """`neuron-audit watch` as its own process ends with `os._exit` after its atexit handlers
-    (flows.watch.end_console_process): its exit code, its printed lines, the --json report, the stored
-    batch and its MLflow run are all there."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from flows import runtime
-
-    config = _folder_config(tmp_path, photo_folders, mlflow_uri)
-    out = tmp_path / "console.json"
-    proc = subprocess.run([str(Path(sys.executable).parent / "neuron-audit"), "watch", "-c", str(config), "--model",
-                           "lite0", "--images", str(photo_folders["blurred"]), "--batch-id", "console", "--json",
-                           str(out)], capture_output=True, text=True, env=os.environ.copy(), timeout=600)
-    assert proc.returncode == 1, proc.stderr[-2000:]                     # the blurred batch FAILs
-    assert "summary:" in proc.stdout and f"wrote {out}" in " ".join(proc.stderr.split())
-    report = json.loads(out.read_text())
-    assert report["verdict"] == "FAIL" and report["mlflow_run_id"]
-    runtime.config.cache_clear()
-    stored = runtime.store(str(config)).batches.get_batch("lite0", "console")
-    assert stored is not None and stored["verdict"] == "FAIL"
