@@ -201,7 +201,8 @@ class RegistryReceiver:
             with self.lock:
                 audited = self.versions.get(key) == "done"
                 self.versions[key] = "done" if audited else "running"
-            entry = {"model": job.model, "version": job.version, "audited": not audited, "alias": job.guard_alias}
+            entry = {"model": job.model, "version": job.version, "audited": not audited, "alias": job.guard_alias,
+                     "arrived": arrived}         # time.monotonic() at the delivery's arrival
             try:
                 if not audited:
                     self.audit(job.model, job.version)

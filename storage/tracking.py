@@ -213,11 +213,12 @@ class MlflowTracker:
         run_id, created = self._ensure_run(store, model, version, content, known_run)
         if run_id != known_run:
             todo = self._todo(desired, self._params_already_in(store, model, version, run_id, created, audit_run_id))
-        logged = self._log_items(store, model, version, run_id, todo, audit_run_id)
+        # The registered version's tags first: they are what a release waits on (registration-to-verdict,
+        # docs/gate.md), and they are read from the store, not from what the run logs after them.
         reg = _registered(content.get("source"))
-        if reg:
-            logged += self._tag_registered_version(store, model, version, run_id, content, reg, ledger
-                                                   if run_id == known_run else {}, audit_run_id)
+        logged = self._tag_registered_version(store, model, version, run_id, content, reg, ledger
+                                              if run_id == known_run else {}, audit_run_id) if reg else []
+        logged += self._log_items(store, model, version, run_id, todo, audit_run_id)
         return SyncResult(run_id, self.experiment_id(model), logged, created)
 
     def _params_already_in(self, store, model: str, version: str, run_id: str, created: bool,

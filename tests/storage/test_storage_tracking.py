@@ -213,6 +213,31 @@ def test_registered_model_version_gets_outcome_tags(audited, tracking_uri):
     assert "neuron_audit.verdict" not in tracker.client.get_model_version(name, "1").tags
 
 
+def test_registered_version_is_tagged_before_the_runs_items(audited, tracking_uri):
+    """The verdict tags are what a release waits on (docs/gate.md, registration-to-verdict): they are written
+    before the run's metrics and images, so a run whose image cannot be logged yet leaves the verdict on the
+    version, and the next sync logs the rest."""
+    from sources.mlflow_registry import register_state_dict
+    from storage.tracking import MlflowTracker
+
+    store, run = audited
+    name = f"tagfirst-{store.store_id}"
+    register_state_dict(tracking_uri, name, {"w": torch.zeros(2)})
+    store.upsert_model_version("m", "2", f"models:/{name}/1", "b" * 64)
+    tracker = MlflowTracker(tracking_uri)
+    desired = tracker.desired_items(store.mlflow_version_content("m", "2"))
+    image = Path(next(v[1]["path"] for k, v in sorted(desired.items()) if k.startswith("image:")))
+    away = image.with_name(image.name + ".away")
+    image.rename(away)
+    with pytest.raises(FileNotFoundError):
+        tracker.sync_version(store, "m", "2", run)
+    assert tracker.client.get_model_version(name, "1").tags["neuron_audit.verdict"] == "FAIL"
+    away.rename(image)
+    result = tracker.sync_version(store, "m", "2", run)
+    assert any(k.startswith("image:") for k in result.logged)
+    assert not any(k.startswith("mvtag:") for k in result.logged)          # the tags were written the first time
+
+
 def test_against_real_mlflow_server(mlflow_server, audited):
     from storage.tracking import MlflowTracker
 
