@@ -54,7 +54,7 @@ class CompareResults(list):
     enough_photographs: bool = True
     power: str = ""
     null_seconds: float = 0.0
-    null_variants: list[str] = []
+    null_variants: tuple[str, ...] = ()     # immutable: a class-level default is shared by every instance
 
 
 class _Context:
@@ -428,7 +428,7 @@ def compare_activations(acts_a: dict[str, LayerActivations], acts_b: dict[str, L
     results.n_photographs = int(ctx.labels.max()) + 1 if ctx.n else 0
     results.enough_photographs, results.power = power_statement(results.n_photographs, t.detect_fraction, t.alpha)
     results.null_seconds = null.seconds
-    results.null_variants = list(null.variants)
+    results.null_variants = tuple(null.variants)
     return results
 
 
