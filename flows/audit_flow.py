@@ -235,8 +235,7 @@ def nightly_audit(config_path: str, model: str | None = None, version: str | Non
 def _nightly_audit(cfg_path: str, checked, logger, model: str | None, version: str | None,
                    with_visuals: bool) -> dict:
     from .outcome import incomplete_payload, not_audited
-    from .termination import (EXIT_SIGTERM, AuditInterrupted, arm_watchdog, is_interruption, on_forced_exit,
-                              remove_forced_exit, stop_requested)
+    from .termination import stoppable_run
 
     cfg = runtime.config(cfg_path)
     store = runtime.store(cfg_path)
@@ -253,9 +252,7 @@ def _nightly_audit(cfg_path: str, checked, logger, model: str | None, version: s
     dask = cfg.executor.dask is not None
     tracking_faults = _tracking_faults()
     changed_anything = False
-    mark_interrupted = on_forced_exit(lambda: store.finish_run(run_id, "interrupted", "interrupted by SIGTERM; "
-                                                                                      "finished results are kept"))
-    try:
+    with stoppable_run(lambda status, text: store.finish_run(run_id, status, text)):
         models = [cfg.model(model)] if model else [m for m in cfg.models if m.enabled]
         for mcfg in models:
             versions = [v.version for v in runtime.registry_versions(cfg, mcfg)]
@@ -332,21 +329,6 @@ def _nightly_audit(cfg_path: str, checked, logger, model: str | None, version: s
                                                  "notes": summary["notes"],
                                                  "unchanged": [f"{v['model']} v{v['version']}" for v in summary["versions"]
                                                                if v.get("skipped")]})
-    except BaseException as exc:
-        # After a stop, any error on the way out (the Prefect server that died with the same signal, an
-        # interruption some library converted) is the interruption.
-        stopped = is_interruption(exc) or stop_requested() is not None
-        if stopped:
-            arm_watchdog(EXIT_SIGTERM)          # the rest of the way out is bounded
-            status, text = "interrupted", f"interrupted ({exc.__class__.__name__}); finished results are kept"
-        else:
-            status, text = "failed", f"{exc.__class__.__name__}: {exc}"
-        store.finish_run(run_id, status, text)
-        if stopped and not is_interruption(exc):
-            raise AuditInterrupted(stop_requested()) from exc
-        raise
-    finally:
-        remove_forced_exit(mark_interrupted)
     summary["seconds"] = time.perf_counter() - t0
     _publish_summary(cfg_path, summary)
     return verdict_state(summary)
