@@ -8,6 +8,8 @@ apply_offline_env()
 
 import os  # noqa: E402
 import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from typing import Any  # noqa: E402
 
 import httpx  # noqa: E402
 
@@ -234,10 +236,60 @@ def nightly_audit(config_path: str, model: str | None = None, version: str | Non
 
 def _nightly_audit(cfg_path: str, checked, logger, model: str | None, version: str | None,
                    with_visuals: bool) -> dict:
-    from .outcome import incomplete_payload, not_audited
-    from .termination import (EXIT_SIGTERM, AuditInterrupted, arm_watchdog, is_interruption, on_forced_exit,
-                              remove_forced_exit, stop_requested)
+    """The run, step by step: plan it, then per model audit the versions and compare them (a FAIL alerts
+    as soon as its report exists), write the static report, alert about what could not be audited, and
+    finish the run's row. The stop rules (flows/termination.py) hold around every step after the plan."""
+    from .outcome import not_audited
+    from .termination import stoppable_run
 
+    run = _plan_run(cfg_path, checked, logger, model, version, with_visuals)
+    with stoppable_run(lambda status, text: run.store.finish_run(run.run_id, status, text)):
+        for mcfg in ([run.cfg.model(model)] if model else [m for m in run.cfg.models if m.enabled]):
+            versions = [v.version for v in runtime.registry_versions(run.cfg, mcfg)]
+            complete = _audit_model_versions(run, mcfg, versions)
+            _compare_model_versions(run, mcfg, versions, complete)
+        _write_static_report(run)
+        raise_if_stop_requested()    # a stop whose exception some library swallowed is still a stop
+        items = not_audited(run.summary)
+        _alert_not_audited(run, items)
+        _finish_run(run, items)
+    run.summary["seconds"] = time.perf_counter() - run.t0
+    _publish_summary(cfg_path, run.summary)
+    return verdict_state(run.summary)
+
+
+@dataclass
+class _NightlyRun:
+    """What the steps of one nightly run share: its inputs and plan, its row in the store, the summary it
+    builds, and whether it did or changed anything (which decides whether the static report is written)."""
+    cfg_path: str
+    cfg: Any
+    store: Any
+    plan: unchanged.AuditPlan
+    logger: Any
+    version: str | None              # the one version asked for, else None (all registered versions)
+    with_visuals: bool
+    run_id: int
+    flow_run_url: str | None
+    summary: dict
+    tracking_faults: tuple[type[BaseException], ...]
+    t0: float
+    changed: bool = False            # computed or logged anything new (else the static report stands)
+    worked: bool = False             # audited a version or compared a pair, whatever came of it
+
+    def selected(self, versions: list[str]) -> list[str]:
+        """The versions this run is asked to audit among a model's registered `versions`."""
+        return [str(self.version)] if self.version else versions
+
+    def not_audited(self, model: str, version: str, reason: str) -> None:
+        self.summary["not_audited"].append({"model": model, "version": version, "neuron": None, "reason": reason})
+
+
+def _plan_run(cfg_path: str, checked, logger, model: str | None, version: str | None,
+              with_visuals: bool) -> _NightlyRun:
+    """Plan: mark the runs whose process is gone as interrupted, find which versions and comparisons are
+    unchanged since their recorded check (those are skipped, not recomputed), and start this run's row.
+    A failure while planning leaves no run row behind (the row is started last)."""
     cfg = runtime.config(cfg_path)
     store = runtime.store(cfg_path)
     for rid in store.mark_interrupted_runs():
@@ -249,107 +301,136 @@ def _nightly_audit(cfg_path: str, checked, logger, model: str | None, version: s
     summary: dict = {"run_id": run_id, "flow_run_id": flow_run_id, "versions": [], "reports": [], "errors": [],
                      "warnings": [], "notes": list(checked.notes), "not_audited": []}
     t0 = time.perf_counter()
-    changed = False          # did this audit compute or log anything new? (else the static report stands)
-    dask = cfg.executor.dask is not None
-    tracking_faults = _tracking_faults()
-    changed_anything = False
-    mark_interrupted = on_forced_exit(lambda: store.finish_run(run_id, "interrupted", "interrupted by SIGTERM; "
-                                                                                      "finished results are kept"))
+    return _NightlyRun(cfg_path, cfg, store, plan, logger, version, with_visuals, run_id, flow_run_url, summary,
+                       _tracking_faults(), t0)
+
+
+def _audit_model_versions(run: _NightlyRun, mcfg, versions: list[str]) -> set[str]:
+    """Audit versions: the selected versions of one model that are not unchanged are registered, get their
+    probe statistics and visualizations, and are logged to MLflow; a version audited in full has its check
+    recorded, so that the next run skips it. Returns the versions complete for this run (skipped as
+    unchanged, or audited with no neuron left out and logged), which decide whether a comparison may be
+    recorded as checked."""
+    todo = run.selected(versions)
+    skip = [v for v in todo if run.plan.version(mcfg.name, v) and run.plan.version(mcfg.name, v).unchanged]
+    for v in skip:
+        run.summary["versions"].append(unchanged.skipped_outcome(mcfg.name, v))
+    outcomes = _audit_versions(run.cfg_path, mcfg, [v for v in todo if v not in skip], run.run_id, run.summary,
+                               run.cfg.executor.dask is not None)
+    complete = set(skip)
+    for out in outcomes:
+        run.worked = True
+        run.summary["versions"].append(vars(out))
+        for nid, err in out.neuron_errors.items():
+            run.logger.warning("neuron %s of %s v%s not audited: %s", nid, out.model, out.version, err)
+        run.changed = run.changed or bool(out.stats_computed or out.viz_rendered)
+        logged = _log_version(run, out)
+        if logged is not None and not out.neuron_errors:
+            unchanged.record_version(run.store, run.cfg, run.plan.version(out.model, out.version), run.run_id,
+                                     logged["mlflow_run_id"])
+            complete.add(out.version)
+    return complete
+
+
+def _log_version(run: _NightlyRun, out: work.VersionOutcome) -> dict | None:
+    """Log an audited version to MLflow; None when MLflow could not be reached (a warning: the results wait
+    in the database and the next run logs them, so the version is not complete)."""
     try:
-        models = [cfg.model(model)] if model else [m for m in cfg.models if m.enabled]
-        for mcfg in models:
-            versions = [v.version for v in runtime.registry_versions(cfg, mcfg)]
-            todo = [str(version)] if version else versions
-            skip = [v for v in todo if plan.version(mcfg.name, v) and plan.version(mcfg.name, v).unchanged]
-            for v in skip:
-                summary["versions"].append(unchanged.skipped_outcome(mcfg.name, v))
-            outcomes = _audit_versions(cfg_path, mcfg, [v for v in todo if v not in skip], run_id, summary, dask)
-            complete = set(skip)
-            for out in outcomes:
-                changed_anything = True
-                summary["versions"].append(vars(out))
-                for nid, err in out.neuron_errors.items():
-                    logger.warning("neuron %s of %s v%s not audited: %s", nid, out.model, out.version, err)
-                changed = changed or bool(out.stats_computed or out.viz_rendered)
-                try:
-                    logged = log_mlflow_task(cfg_path, out.model, out.version, run_id, out)
-                except tracking_faults as exc:
-                    changed = True
-                    summary["warnings"].append(f"MLflow logging of {out.model} v{out.version} is pending: {exc}")
-                    continue
-                changed = changed or bool(logged["logged"])
-                if not out.neuron_errors:
-                    unchanged.record_version(store, cfg, plan.version(out.model, out.version), run_id,
-                                             logged["mlflow_run_id"])
-                    complete.add(out.version)
-            failed_versions = {d["version"] for d in summary["not_audited"] if d["model"] == mcfg.name}
-            for baseline, candidate in work.comparison_pairs(versions, mcfg.champion, only=version):
-                pp = plan.pair(mcfg.name, baseline, candidate)
-                if pp is not None and pp.unchanged:
-                    summary["reports"].append(unchanged.stored_report(store, pp.report_path))
-                    continue
-                if failed_versions & {baseline, candidate}:
-                    summary["not_audited"].append({"model": mcfg.name, "version": f"{baseline}->{candidate}",
-                                                   "neuron": None, "reason": "not compared: a version could not "
-                                                                             "be audited"})
-                    continue
-                changed_anything = True
-                try:
-                    report = compare_task(cfg_path, mcfg.name, baseline, candidate, run_id, with_visuals)
-                except work.AUDIT_FAULTS as exc:
-                    raise_if_stop_requested(exc)
-                    summary["not_audited"].append({"model": mcfg.name, "version": f"{baseline}->{candidate}",
-                                                   "neuron": None, "reason": f"compare: {exc.__class__.__name__}: {exc}"})
-                    continue
-                finally:
-                    store.heartbeat(run_id)
-                summary["reports"].append(report)
-                send_alerts_task(cfg_path, report, flow_run_url)
-                try:
-                    changed = bool(log_report_task(cfg_path, mcfg.name, run_id, report)["logged"]) or changed
-                except tracking_faults as exc:
-                    changed = True
-                    summary["warnings"].append(f"MLflow report logging of {mcfg.name} {baseline}->{candidate}: {exc}")
-                if pp is not None and not report.get("errors") and all(v in complete or v not in todo
-                                                                        for v in (baseline, candidate)):
-                    unchanged.record_pair(store, pp, report, run_id)
-        if changed_anything or changed:
-            try:
-                summary["static_report"] = static_report_task(cfg_path, run_id, changed)
-            except (OSError,) + tracking_faults as exc:
-                summary["warnings"].append(f"static report: {exc}")
-        raise_if_stop_requested()    # a stop whose exception some library swallowed is still a stop
-        items = not_audited(summary)
-        if items and cfg.alerts.webhook:
-            ok, err = post_json(cfg.alerts.webhook, incomplete_payload(summary, items), timeout_s=cfg.alerts.timeout_s)
-            if not ok:
-                summary["warnings"].append(f"the alert about neurons not audited was not delivered: {err}")
-        status = "completed" if not items else "completed_with_errors"
-        error = ("not audited: " + "; ".join(f"{d['model']} v{d['version']}"
-                                              + (f" {d['neuron']}" if d.get("neuron") else "") + f": {d['reason']}"
-                                              for d in items)) if items else None
-        store.finish_run(run_id, status, error, {"not_audited": items, "warnings": summary["warnings"],
-                                                 "notes": summary["notes"],
-                                                 "unchanged": [f"{v['model']} v{v['version']}" for v in summary["versions"]
-                                                               if v.get("skipped")]})
-    except BaseException as exc:
-        # After a stop, any error on the way out (the Prefect server that died with the same signal, an
-        # interruption some library converted) is the interruption.
-        stopped = is_interruption(exc) or stop_requested() is not None
-        if stopped:
-            arm_watchdog(EXIT_SIGTERM)          # the rest of the way out is bounded
-            status, text = "interrupted", f"interrupted ({exc.__class__.__name__}); finished results are kept"
-        else:
-            status, text = "failed", f"{exc.__class__.__name__}: {exc}"
-        store.finish_run(run_id, status, text)
-        if stopped and not is_interruption(exc):
-            raise AuditInterrupted(stop_requested()) from exc
-        raise
+        logged = log_mlflow_task(run.cfg_path, out.model, out.version, run.run_id, out)
+    except run.tracking_faults as exc:
+        run.changed = True
+        run.summary["warnings"].append(f"MLflow logging of {out.model} v{out.version} is pending: {exc}")
+        return None
+    run.changed = run.changed or bool(logged["logged"])
+    return logged
+
+
+def _compare_model_versions(run: _NightlyRun, mcfg, versions: list[str], complete: set[str]) -> None:
+    """Compare: each pair of one model (a version with its predecessor and the champion) is compared, its
+    report stored, its new FAILs alerted at once and the report logged to MLflow. The alerts go out before
+    the pair is recorded as checked, so that no stop between the two loses them (a checked pair is skipped
+    by the next run, alerts and all). An unchanged pair reuses its stored report; a pair with a version that
+    could not be audited is listed as not compared."""
+    failed_versions = {d["version"] for d in run.summary["not_audited"] if d["model"] == mcfg.name}
+    todo = run.selected(versions)
+    for baseline, candidate in work.comparison_pairs(versions, mcfg.champion, only=run.version):
+        pp = run.plan.pair(mcfg.name, baseline, candidate)
+        if pp is not None and pp.unchanged:
+            run.summary["reports"].append(unchanged.stored_report(run.store, pp.report_path))
+            continue
+        if failed_versions & {baseline, candidate}:
+            run.not_audited(mcfg.name, f"{baseline}->{candidate}", "not compared: a version could not be audited")
+            continue
+        run.worked = True
+        report = _compare_pair(run, mcfg, baseline, candidate)
+        if report is None:
+            continue
+        run.summary["reports"].append(report)
+        send_alerts_task(run.cfg_path, report, run.flow_run_url)
+        _log_report(run, mcfg, baseline, candidate, report)
+        if pp is not None and not report.get("errors") and all(v in complete or v not in todo
+                                                                for v in (baseline, candidate)):
+            unchanged.record_pair(run.store, pp, report, run.run_id)
+
+
+def _compare_pair(run: _NightlyRun, mcfg, baseline: str, candidate: str) -> dict | None:
+    """The report of one comparison; None when it could not be made (listed as not audited, the other pairs
+    go on; after a stop, the error is the interruption)."""
+    try:
+        return compare_task(run.cfg_path, mcfg.name, baseline, candidate, run.run_id, run.with_visuals)
+    except work.AUDIT_FAULTS as exc:
+        raise_if_stop_requested(exc)
+        run.not_audited(mcfg.name, f"{baseline}->{candidate}", f"compare: {exc.__class__.__name__}: {exc}")
+        return None
     finally:
-        remove_forced_exit(mark_interrupted)
-    summary["seconds"] = time.perf_counter() - t0
-    _publish_summary(cfg_path, summary)
-    return verdict_state(summary)
+        run.store.heartbeat(run.run_id)
+
+
+def _log_report(run: _NightlyRun, mcfg, baseline: str, candidate: str, report: dict) -> None:
+    """Log a comparison's report to MLflow; when MLflow cannot be reached, a warning (logged by a later run)."""
+    try:
+        run.changed = bool(log_report_task(run.cfg_path, mcfg.name, run.run_id, report)["logged"]) or run.changed
+    except run.tracking_faults as exc:
+        run.changed = True
+        run.summary["warnings"].append(f"MLflow report logging of {mcfg.name} {baseline}->{candidate}: {exc}")
+
+
+def _write_static_report(run: _NightlyRun) -> None:
+    """The static HTML report, when this run audited or compared anything (rewritten only when something
+    changed or it is missing); a failure to write it is a warning, never a failed audit."""
+    if not (run.worked or run.changed):
+        return
+    try:
+        run.summary["static_report"] = static_report_task(run.cfg_path, run.run_id, run.changed)
+    except (OSError,) + run.tracking_faults as exc:
+        run.summary["warnings"].append(f"static report: {exc}")
+
+
+def _alert_not_audited(run: _NightlyRun, items: list[dict]) -> None:
+    """Alert: one webhook POST that lists what could not be audited (a nightly job that quietly audited
+    less than it was asked is the failure to avoid); an undelivered one is a warning. The FAILs were
+    alerted as their reports were made (`_compare_model_versions`)."""
+    from .outcome import incomplete_payload
+
+    if items and run.cfg.alerts.webhook:
+        ok, err = post_json(run.cfg.alerts.webhook, incomplete_payload(run.summary, items),
+                            timeout_s=run.cfg.alerts.timeout_s)
+        if not ok:
+            run.summary["warnings"].append(f"the alert about neurons not audited was not delivered: {err}")
+
+
+def _finish_run(run: _NightlyRun, items: list[dict]) -> None:
+    """Finish: the run's row ends `completed`, or `completed_with_errors` naming every item not audited,
+    with the warnings, notes and the versions skipped as unchanged."""
+    summary = run.summary
+    status = "completed" if not items else "completed_with_errors"
+    error = ("not audited: " + "; ".join(f"{d['model']} v{d['version']}"
+                                          + (f" {d['neuron']}" if d.get("neuron") else "") + f": {d['reason']}"
+                                          for d in items)) if items else None
+    run.store.finish_run(run.run_id, status, error, {"not_audited": items, "warnings": summary["warnings"],
+                                                     "notes": summary["notes"],
+                                                     "unchanged": [f"{v['model']} v{v['version']}"
+                                                                   for v in summary["versions"] if v.get("skipped")]})
 
 
 def _publish_summary(cfg_path: str, summary: dict) -> None:

@@ -816,7 +816,7 @@ def _main(argv: list[str] | None) -> None:
 
     from audit.errors import AuditInputError
 
-    from .termination import exit_code_for, graceful_termination, is_interruption, stop_requested
+    from .termination import graceful_termination, stop_exit_code
 
     try:
         with graceful_termination():
@@ -834,10 +834,11 @@ def _main(argv: list[str] | None) -> None:
     except SystemExit:
         raise
     except BaseException as e:
-        if is_interruption(e) or (stop_requested() is not None and isinstance(e, Exception)):
+        stopped = stop_exit_code(e)          # the stop rules: flows/termination.py
+        if stopped is not None:
             err.print(f"[bold red]interrupted:[/] {e.__class__.__name__}; the run is marked interrupted and "
                       "finished results are kept", highlight=False)
-            sys.exit(exit_code_for(e))
+            sys.exit(stopped)
         if not isinstance(e, Exception):
             raise
         log = _write_log(e, argv)

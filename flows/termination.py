@@ -1,25 +1,35 @@
-"""Stopping on SIGTERM within seconds, finished results kept.
+"""Stopping: the one place that says what a stop does, used by the CLI (`neuron-audit`) and the flow.
 
-Schedulers stop jobs with SIGTERM (Kubernetes, systemd, docker stop, Prefect's own runner). The
-CLI installs `graceful_termination()`: SIGTERM raises `AuditInterrupted` in the main thread (Prefect's
-own bridge raises `TerminationSignal` inside a flow; both count as interruption), so the code in
-progress unwinds: results already stored stay stored (each neuron's results are one transaction),
-the run is marked `interrupted`, and the process exits with 143.
+The rules, in plain words:
 
-A watchdog guarantees the exit. The signal reaches it whichever Python handler is installed at that
-moment (Prefect replaces ours while a flow runs), through the signal module's wakeup file descriptor
-and a thread that reads it. When unwinding takes longer than the grace period (Prefect reporting
-the crash to a server that died with the same signal, a long native operation), the watchdog runs
-the registered cleanups (mark the run interrupted, stop the temporary Prefect server), waiting for
-them at most a few seconds, says so on stderr, and ends the process with `os._exit(143)`. A run that is
-killed without a chance to unwind (SIGKILL) is marked `interrupted` by the next run (see storage.process).
-
-A signal handler raises in whatever Python code the main thread runs at that moment, and that can be a
-finalizer (a weakref callback inside SQLAlchemy's garbage collection, say), where Python swallows the
-exception and prints its traceback as "Exception ignored in ...". While the block runs, an
-interruption swallowed that way is delivered again to the main thread, so it still unwinds. And a stop
-received is remembered (`stop_requested`): an error met after it is raised as the interruption
-(`raise_if_stop_requested`), never recorded as a broken neuron, and the flow never finishes "completed".
+1. **A stop received is a stop.** Schedulers stop jobs with SIGTERM (Kubernetes, systemd, docker stop,
+   Prefect's own runner); a person stops one with Ctrl-C. One signal is enough, a second is never needed.
+   Inside `graceful_termination()` (installed by the CLI around every command) SIGTERM raises
+   `AuditInterrupted` in the main thread; Prefect's `TerminationSignal` and `KeyboardInterrupt` count the
+   same (`is_interruption`). The stop is also remembered (`stop_requested`) whichever Python handler is
+   installed at that moment (Prefect replaces ours while a flow runs), so a stop is never swallowed:
+   - an error met after it (an interruption some library converted into another exception on its way
+     up, the Prefect server that died with the same signal) is the interruption (`is_stop`,
+     `raise_if_stop_requested`), never recorded as a broken neuron or version;
+   - an interruption that a finalizer swallowed (a weakref callback in SQLAlchemy's garbage collection,
+     where Python only prints "Exception ignored in ...") is raised again in the main thread;
+   - a flow that reaches its end after a stop raises it there, so it never finishes "completed".
+2. **The run's outcome.** The code in progress unwinds; results already stored stay stored (each
+   neuron's results are one transaction). The run is marked `interrupted` (`stoppable_run`), and the
+   process exits 143 after SIGTERM, 130 after Ctrl-C (`stop_exit_code`). The run is resumable: a re-run
+   of the same command reuses every stored result by its content key and computes only the rest. A run
+   killed without a chance to unwind (SIGKILL) is marked `interrupted` by the next run (storage.process).
+3. **Cleanups run last-registered first** (`on_forced_exit`), as atexit and ExitStack do: the run's own
+   "mark interrupted" (registered inside the flow) goes before stopping the temporary Prefect server the
+   flow ran on (registered before it), which can be slow when that server is going down with the same
+   signal. A cleanup that fails with an error it may meet on the way out is passed over: the next run
+   marks and repairs what is left.
+4. **The watchdog guarantees the exit.** It is armed when SIGTERM arrives (through the signal module's
+   wakeup file descriptor and a thread that reads it, so whatever Python handler is installed) and when
+   a run starts unwinding from a stop. When the process has not exited GRACE_S seconds later
+   (`NEURON_AUDIT_TERM_GRACE_S`, default 5: Prefect reporting the crash to a server that died with the
+   same signal, a long native operation), it runs the registered cleanups, waiting for them at most
+   CLEANUP_S seconds, says so in one line on stderr and ends the process with `os._exit(143)`.
 """
 from __future__ import annotations
 
@@ -73,6 +83,18 @@ def raise_if_stop_requested(cause: BaseException | None = None) -> None:
     the neuron or version being computed."""
     if _requested is not None:
         raise AuditInterrupted(_requested) from cause
+
+
+def is_stop(exc: BaseException) -> bool:
+    """Whether `exc` ends the run as a stop: an interruption, or any error met after a stop was received
+    (rule 1: a stop received is a stop)."""
+    return is_interruption(exc) or _requested is not None
+
+
+def stop_exit_code(exc: BaseException) -> int | None:
+    """The exit code of a process that `exc` ends (130 after Ctrl-C, 143 after SIGTERM) when it is a stop,
+    else None."""
+    return exit_code_for(exc) if is_stop(exc) else None
 
 
 def _note_stop(signum: int | None) -> None:
@@ -214,3 +236,31 @@ def graceful_termination() -> Iterator[None]:
             signal.set_wakeup_fd(previous_fd)
         writer.close()
         reader.close()
+
+
+INTERRUPTED = "interrupted"                 # the run state a stop leaves (resumable: a re-run reuses what is stored)
+
+
+@contextmanager
+def stoppable_run(finish: Callable[[str, str], None]) -> Iterator[None]:
+    """The stop rules around one audit run. `finish(status, text)` records the run's end state.
+
+    While the block runs, a forced exit by the watchdog calls `finish("interrupted", ...)` among its cleanups.
+    An exception out of the block ends the run: as `interrupted` when it is a stop (the watchdog is armed,
+    so the rest of the way out is bounded, and an error that a stop caused is raised as the
+    `AuditInterrupted` it is), as `failed` otherwise. A block that ends normally records its own end state."""
+    mark_interrupted = on_forced_exit(lambda: finish(INTERRUPTED, "interrupted by SIGTERM; finished results are kept"))
+    try:
+        yield
+    except BaseException as exc:
+        stopped = is_stop(exc)
+        if stopped:
+            arm_watchdog(EXIT_SIGTERM)
+            finish(INTERRUPTED, f"interrupted ({exc.__class__.__name__}); finished results are kept")
+        else:
+            finish("failed", f"{exc.__class__.__name__}: {exc}")
+        if stopped and not is_interruption(exc):
+            raise AuditInterrupted(_requested) from exc
+        raise
+    finally:
+        remove_forced_exit(mark_interrupted)

@@ -116,11 +116,10 @@ def compute_statistics(store, mcfg, version: str, neurons: list, loaded: runtime
                        probe, outcome: VersionOutcome) -> dict[str, np.ndarray]:
     """Compute and store the statistics of `neurons` (one pass over the probe set per layer not yet in the
     activation cache). A neuron that fails is named in `outcome.neuron_errors` and left out; the others'
-    per-image values are returned by neuron id."""
+    per-image values are returned by neuron id. The caller has recorded the probe set (`record_probe_set`)."""
     from audit.stats import neuron_activations, summarize
 
     model_name = mcfg.name
-    record_probe_set(store, mcfg, probe)
     acts = neuron_activations(loaded.model, probe, [neuron_target(n) for n in neurons], weights_key=loaded.model_key)
     out = {}
     for n in neurons:
@@ -143,6 +142,7 @@ def probe_values(store, mcfg, version: str, n, loaded: runtime.LoadedVersion, pr
     missing statistics are never replaced by a default."""
     values = stored_probe_values(store, mcfg.name, version, n, loaded, probe)
     if values is None:
+        record_probe_set(store, mcfg, probe)
         values = compute_statistics(store, mcfg, version, [n], loaded, probe, outcome).get(n.id)
     return values
 

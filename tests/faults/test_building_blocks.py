@@ -2,6 +2,7 @@
 run ownership, artifact integrity, the preflight cache, the MLflow registry read without MLflow."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -109,6 +110,45 @@ print("not interrupted")
     done = subprocess.run([sys.executable, "-c", script], cwd=str(ROOT), timeout=60, capture_output=True, text=True)
     assert done.returncode == 143, done.stdout + done.stderr
     assert done.stdout.split() == ["interrupted", str(int(signal.SIGTERM)), "RuntimeError"], done.stdout + done.stderr
+
+def test_a_run_ends_failed_on_an_error_and_interrupted_on_any_error_after_a_stop():
+    """`stoppable_run`, the flow's stop rules: before a stop an error fails the run and goes up as itself;
+    after a stop (its signal swallowed by another handler) the same error marks the run interrupted and
+    goes up as the interruption, which the CLI turns into exit 143 (130 for Ctrl-C). The forced-exit
+    cleanup lives only while the run does."""
+    script = """
+import os, signal, sys, time
+from flows import termination as T
+ends = []
+finish = lambda status, text: ends.append((status, text))
+try:
+    with T.stoppable_run(finish):
+        assert len(T._cleanups) == 1
+        raise RuntimeError("boom")
+except RuntimeError:
+    pass
+assert ends == [("failed", "RuntimeError: boom")] and T._cleanups == [], (ends, T._cleanups)
+assert T.stop_exit_code(RuntimeError()) is None and T.stop_exit_code(KeyboardInterrupt()) == 130
+with T.graceful_termination():
+    signal.signal(signal.SIGTERM, lambda *a: None)  # a handler that swallows it
+    os.kill(os.getpid(), signal.SIGTERM)
+    deadline = time.monotonic() + 3
+    while T.stop_requested() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        with T.stoppable_run(finish):
+            raise RuntimeError("the server died with the same signal")
+    except T.AuditInterrupted as e:
+        print(ends[-1][0], type(e.__cause__).__name__, T.stop_exit_code(RuntimeError()), len(T._cleanups))
+        sys.stdout.flush()
+        os._exit(0)                  # before the watchdog armed by the stop
+print("not interrupted")
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=str(ROOT), timeout=60, capture_output=True, text=True,
+                          env={**os.environ, "NEURON_AUDIT_TERM_GRACE_S": "30"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.split() == ["interrupted", "RuntimeError", "143", "0"], done.stdout + done.stderr
+
 
 def test_a_run_whose_process_died_is_marked_interrupted_and_a_live_one_is_not(tmp_path):
     from storage.repository import AuditStore

@@ -194,6 +194,35 @@ def test_missing_statistics_are_computed_never_zero_references(tmp_path, checkpo
     assert out.stats_computed == ["espresso"] and out.viz_reused == ["espresso#0"]
 
 
+def test_the_probe_set_is_checked_once_per_statistics_pass_and_recorded_on_either_path(tmp_path, monkeypatch):
+    """A version's probe statistics checked the probe set's row twice (once more inside the computation; each
+    check re-hashes every thumbnail); once is enough. Either path that computes statistics (the version's probe
+    statistics, a render that finds none stored) checks it once and leaves it recorded, thumbnails intact."""
+    for path in ("statistics", "render"):
+        directory = tmp_path / path
+        directory.mkdir()
+        save_checkpoint(directory / "v1.safetensors")
+        save_checkpoint(directory / "v2.safetensors")
+        cfg_path = write_config(directory)
+        new_process()
+        work.register_version(str(cfg_path), MODEL, "1")
+        store = runtime.store(str(cfg_path))
+        read, checks = store.probe_set_meta, []
+        monkeypatch.setattr(store, "probe_set_meta", lambda sha256: checks.append(sha256) or read(sha256))
+        if path == "statistics":
+            out = work.probe_statistics(str(cfg_path), MODEL, "1", work.VersionOutcome(MODEL, "1"))
+            assert sorted(out.stats_computed) == ["b3-c17", "espresso"] and not out.neuron_errors
+        else:
+            out = render_espresso(cfg_path, "1")
+            assert out.stats_computed == ["espresso"] and not out.neuron_errors
+        assert len(checks) == 1, (path, checks)
+        cfg = runtime.config(str(cfg_path))
+        probe = runtime.probe_set(cfg, cfg.model(MODEL), runtime.load_version(str(cfg_path), MODEL, "1").model)
+        meta = read(probe.sha256)
+        assert meta is not None and len(meta["thumbnails"]) == len(probe.names) > 0, path
+        assert all(store.artifacts.intact(t) for t in meta["thumbnails"]), path
+
+
 def test_topk_references_without_statistics_are_a_named_error(tmp_path):
     import timm
     import torch
