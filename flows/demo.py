@@ -22,7 +22,7 @@ PLANTED_CLASS = 967
 # relevance is recomputed at every step). The full demo keeps two seeds, since the visual comparison pairs the
 # versions seed by seed and needs the seed-to-seed spread; the quick demo renders one seed (its report then has
 # no visual distance: the verdicts rest on the probe statistics, which are the same).
-DEMO_VISUALIZATION = {"resolution": 96, "steps": 80, "seeds": [0, 1], "n_references": 8}
+DEMO_VISUALIZATION = {"resolution": 96, "steps": 160, "seeds": [0, 1], "n_references": 8}
 QUICK_VISUALIZATION = {"resolution": 80, "steps": 24, "seeds": [0], "n_references": 8}
 # The planted change lives in one of the 12 built-in photographs. Verdicts are judged against the baseline's
 # benign null on these photographs, so crops add precision, not independent evidence: 8 crops per photograph
