@@ -1,13 +1,20 @@
 """The command line's contract: exit codes and messages that name the bad key."""
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
+from progress_wait import run_while_progressing
 
 
-def cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "audit", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+def cli(*args, cwd=None) -> subprocess.CompletedProcess:
+    """The command line in its own process, waited on while it makes progress (its stage lines, or files
+    written under `cwd`), not for a fixed time: a loaded machine makes a compare several times slower."""
+    cmd = [sys.executable, "-m", "audit", *args]
+    r = run_while_progressing(cmd, watch=[Path(cwd)] if cwd else [], cwd=cwd)
+    assert not r.stalled, f"{' '.join(args)}: no output and no file written for a long time: {r.stderr[-2000:]}"
+    return subprocess.CompletedProcess(cmd, r.returncode, r.stdout, r.stderr)
 
 
 def test_help_everywhere():
