@@ -16,6 +16,7 @@ from .errors import UnknownSourceError
 if TYPE_CHECKING:
     import torch
 
+
 @dataclass(frozen=True)
 class SourceContext:
     """What a reader may need besides the source string."""
@@ -24,6 +25,7 @@ class SourceContext:
     allow_pickle: bool = False            # the model's `allow_pickle: true` (pickled registry versions)
     model_key: str | None = None          # the config key of the model, for messages (`models[my-net]`)
 
+
 @dataclass
 class SourceWeights:
     """The weights a source resolved to. `info`: what the scheme knows about where they came from (the
@@ -31,6 +33,7 @@ class SourceWeights:
     source: str
     state_dict: Mapping[str, "torch.Tensor"]
     info: dict[str, Any] | None = None
+
 
 @dataclass(frozen=True)
 class SourceScheme:
@@ -41,7 +44,9 @@ class SourceScheme:
     read: Callable[[str, SourceContext], SourceWeights]
     description: str = ""
 
+
 _SCHEMES: dict[str, SourceScheme] = {}
+
 
 def register_source(name: str, prefix: str, read: Callable[[str, SourceContext], SourceWeights], *,
                     syntax: tuple[str, ...] | str = (), description: str = "") -> SourceScheme:
@@ -54,6 +59,7 @@ def register_source(name: str, prefix: str, read: Callable[[str, SourceContext],
     _SCHEMES[name] = scheme
     return scheme
 
+
 def source_scheme(name: str) -> SourceScheme:
     """The scheme registered under `name`."""
     if name not in _SCHEMES:
@@ -61,9 +67,11 @@ def source_scheme(name: str) -> SourceScheme:
                                  value=name)
     return _SCHEMES[name]
 
+
 def list_sources() -> list[str]:
     """The registered scheme names, in registration order."""
     return list(_SCHEMES)
+
 
 def scheme_of(source: str) -> SourceScheme:
     """The scheme whose prefix starts `source`; UnknownSourceError lists the valid forms."""
@@ -72,6 +80,7 @@ def scheme_of(source: str) -> SourceScheme:
             return scheme
     valid = ", ".join(s for scheme in _SCHEMES.values() for s in scheme.syntax)
     raise UnknownSourceError(f"unknown model source {source!r}; valid: {valid}", value=source)
+
 
 def resolve(source: str, context: SourceContext | None = None, **settings: Any) -> SourceWeights:
     """The weights of `source` (any registered scheme). `context`, or its fields as keyword arguments
@@ -83,6 +92,7 @@ def resolve(source: str, context: SourceContext | None = None, **settings: Any) 
         raise TypeError("resolve() takes a context or its fields, not both")
     scheme = scheme_of(source)
     return scheme.read(source[len(scheme.prefix):], context)
+
 
 def read_source(source: str | None, base_dir: Path | None = None) -> Mapping[str, "torch.Tensor"]:
     """The state dict of a source (the former `audit.models.read_source`)."""

@@ -9,6 +9,7 @@
 errors (sources/errors.py)."""
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping
 
@@ -18,6 +19,11 @@ if TYPE_CHECKING:   # torch is imported where weights are read: importing `sourc
     import torch
 
 STATE_DICT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+
+# What `torch.load(weights_only=True)` raises for a file that is no loadable state dict: random bytes or a
+# pickled class (UnpicklingError), an empty file (EOFError), plain text (KeyError), a truncated or foreign
+# zip archive (RuntimeError), and an unreadable file (OSError).
+UNREADABLE_CHECKPOINT = (pickle.UnpicklingError, EOFError, KeyError, RuntimeError, ValueError, OSError)
 
 # file suffix -> reader of that format; a suffix not here is read as a torch state dict (weights_only=True)
 _FORMATS: dict[str, Callable[[Path], "dict[str, torch.Tensor]"]] = {}
@@ -60,7 +66,7 @@ def read_state_dict(path: str | Path, shown: str | None = None) -> dict[str, tor
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ... for files that are no state dict
+    except UNREADABLE_CHECKPOINT as exc:
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise SourceFormatError(f"cannot read checkpoint {shown!r} as a torch state dict (weights_only=True): "
                                 f"{type(exc).__name__}: {first}", value=shown) from None
