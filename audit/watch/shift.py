@@ -4,9 +4,14 @@ For one neuron with batch values b [n] and reference values r [m] (with the refe
 `design.py`), three parts, each a difference with a standard error from both samples' designs:
 
 - location `shift`: (mean_b - mean_r) / sd_r, the mean change in reference standard deviations
-  (Glass's delta). Its test uses the null variance s_r²/n + V_r (V_r: design variance of the
-  reference mean) and a t distribution with Welch-Satterthwaite degrees of freedom over the
-  batch's n-1 and the reference's U-1 (U units); its interval uses the batch's own variance.
+  (Glass's delta). Its test uses the null variance (s_r²/n + V_r)·s_p²/s_r² (V_r: design
+  variance of the reference mean; s_p²: the variance pooled over both samples, the efficient
+  estimate under "same distribution") and a t distribution with Welch-Satterthwaite degrees of
+  freedom over the pooled n+m-2 and the reference's U-1 (U units); its interval uses the batch's
+  own variance. The reference's variance alone is too small when the batch holds photographs
+  the reference happens to lack (a cluster of tripods for the tripod logit): on new photographs
+  that made single class logits FAIL in ~2.5% of in-distribution batches, against 0.25% with
+  the pooled variance (data_drift_bench's tuning split, docs/benchmarks-watch.md).
 - upper tail `above`: the fraction of batch images above the reference's 90th percentile,
   against the reference's own fraction there (≈ 0.10): the batch's count against a beta-binomial
   whose fraction varies with the design variance of the reference's indicator mean (how uncertain
@@ -151,12 +156,15 @@ def neuron_shift(batch: np.ndarray, reference: np.ndarray, units: np.ndarray, le
     v_ref = float(design_variance(r, units)[0])
     d = mean_b - mean_r
     v_null = sd_r ** 2 / n + v_ref
-    if v_null <= _EPS:
+    var_pooled = ((n - 1) * sd_b ** 2 + (m - 1) * sd_r ** 2) / (n + m - 2)
+    inflate = var_pooled / sd_r ** 2 if sd_r > _EPS else 1.0
+    v_test = v_null * inflate
+    if v_test <= _EPS:
         p_shift = 1.0 if abs(d) <= 1e-9 * max(1.0, abs(mean_r)) else 0.0
         df = float(n - 1)
     else:
-        df = _welch_df(sd_r ** 2 / n, m - 1, v_ref, df_ref)
-        p_shift = _two_sided_t(d / np.sqrt(v_null), df)
+        df = _welch_df(var_pooled / n, n + m - 2, v_ref * inflate, df_ref)
+        p_shift = _two_sided_t(d / np.sqrt(v_test), df)
     v_ci = sd_b ** 2 / n + v_ref
     df_ci = _welch_df(sd_b ** 2 / n, n - 1, v_ref, df_ref) if v_ci > _EPS else float(n - 1)
     half = float(stdtrit(df_ci, 1 - (1 - level) / 2) * np.sqrt(max(v_ci, 0.0)))
