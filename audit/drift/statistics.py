@@ -37,6 +37,8 @@ import warnings
 import numpy as np
 from scipy import stats as sps
 
+from ..multiple_testing import benjamini_hochberg, holm  # noqa: F401  (importable from here, as before)
+
 _EPS = 1e-12
 
 # what the null's tables measure (part of its cache key): v2 audits a saturated channel on its spatial mean
@@ -325,28 +327,6 @@ def correlation_matrix(acts_a: np.ndarray, acts_b: np.ndarray, method: str = "sp
     with np.errstate(invalid="ignore", divide="ignore"):
         c = (a.T @ b) / np.outer(na, nb)
     return np.nan_to_num(c, nan=0.0)
-
-
-def _adjust_sorted(pvalues, adjust) -> np.ndarray:
-    """Apply `adjust(sorted p-values, m)` and return the adjusted values in the input order."""
-    p = np.asarray(pvalues, float)
-    if len(p) == 0:
-        return p
-    order = np.argsort(p, kind="stable")
-    out = np.empty(len(p))
-    out[order] = adjust(p[order], len(p))
-    return out
-
-
-def holm(pvalues) -> np.ndarray:
-    """Holm step-down adjusted p-values (family-wise error control)."""
-    return _adjust_sorted(pvalues, lambda ps, m: np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * ps)))
-
-
-def benjamini_hochberg(pvalues) -> np.ndarray:
-    """Benjamini-Hochberg step-up adjusted p-values (false discovery rate control)."""
-    return _adjust_sorted(pvalues, lambda ps, m: np.minimum(
-        1.0, np.minimum.accumulate((ps * m / np.arange(1, m + 1))[::-1])[::-1]))
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:

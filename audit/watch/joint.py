@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import stats as sps
+from scipy.special import fdtrc
 
 from .design import design_covariance
 
@@ -87,6 +87,6 @@ def joint_shift(batch: np.ndarray, reference: np.ndarray, units: np.ndarray, n_f
     a, dof = tr2 / tr, tr * tr / tr2
     ts, tv = float(np.trace(sigma_n)), float(np.trace(v))
     nu = (ts + tv) ** 2 / (ts ** 2 / max(m - 1, 1) + tv ** 2 / max(u - 1, 1))
-    p_value = float(sps.f.sf(t / (a * dof), dof, nu))
+    p_value = float(fdtrc(dof, nu, t / (a * dof)))      # F(dof, nu) survival function
     return JointShift(mmd2=t, null_mean=tr, ratio=t / tr, p_value=p_value, df_features=dof, df_reference=nu,
                       bandwidth=bw, n_neurons=p)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..config import WatchConfig
-from ..drift import benjamini_hochberg, holm
+from ..multiple_testing import benjamini_hochberg, holm
 from ..records import NeuronTarget
 from .design import ReferenceWindow, design_variance
 from .joint import joint_shift

@@ -132,3 +132,15 @@ def test_a_rare_cluster_the_reference_happens_to_lack_does_not_alarm():
         s = neuron_shift(population[order[50:]], population[order[:50]], image_units(50))
         tiny += s.p_shift < 1e-3
     assert tiny / splits <= 0.005
+
+
+def test_watch_statistics_do_not_import_the_compare_or_scipy_stats():
+    """A cached `watch` call is mostly imports (docs/benchmarks-watch.md): its statistics need scipy.special
+    only, not scipy.stats (about 0.5 s to import) or the version compare (audit.drift)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, audit.watch; "
+            "print(sorted(m for m in ('scipy.stats', 'audit.drift') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
