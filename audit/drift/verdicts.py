@@ -124,6 +124,19 @@ def _identity_sentence(c: NeuronComparison) -> str:
     return f"{closest} does not behave like it either: changed, not moved"
 
 
+def _pass_head(c: NeuronComparison, what: str) -> str:
+    """How a PASS begins. "function preserved" only when the effect sizes agree; a PASS whose effect sizes
+    cross a user FAIL threshold (a low Spearman, a new top-k) passes because benign re-saves move this
+    neuron as much (its benign null is wide, as for a channel that is almost constant on the probe set),
+    and the reason says so instead of claiming the function was preserved."""
+    crossed = [text for level, text in c.effect_flags if level == "fail"]
+    if not crossed:
+        return "function preserved: "
+    return (f"changed by its effect sizes ({'; '.join(crossed)}), but benign re-saves move this {what} as much, "
+            f"so the probe set cannot tell this change from a re-save (a larger probe set, or one where it "
+            f"fires more, can): ")
+
+
 def reason(c: NeuronComparison, verdict: str, attribution: list[int] | None, class_names: dict[int, str]) -> str:
     what = "logit" if c.target.kind == "class" else "channel"
     prefix = ""
@@ -146,7 +159,7 @@ def reason(c: NeuronComparison, verdict: str, attribution: list[int] | None, cla
         if top is not None:
             scope = "its own response is" if attribution else "all evidence"
             core += f"; {scope} within the benign null (closest: {top.kind} at {top.excess:.2f} of its bound)"
-        text = prefix + "function preserved: " + core
+        text = prefix + _pass_head(c, what) + core
         if attribution and c.argmax is not None:
             text += ("; but it is " + argmax_sentence(c, class_names)
                      + ": that change is the other neuron's, which FAILs")

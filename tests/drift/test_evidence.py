@@ -307,3 +307,20 @@ def test_a_registered_kind_is_measured_judged_and_told(inner_layer):
         unregister_evidence("floor")
     assert distances_key() == key
     assert verdict(base, cand, null_of(base, 0.05), INNER).verdict == "PASS"
+
+
+def test_a_pass_beside_a_wide_null_does_not_claim_the_function_was_preserved(inner_layer):
+    """Benign re-saves that scramble the channel (noise at 3x its std) make a reshuffled bulk a PASS;
+    its Spearman is below spearman_fail, so the reason says the probe cannot tell, not "function preserved"."""
+    values, grid = inner_layer
+    base = acts(values, grid)
+    b = values.copy()
+    rng = np.random.default_rng(2)
+    bulk = np.argsort(values[:, 0])[:N - K]                   # everything below the top reshuffled
+    b[bulk, 0] = b[rng.permutation(bulk), 0]
+    res = verdict(base, acts(b, grid), null_of(base, 3.0), INNER)
+    assert res.verdict == "PASS" and res.statistics["spearman"] < ThresholdsConfig().spearman_fail
+    assert "function preserved" not in res.reason
+    assert res.reason.startswith("changed by its effect sizes (Spearman") and "cannot tell" in res.reason
+    same = verdict(base, base, null_of(base, 3.0), INNER)
+    assert same.verdict == "PASS" and same.reason.startswith("function preserved")
