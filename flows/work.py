@@ -8,7 +8,6 @@ a deleted or corrupt image, mask, activation file or thumbnail is computed again
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,7 +16,6 @@ import torch
 from audit.config import check_neurons_against_model
 from audit.pipeline import (class_layer_ok, neuron_target, reference_recipe, references_for,
                             visualization_content_key)
-from audit.records import Visualization
 
 from . import runtime
 from .logs import stage
