@@ -52,3 +52,14 @@ def test_weight_zero_is_the_authors_loss_and_the_key_reads_the_head(lite0, coffe
     trace = forward_trace(lite0)
     assert "classifier" not in read_layers(trace, r.taps, r.tap_weights, "classifier", False)
     assert read_layers(trace, r.taps, r.tap_weights, "classifier", False, reads_target=True)[-1] == "classifier"
+
+
+def test_the_class_term_leaves_a_topk_class_neuron_alone(lite0, coffee_refs):
+    """The demo's planted neuron (espresso, `references: top-k`) renders in the relevance form, which has no
+    class term: the fast preset's class_weight leaves its image, and so the demo's story, unchanged."""
+    espresso = VitalRequest(NeuronTarget("espresso", "class", "classifier", 967), coffee_refs, use_relevance=True)
+    s = VitalSettings.for_model(lite0, resolution=32, steps=2, sort_samples=None)
+    assert s.class_weight > 0                                   # the fast preset has the term
+    with_term = render_vital(lite0, [espresso], s, seed=0)[0]
+    without = render_vital(lite0, [espresso], s.model_copy(update={"class_weight": 0.0}), seed=0)[0]
+    assert np.array_equal(with_term.image, without.image)
