@@ -32,7 +32,13 @@ this project's extensions, not budget cuts, and were chosen on Lite1 and Lite2 a
   (`ReferenceRecipe.candidates`, `audit.references.recognised_crops`), not random crops;
 * the feature map the classifier pools (EfficientNet's bn2, ResNet's layer4) weighs
   `final_tap_weight` in the class loss: the logits are linear in its spatial mean, so matching it
-  is what makes the class recognisable.
+  is what makes the class recognisable;
+* class neurons with photographs weigh the class term -log p(class) by `class_weight` = 1 beside
+  the sort matching (issue 25; chosen on the same tuning split, 1 seed, weights 0.3 / 1 / 3:
+  docs/benchmarks-vital.md). The term reads the logits, so a head-only change re-renders such a
+  neuron (its content key reads the head);
+* inner neurons weigh their channel's own activation by `inner_activation_weight` = 3 beside the
+  sort matching (issue 25; Lite1's tuning split, 3 channels, 1 seed, 160 px, weights 1 / 3).
 """
 from __future__ import annotations
 
@@ -92,7 +98,7 @@ FAST = VitalPreset(
     settings=dict(steps=200, lr=0.5, betas=(0.5, 0.9), warmup=None, jitter=None, flip=True, tap_set="vital",
                   tap_weights=None, inner_tap_weights=None, tv_l1=0.0, tv_l2=0.0, l2=0.0, inner_tv_l2=None,
                   inner_l2=None, sort_samples=4096, half_res_warm_start=False, plateau_patience=None,
-                  final_tap_weight=30.0),
+                  final_tap_weight=30.0, class_weight=1.0, inner_activation_weight=3.0),
     class_references=ReferenceRecipe("crops", 16, candidates=4),
     inner_references=ReferenceRecipe("full", 16),
     notes="this project's default: fewer steps, sampled sort; see the README's ablation table",

@@ -11,7 +11,8 @@ holds the authors' settings (`paper`) and the faster default (`fast`).
 Two forms:
 
 * class neuron, paper form (``use_relevance=False``): references are real photographs of
-  the class; the target logit is not in the loss;
+  the class; the authors' loss has no class term (`class_weight` 0, `preset: paper`); the
+  `fast` preset adds `class_weight` x -log p(class);
 * inner neurons and the data-driven class form (``use_relevance=True``): references are
   the neuron's top-activating images; LRP relevance of the target (channel ``index`` at
   ``layer`` spatially summed, or the class logit; `audit.relevance`) weights the features

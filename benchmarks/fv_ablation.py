@@ -8,8 +8,9 @@ Rows (class neurons of Lite0, rendered from `audit.presets`):
   steps + schedule (2,000 steps, 100-step warm-up), lr (1.0), flip (off), sort (every position),
   references (whole photographs instead of random crops), taps (the authors' stem conv + four
   stages, their weights);
-* `fast + class term`: this project's optional class term (`class_weight`, -log p(class) beside the
-  sort matching); inner rows: `fast + activation term` (`inner_activation_weight`).
+* `fast - class term`: the fast preset without its class term (`class_weight` 0; fast weighs
+  -log p(class) beside the sort matching); inner rows: `fast - activation term` (`inner_activation_weight`
+  0; fast weighs the channel's own activation).
 
 If a row that puts the authors' value back scores no better than `fast`, the deviation holds.
 Inner neurons get the same treatment for their own deviations (`--inner N`): tap weights (0.1, 1,
@@ -66,7 +67,7 @@ CLASS_ROWS: dict[str, dict] = {
     "fast + paper taps and weights": {"tap_set": "paper", "tap_weights": None, "final_tap_weight": 1.0},
     "fast - crop selection (random crops)": {"references": ("crops", None, 1)},
     "fast - final-map weight (1 per tap)": {"final_tap_weight": 1.0},
-    "fast + class term (class_weight 1)": {"class_weight": 1.0},
+    "fast - class term (class_weight 0)": {"class_weight": 0.0},
 }
 INNER_ROWS: dict[str, dict] = {
     "paper": {"preset": "paper"},
@@ -75,7 +76,7 @@ INNER_ROWS: dict[str, dict] = {
                                                                       "inner_tap_weights": [0.1, 1, 1, 1, 0]},
     "fast + receptive-field crops (old form)": {"references": ("crops", None, 1)},
     "fast + paper lr": {"lr": 1.0},
-    "fast + activation term (inner_activation_weight 1)": {"inner_activation_weight": 1.0},
+    "fast - activation term (inner_activation_weight 0)": {"inner_activation_weight": 0.0},
 }
 
 

@@ -63,9 +63,9 @@ def test_quick_demo_in_chromium(demo_store, chromium):
 
 def test_quick_demo_tells_its_story(demo_store):
     """What the demo shows, from its store and its output (the checks that keep a faster demo honest):
-    v1 against v2, the planted espresso FAIL with its reason, every untouched neuron PASS with the very
-    images of v1 reused in v2 (only espresso re-rendered), the clean batch PASS and the blurred one flagged,
-    and the dashboard command."""
+    v1 against v2, the planted espresso FAIL with its reason, every untouched neuron PASS (the inner ones
+    with the very images of v1 reused in v2; the class neurons read the changed head and are re-rendered),
+    the clean batch PASS and the blurred one flagged, and the dashboard command."""
     import sqlite3
 
     _, _, directory, out = demo_store
@@ -85,8 +85,10 @@ def test_quick_demo_tells_its_story(demo_store):
         con.close()
     untouched = ["egyptian-cat", "rocket", "tripod", "b5-c17", "b3-c40"]
     assert verdicts == {"espresso": "FAIL", **{n: "PASS" for n in untouched}}, verdicts
-    for n in untouched:
+    for n in ("b5-c17", "b3-c40"):
         assert linked[n]["1"] and linked[n]["1"] == linked[n]["2"], (n, linked[n])     # reused, not re-rendered
+    for n in ("egyptian-cat", "rocket", "tripod"):          # the fast preset's class term reads the head
+        assert linked[n]["2"].isdisjoint(linked[n]["1"]), (n, linked[n])
     assert linked["espresso"]["2"].isdisjoint(linked["espresso"]["1"])            # the planted one re-rendered
     text = " ".join(out.split())
     reason = text.split("planted neuron espresso: FAIL — ", 1)[1]

@@ -31,12 +31,14 @@ INNER_B3 = NeuronConfig(id="b3", kind="inner", layer="blocks.3", index=7)
 
 # What each neuron's render reads (fast preset: taps bn1, blocks 0,1,2,4,6, bn2).
 EXPECTED_FAST = {
-    "cat": ALL - {"head"},                              # taps end at bn2: conv_head and bn2 are read
+    "cat": ALL,                                         # taps end at bn2; the class term reads the head
     "cat-topk": ALL,                                    # relevance from the logit: the head too
     "b3": {"stem", "bn1", "blocks.0", "blocks.1", "blocks.2", "blocks.3"},   # nothing after the target
 }
-# Paper preset taps: conv_stem, blocks 1, 2, 4, 6 (the authors' stem conv + four stages).
+# Paper preset taps: conv_stem, blocks 1, 2, 4, 6 (the authors' stem conv + four stages); no class term.
 EXPECTED_PAPER_CLASS = ALL - {"head", "conv_head", "bn2"}
+# The fast preset without its class term (class_weight 0): the taps end at bn2, the head is not read.
+EXPECTED_FAST_NO_CLASS_TERM = ALL - {"head"}
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +76,11 @@ def test_fast_preset_rerenders_exactly_what_the_neuron_reads(lite0, variants, ne
     assert _changed(lite0, variants, neuron, settings) == EXPECTED_FAST[neuron.id]
 
 
+def test_without_the_class_term_a_class_neuron_ignores_the_head(lite0, variants):
+    settings = VitalSettings.for_model(lite0, resolution=32, steps=2, class_weight=0.0)
+    assert _changed(lite0, variants, PAPER_CLASS, settings) == EXPECTED_FAST_NO_CLASS_TERM
+
+
 def test_paper_preset_class_neuron_ignores_the_head_conv(lite0, variants):
     settings = VitalSettings.for_model(lite0, preset="paper", resolution=32, steps=2)
     assert _changed(lite0, variants, PAPER_CLASS, settings) == EXPECTED_PAPER_CLASS
@@ -106,5 +113,7 @@ def test_render_agrees_with_the_key(lite0, variants, coffee_refs, probe64):
         return render_vital(model, [req], s, seed=0)[0].image
 
     assert np.array_equal(image(lite0, inner), image(variants["blocks.5"], inner))   # after the target
-    assert np.array_equal(image(lite0, cls), image(variants["head"], cls))            # the paper form never runs it
+    assert not np.array_equal(image(lite0, cls), image(variants["head"], cls))        # the class term reads it
     assert not np.array_equal(image(lite0, cls), image(variants["conv_head"], cls))   # the stale-image bug
+    s = s.model_copy(update={"class_weight": 0.0})
+    assert np.array_equal(image(lite0, cls), image(variants["head"], cls))            # without it, never run

@@ -29,7 +29,8 @@ def test_target_terms_pull_the_image_to_the_class_and_the_channel(lite0, coffee_
     inner_refs = inner_full_references(lite0, "blocks.4", 17, probe64, 2, 48)
     reqs = [VitalRequest(CAT, coffee_refs, use_relevance=False), VitalRequest(INNER, inner_refs)]
     base = dict(resolution=48, steps=8, sort_samples=None)
-    off = render_vital(lite0, reqs, VitalSettings.for_model(lite0, **base), seed=0)
+    off = render_vital(lite0, reqs, VitalSettings.for_model(lite0, class_weight=0.0, inner_activation_weight=0.0,
+                                                            **base), seed=0)
     on = render_vital(lite0, reqs, VitalSettings.for_model(lite0, class_weight=10.0, inner_activation_weight=10.0,
                                                            **base), seed=0)
     p_off, a_off = _scores(lite0, [v.image for v in off])
@@ -42,7 +43,7 @@ def test_target_terms_pull_the_image_to_the_class_and_the_channel(lite0, coffee_
 def test_weight_zero_is_the_authors_loss_and_the_key_reads_the_head(lite0, coffee_refs):
     """class_weight 0 renders the same bytes as before the option existed (no logits read), and a class
     term makes the paper form read the classifier, so a head-only change re-renders it."""
-    s = VitalSettings.for_model(lite0, resolution=32, steps=2, sort_samples=None)
+    s = VitalSettings.for_model(lite0, resolution=32, steps=2, sort_samples=None, class_weight=0.0)
     req = VitalRequest(CAT, coffee_refs, use_relevance=False)
     a = render_vital(lite0, [req], s, seed=0)[0]
     b = render_vital(lite0, [req], s.model_copy(update={"inner_activation_weight": 5.0}), seed=0)[0]
@@ -51,3 +52,14 @@ def test_weight_zero_is_the_authors_loss_and_the_key_reads_the_head(lite0, coffe
     trace = forward_trace(lite0)
     assert "classifier" not in read_layers(trace, r.taps, r.tap_weights, "classifier", False)
     assert read_layers(trace, r.taps, r.tap_weights, "classifier", False, reads_target=True)[-1] == "classifier"
+
+
+def test_the_class_term_leaves_a_topk_class_neuron_alone(lite0, coffee_refs):
+    """The demo's planted neuron (espresso, `references: top-k`) renders in the relevance form, which has no
+    class term: the fast preset's class_weight leaves its image, and so the demo's story, unchanged."""
+    espresso = VitalRequest(NeuronTarget("espresso", "class", "classifier", 967), coffee_refs, use_relevance=True)
+    s = VitalSettings.for_model(lite0, resolution=32, steps=2, sort_samples=None)
+    assert s.class_weight > 0                                   # the fast preset has the term
+    with_term = render_vital(lite0, [espresso], s, seed=0)[0]
+    without = render_vital(lite0, [espresso], s.model_copy(update={"class_weight": 0.0}), seed=0)[0]
+    assert np.array_equal(with_term.image, without.image)
