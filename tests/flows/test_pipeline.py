@@ -30,13 +30,19 @@ def test_content_key_reuses_paper_form_class_neuron_across_head_change(lite0):
     from audit.vital import VitalSettings
 
     refs = torch.zeros(2, 3, 8, 8)
-    settings = VitalSettings.for_model(lite0, steps=3, taps=["blocks.0", "blocks.2"])
+    # the authors' loss (no class term) never reads the head: a head-only change reuses the image
+    settings = VitalSettings.for_model(lite0, steps=3, taps=["blocks.0", "blocks.2"], class_weight=0.0)
     paper = NeuronConfig(id="cat", kind="class", layer="classifier", index=285, references="builtin:samples/chelsea")
     topk = NeuronConfig(id="cat2", kind="class", layer="classifier", index=285, references="top-k")
     key = lambda m, n: visualization_content_key(m, n, refs, settings, 0)  # noqa: E731
     assert key(lite0, paper) == key(v2, paper)
     assert key(lite0, topk) != key(v2, topk)
     assert key(lite0, paper) != visualization_content_key(lite0, paper, refs, settings, 1)
+    # the fast preset's class term (-log p(class)) reads the head: the same change re-renders it
+    with_term = VitalSettings.for_model(lite0, steps=3, taps=["blocks.0", "blocks.2"])
+    assert with_term.class_weight > 0
+    assert (visualization_content_key(lite0, paper, refs, with_term, 0)
+            != visualization_content_key(v2, paper, refs, with_term, 0))
 
 
 def test_comparison_pairs_predecessor_and_champion():
