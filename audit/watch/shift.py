@@ -108,21 +108,13 @@ def _count_pmf(n: int, f: float, concentration: float) -> np.ndarray:
     return pmf / pmf.sum()
 
 
-def _ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
-    """Two-sample Kolmogorov-Smirnov statistic (sup of the difference of the empirical CDFs)."""
-    grid = np.concatenate([a, b])
-    cdf_a = np.searchsorted(np.sort(a), grid, side="right") / len(a)
-    cdf_b = np.searchsorted(np.sort(b), grid, side="right") / len(b)
-    return float(np.max(np.abs(cdf_a - cdf_b)))
-
-
-def _wasserstein_1d(a: np.ndarray, b: np.ndarray) -> float:
-    """Wasserstein-1 distance of two samples' empirical distributions: the area between their CDFs."""
+def _ecdf_distances(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """(Kolmogorov-Smirnov statistic, Wasserstein-1 distance) of two samples, from one pair of empirical
+    CDFs on the pooled sorted values: the largest gap between the CDFs, and the area between them."""
     grid = np.sort(np.concatenate([a, b]))
-    widths = np.diff(grid)
-    cdf_a = np.searchsorted(np.sort(a), grid[:-1], side="right") / len(a)
-    cdf_b = np.searchsorted(np.sort(b), grid[:-1], side="right") / len(b)
-    return float(np.sum(np.abs(cdf_a - cdf_b) * widths))
+    gap = np.abs(np.searchsorted(np.sort(a), grid, side="right") / len(a)
+                 - np.searchsorted(np.sort(b), grid, side="right") / len(b))
+    return float(gap.max()), float(np.sum(gap[:-1] * np.diff(grid)))
 
 
 def _tail_part(batch_hit: np.ndarray, ref_hit: np.ndarray, units: np.ndarray,
@@ -179,13 +171,13 @@ def neuron_shift(batch: np.ndarray, reference: np.ndarray, units: np.ndarray, le
     q10, q90 = (float(x) for x in np.quantile(r, [TAIL_LOW, TAIL_HIGH]))
     a_r, a_b, a_ci, p_a = _tail_part(b > q90, r > q90, units, level)
     l_r, l_b, l_ci, p_l = _tail_part(b < q10, r < q10, units, level)
-    ks = _ks_statistic(b, r)
+    ks, w1 = _ecdf_distances(b, r)
     return NeuronShift(
         n_batch=n, n_reference=m, reference_units=u, mean_reference=mean_r, sd_reference=sd_r, mean_batch=mean_b,
         sd_batch=sd_b, shift=d / scale, shift_ci=[(d - half) / scale, (d + half) / scale], p_shift=p_shift, df=df,
         q10_reference=q10, q90_reference=q90, above_reference=a_r, above=a_b, above_ci=a_ci, p_above=p_a,
         below_reference=l_r, below=l_b, below_ci=l_ci, p_below=p_l, p_value=min(1.0, 3 * min(p_shift, p_a, p_l)),
-        wasserstein_norm=_wasserstein_1d(b, r) / scale, ks=ks,
+        wasserstein_norm=w1 / scale, ks=ks,
         se_shift_null=float(np.sqrt(v_null)) / scale if np.isfinite(v_null) else float("inf"))
 
 
