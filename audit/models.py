@@ -172,6 +172,17 @@ def image_to_tensor(img: Image.Image, size: int, crop_pct: float = 1.0) -> torch
     return normalize(torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1))
 
 
+def fast_layout(x: torch.Tensor) -> torch.Tensor:
+    """x in channels-last memory order when it is an image batch on the CPU, else x as it is.
+
+    The convolutions then run in the order oneDNN is fastest in; shapes and values are unchanged (up to
+    float rounding) and the model is not touched. Measured on this project's 2-core CPU, Lite0 at 224 px:
+    32 images forward 1.05 -> 0.65 s, one image forward and backward 78 -> 68 ms (one thread)."""
+    if x.dim() == 4 and x.device.type == "cpu":
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
 def normalize(x: torch.Tensor) -> torch.Tensor:
     """[0,1] RGB -> ImageNet-normalized (any leading dims, channel dim at -3)."""
     mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(3, 1, 1)

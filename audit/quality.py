@@ -34,7 +34,7 @@ from PIL import Image
 from torch import nn
 
 from .builtin_weights import BUILTIN_MODELS, builtin_state_dict
-from .models import load_model, model_input_size, preprocess
+from .models import fast_layout, load_model, model_input_size, preprocess
 
 __all__ = ["images_to_tensor", "predict_logits", "self_top1", "transfer_topk", "class_probability", "penultimate_features",
            "shrunk_covariance", "frechet_distance", "evaluate_class_visualizations", "builtin_model", "channel_peaks",
@@ -74,7 +74,7 @@ def _run_batched(model: nn.Module, x: torch.Tensor, fn, batch: int) -> list[torc
     dev, was_training = _device_of(model), model.training
     model.eval()
     try:
-        return [fn(x[i:i + batch].to(dev)).cpu() for i in range(0, x.shape[0], batch)]
+        return [fn(fast_layout(x[i:i + batch].to(dev))).cpu() for i in range(0, x.shape[0], batch)]
     finally:
         model.train(was_training)
 

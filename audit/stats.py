@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .contentkeys import STATS_VERSION, model_content_key
+from .models import fast_layout
 from .npzcache import NpzCache
 from .probe import ProbeSet
 from .records import ActivationStats, NeuronTarget
@@ -119,7 +120,7 @@ def _compute_layers(model: nn.Module, probe: ProbeSet, layers: list[str], batch_
         with capture(model, layers, detach=True) as acts:
             for i in range(0, len(probe.images), batch_size):
                 x = probe.images[i:i + batch_size].to(device=device, dtype=dtype)
-                model(x)
+                model(fast_layout(x))
                 for l in layers:
                     mx, mn, gr = _reduce(acts[l])
                     maxes[l].append(mx.cpu().numpy())
