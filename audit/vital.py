@@ -56,12 +56,12 @@ from torch import nn
 
 from .contentkeys import ForwardTrace, forward_trace, read_layers, render_taps, vital_default_taps
 from .modelstate import frozen_on
-from .models import IMAGENET_MEAN, IMAGENET_STD, model_input_size, to_uint8_image
+from .models import IMAGENET_MEAN, IMAGENET_STD, fast_layout, model_input_size, to_uint8_image
 from .optimize import History, LossPlateau, optimize
 from .presets import preset as get_preset
 from .priors import l2_prior, total_variation_l1, total_variation_l2
 from .records import NeuronTarget, Visualization
-from .relevance import tap_relevance
+from .relevance import relevance_pass, tap_relevance
 from .sortmatch import resample_sorted, sample_positions, sort_matching_loss, sorted_reference
 from .taps import capture, channels_first, final_feature_layer, get_layer, output_layer_name
 from .transforms import Compose, Jitter, RandomFlip
@@ -249,7 +249,7 @@ def _stop_after(model: nn.Module, name: str | None) -> Iterator[None]:
 def _forward(model: nn.Module, x: torch.Tensor, stop: str | None) -> None:
     with _stop_after(model, stop):
         try:
-            model(x)
+            model(fast_layout(x))
         except _StopForward:
             pass
 
@@ -437,23 +437,29 @@ def _tap_features(model: nn.Module, xj: torch.Tensor, requests: Sequence[VitalRe
     """Activations [g, C, N] of the group's elements at `taps`, multiplied in the relevance form by the
     min-max normalized relevance of each element's target; and what the target terms read: the logits
     (the forward then runs to the end) and each activation-term element's target channel (the forward
-    then runs at least to its layer). Otherwise the forward stops after the last tap."""
+    then runs at least to its layer). Otherwise the forward stops after the last tap.
+
+    One forward serves the loss and, when some element is in the relevance form, its relevance
+    (`audit.relevance.relevance_pass`: the LRP backward runs inside the pass, the loss's backward
+    afterwards gets the true gradient), instead of a separate relevance forward per step."""
     rel_pos = [k for k, i in enumerate(group) if plan.rel[i]]
-    syn_rel = None
-    if rel_pos:
-        r = tap_relevance(model, xj[rel_pos].detach(), [plan.layers[group[k]] for k in rel_pos],
-                          [requests[group[k]].target.index for k in rel_pos], taps)
-        syn_rel = {t: _minmax(channels_first(r[t]).float(), -1) for t in taps}
     class_pos, act_pos = plan.target_terms(group)
     extra = [plan.layers[group[k]] for k in act_pos]
     layers = list(dict.fromkeys(list(taps) + extra))
-    stop = None if class_pos else (max(layers, key=lambda t: plan.trace.end_of(t)) if extra else taps[-1])
-    with capture(model, layers) as acts:
-        with _stop_after(model, stop):
-            try:
-                logits = model(xj)
-            except _StopForward:
-                logits = None
+    rel_layers = [plan.layers[group[k]] for k in rel_pos]
+    deepest = max(layers + rel_layers, key=lambda t: plan.trace.end_of(t))
+    stop = None if class_pos else (deepest if extra or rel_pos else taps[-1])
+    syn_rel = None
+    if rel_pos:
+        with relevance_pass(model, layers, rel_layers) as rp:
+            logits = _forward_logits(model, xj, stop)
+            r = rp.relevance(rel_layers, [requests[group[k]].target.index for k in rel_pos], rows=rel_pos)
+            acts = rp.activations
+        syn_rel = {t: _minmax(channels_first(r[t]).float(), -1) for t in taps}
+    else:
+        with capture(model, layers) as captured:
+            logits = _forward_logits(model, xj, stop)
+        acts = {t: captured[t] for t in layers}
     feats = {}
     for t in taps:
         a = channels_first(acts[t]).float()
@@ -465,6 +471,15 @@ def _tap_features(model: nn.Module, xj: torch.Tensor, requests: Sequence[VitalRe
     target = {k: channels_first(acts[plan.layers[group[k]]])[k, requests[group[k]].target.index].float()
               for k in act_pos}
     return _GroupForward(feats, logits if class_pos else None, target)
+
+
+def _forward_logits(model: nn.Module, x: torch.Tensor, stop: str | None) -> torch.Tensor | None:
+    """model(x), stopped after layer `stop` (then None)."""
+    with _stop_after(model, stop):
+        try:
+            return model(fast_layout(x))
+        except _StopForward:
+            return None
 
 
 def _target_terms(fwd: _GroupForward, requests: Sequence[VitalRequest], plan: _Plan, refs: _ReferenceTargets,
