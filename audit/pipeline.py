@@ -96,16 +96,14 @@ class NeuronReferences:
 RECOGNISED_REFERENCES = 0.5
 
 
-def _unrecognised_references_warning(n: NeuronConfig, model: nn.Module, images: torch.Tensor) -> list[str]:
+def _unrecognised_references_warning(n: NeuronConfig, predicted: torch.Tensor) -> list[str]:
     """A warning when the audited model classifies fewer than RECOGNISED_REFERENCES of a class neuron's
-    references as its class: the visualization describes those images, not what the model calls the class."""
-    from .quality import predict_logits
-
-    logits = predict_logits(model, images, images.shape[-1])
-    recognised = int((logits.argmax(1) == n.index).sum())
-    if recognised >= RECOGNISED_REFERENCES * images.shape[0]:
+    references as its class (`predicted`: its top-1 class of each): the visualization describes those
+    images, not what the model calls the class."""
+    recognised = int((predicted == n.index).sum())
+    if recognised >= RECOGNISED_REFERENCES * predicted.shape[0]:
         return []
-    return [f"neuron {n.id!r}: the model classifies {recognised} of its {images.shape[0]} references as class "
+    return [f"neuron {n.id!r}: the model classifies {recognised} of its {predicted.shape[0]} references as class "
             f"{n.index}; the visualization matches their features and is then seldom recognised as the class "
             f"either; give photographs in which the model recognises the class"]
 
@@ -171,19 +169,24 @@ def references_for(n: NeuronConfig, model: nn.Module, probe_images: torch.Tensor
         return NeuronReferences(imgs, f"top-{imgs.shape[0]} probe images of the logit"
                                 + (f" from {k} photographs" if k else ""), True, k)
     photos = refs.load_photographs(specs, base_dir)
+    predicted = None
     if recipe.form == "full":
         imgs = refs.full_image_references(photos, size=size, n=recipe.count, seed=seed)
         what = f"{imgs.shape[0]} whole photographs"
     elif recipe.candidates > 1:
-        imgs = refs.recognised_crops(model, photos, n.index, size=size, n=recipe.count, candidates=recipe.candidates,
-                                     seed=seed)
+        imgs, predicted = refs.recognised_crops(model, photos, n.index, size=size, n=recipe.count,
+                                                candidates=recipe.candidates, seed=seed)
         what = f"{imgs.shape[0]} best-recognised of {recipe.count * recipe.candidates} crops and the whole photographs"
     else:
         imgs = refs.class_references(photos, size=size, n=recipe.count, seed=seed)
         what = f"{imgs.shape[0]} crops"
     used = min(len(photos), imgs.shape[0])
+    if predicted is None:
+        from .quality import predict_logits
+
+        predicted = predict_logits(model, imgs, imgs.shape[-1]).argmax(1)
     return NeuronReferences(imgs, f"{what} of {used} distinct photograph(s) from {', '.join(specs)}", False, used,
-                            _few_photographs_warning(n, used) + _unrecognised_references_warning(n, model, imgs))
+                            _few_photographs_warning(n, used) + _unrecognised_references_warning(n, predicted))
 
 
 def class_layer_ok(model: nn.Module, n: NeuronConfig) -> str | None:

@@ -16,7 +16,7 @@ All outputs are ImageNet-normalized tensors [n, 3, size, size].
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -26,10 +26,11 @@ from torch import nn
 
 from .assets import load_rgb_images, resolve_images
 from .errors import AuditInputError
-from .models import image_to_tensor, normalize
+from .models import fast_layout, image_to_tensor, normalize
 from .taps import capture, channels_first, get_layer
 
-__all__ = ["load_photographs", "full_image_references", "class_references", "recognised_crops", "top_indices",
+__all__ = ["load_photographs", "full_image_references", "class_references", "recognised_crops", "RecognisedCrops",
+           "top_indices",
            "topk_image_references", "inner_full_references", "inner_patch_references", "receptive_field", "channel_maps"]
 
 # The authors' preprocessing of reference photographs: Resize(256), CenterCrop(224).
@@ -104,12 +105,18 @@ def class_references(images: Sequence[Image.Image], size: int, n: int, seed: int
     return torch.stack(out)
 
 
+class RecognisedCrops(NamedTuple):
+    images: torch.Tensor        # [n, 3, size, size], best-recognised first
+    predicted: torch.Tensor     # [n] the model's top-1 class of each (read by the references' warning)
+
+
 @torch.no_grad()
 def recognised_crops(model: nn.Module, images: Sequence[Image.Image], class_index: int, size: int, n: int,
-                     candidates: int, seed: int = 0, batch: int = 32) -> torch.Tensor:
+                     candidates: int, seed: int = 0, batch: int = 32) -> RecognisedCrops:
     """The n references of a class the model itself recognises best: `candidates` x n random resized
     crops (`class_references`) and the whole photographs (`full_image_references`), ranked by the
-    model's logit of `class_index` (ties: earlier candidate first).
+    model's logit of `class_index` (ties: earlier candidate first), with the model's top-1 class of
+    each kept one (the same forward, so that the caller's check of the references needs none).
 
     A random crop of one photograph often cuts the object away; the mean sorted features of such
     crops then describe background, and the visualization matching them is not recognised as the
@@ -123,11 +130,12 @@ def recognised_crops(model: nn.Module, images: Sequence[Image.Image], class_inde
     was_training = model.training
     model.eval()
     try:
-        logits = torch.cat([model(pool[i:i + batch].to(dev)).float()[:, class_index].cpu()
+        logits = torch.cat([model(fast_layout(pool[i:i + batch].to(dev))).float().cpu()
                             for i in range(0, pool.shape[0], batch)])
     finally:
         model.train(was_training)
-    return pool[torch.as_tensor(top_indices(logits.numpy(), n).copy())]
+    kept = torch.as_tensor(top_indices(logits[:, class_index].numpy(), n).copy())
+    return RecognisedCrops(pool[kept], logits[kept].argmax(1))
 
 
 def top_indices(values: np.ndarray | Sequence[float], k: int) -> np.ndarray:

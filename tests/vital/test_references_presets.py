@@ -66,7 +66,7 @@ def test_recognised_crops_are_the_candidates_the_model_gives_the_class_most(lite
     photos = [sample_images["coffee"]]
     lite0.train()
     try:
-        kept = recognised_crops(lite0, photos, 967, size=96, n=6, candidates=4, seed=3)
+        kept, predicted = recognised_crops(lite0, photos, 967, size=96, n=6, candidates=4, seed=3)
         assert lite0.training                                                 # the caller's mode is kept
     finally:
         lite0.eval()
@@ -76,11 +76,13 @@ def test_recognised_crops_are_the_candidates_the_model_gives_the_class_most(lite
         l_kept = lite0(kept)[:, 967]
     torch.testing.assert_close(l_kept, l_pool.sort(descending=True).values[:6])
     assert kept.shape == (6, 3, 96, 96) and l_kept.mean() > l_pool.mean()
+    with torch.no_grad():
+        assert torch.equal(predicted, lite0(kept).argmax(1))                 # the top-1 class of each kept crop
     other_row = copy.deepcopy(lite0)
     with torch.no_grad():
         other_row.classifier.weight[285].mul_(3.0)
-    torch.testing.assert_close(recognised_crops(other_row, photos, 967, size=96, n=6, candidates=4, seed=3), kept,
-                               rtol=0, atol=0)
+    torch.testing.assert_close(recognised_crops(other_row, photos, 967, size=96, n=6, candidates=4, seed=3).images,
+                               kept, rtol=0, atol=0)
     n = NeuronConfig(id="coffee", kind="class", layer="classifier", index=967, references="builtin:samples/coffee")
     refs = references_for(n, lite0, None, None, size=96, recipe=ReferenceRecipe("crops", 6, candidates=4), seed=3)
     torch.testing.assert_close(refs.images, kept)
