@@ -479,10 +479,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="multiply every method's step count (VITAL: the preset's; Fourier 512; MACO 256; "
                         "DeepInversion 400)")
     p.add_argument("--seeds", default="3", help="a count N (seeds 0..N-1) or a comma list of seeds (default 3)")
-    p.add_argument("--classes", default="all", help="all | tuned | held-out | a comma list of class indices")
+    p.add_argument("--classes", default="all", help="all | tuned | held-out | none | a comma list of class indices")
     p.add_argument("--methods", default=",".join(METHODS), help="comma list of vital, fourier, maco, deepinversion")
     p.add_argument("--inner", type=int, default=9, help="inner channels to score (0: none)")
     p.add_argument("--inner-seeds", default="1", help="seeds of the inner renders (count or list)")
+    p.add_argument("--inner-draw", type=int, default=0,
+                   help="seed of the draw of the inner channels (0: the 9 channels of the README's table; "
+                        "another seed draws other channels, e.g. issue 25's second set of 9)")
     p.add_argument("--save-images", type=Path, default=None, metavar="DIR")
     p.add_argument("--reuse-images", type=Path, default=None, metavar="DIR",
                    help="skip renders whose images a previous --save-images run left in DIR (timings read back too)")
@@ -509,6 +512,8 @@ def main(argv: list[str] | None = None) -> dict:
     tuned = set(TUNED_PHOTOS.values())
     if args.classes == "all":
         classes = every
+    elif args.classes == "none":            # inner neurons only
+        classes = {}
     elif args.classes in ("tuned", "held-out"):
         classes = {c: p for c, p in every.items() if (c in tuned) == (args.classes == "tuned")}
     else:
@@ -525,7 +530,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         model = load_model("efficientnet_lite0", "builtin:efficientnet_lite0")
         inner = inner_targets(model, build_probe_set("builtin:samples", size=args.resolution or 224, crops_per_image=12),
-                              args.inner)
+                              args.inner, seed=args.inner_draw)
         print(f"[fv_quality] inner channels: {inner}", file=sys.stderr, flush=True)
     results: dict[str, dict] = {}
     t_all = time.perf_counter()

@@ -11,8 +11,9 @@
 4. A whole class neuron with each preset (`--presets`, default fast): one real `render_vital`
    of the Egyptian-cat neuron (chelsea crops, the preset's reference recipe) at `--resolution`,
    wall seconds from references to image, steps run (early stopping included), against the
-   target of <= 15 s for the default preset at 224 px on a 2-core CPU. Timings on a shared
-   machine are inflated: rerun quietly.
+   target of <= 8 s for the default preset at 224 px on a 2-core CPU; then `--inner` inner
+   neurons (fv_quality.py's channels, top probe images as references, relevance form) against
+   <= 20 s. Timings on a shared machine are inflated: rerun quietly.
 
     .venv/bin/python benchmarks/fv_speed.py [--resolution 224] [--steps 12] [--full-steps 600] [--presets fast,paper]
 
@@ -53,6 +54,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--presets", default="fast", help="presets timed as a whole class neuron ('' to skip)")
+    ap.add_argument("--inner", type=int, default=3, help="inner neurons timed per preset (0 to skip)")
     ap.add_argument("--families", action="store_true", help="the per-family step table (benchmarks/family_speed.py)")
     ap.add_argument("--family-list", default=None, help="comma list of family keys (tests/archs/families.py)")
     ap.add_argument("--family-resolution", type=int, default=128, help="CNN input side for --families")
@@ -113,8 +115,16 @@ def main() -> None:
         print("|---|---|---|---|---|")
         for name in presets:
             secs, loop, steps = class_neuron_seconds(model, args.resolution, name, photos["chelsea"])
-            target = "<= 15 s (224 px, 2-core CPU)" if name == "fast" else "-"
+            target = "<= 8 s (224 px, 2-core CPU)" if name == "fast" else "-"
             print(f"| {name} | {secs:.1f} ({secs - loop:.1f} + {loop:.1f}) | {steps} | {loop / max(steps, 1):.3f} | {target} |")
+        if args.inner:
+            print(f"\n| preset | inner neuron at {args.resolution} px | seconds (setup + loop) | steps run | s / step | target |")
+            print("|---|---|---|---|---|---|")
+            for name in presets:
+                for neuron, secs, loop, steps in inner_neuron_seconds(model, args.resolution, name, args.inner):
+                    target = "<= 20 s (224 px, 2-core CPU)" if name == "fast" else "-"
+                    print(f"| {name} | {neuron} | {secs:.1f} ({secs - loop:.1f} + {loop:.1f}) | {steps} | "
+                          f"{loop / max(steps, 1):.3f} | {target} |")
 
 
 def class_neuron_seconds(model, resolution: int, preset: str, photos) -> tuple[float, float, int]:
@@ -131,6 +141,34 @@ def class_neuron_seconds(model, resolution: int, preset: str, photos) -> tuple[f
     viz = render_vital(model, [VitalRequest(NeuronTarget(n.id, "class", "classifier", 285), refs.images, False)],
                        settings, seed=0)[0]
     return time.perf_counter() - t0, viz.loop_seconds, int(viz.settings["steps_run"])
+
+
+def inner_neuron_seconds(model, resolution: int, preset: str, count: int) -> list[tuple[str, float, float, int]]:
+    """Inner neurons rendered with a preset as the product does it: the channels fv_quality.py draws
+    (seed 0, blocks.2/4/5), each timed from its references (the top probe images, from the probe
+    statistics the flow stores once per version, so not timed) to its image: (neuron, wall seconds,
+    loop seconds, steps run)."""
+    from audit.config import NeuronConfig
+    from audit.pipeline import references_for
+    from audit.presets import preset as get_preset
+    from audit.probe import build_probe_set
+    from audit.stats import neuron_activations
+    from fv_quality import inner_targets
+
+    settings = VitalSettings.for_model(model, preset=preset, resolution=resolution).resolved(model)
+    probe = build_probe_set("builtin:samples", size=resolution, crops_per_image=12)
+    out = []
+    for layer, index in inner_targets(model, probe, count, seed=0):
+        target = NeuronTarget(f"{layer}-c{index}", "inner", layer, index)
+        values = neuron_activations(model, probe, [target], use_cache=False)[target.neuron_id].max
+        n = NeuronConfig(id=target.neuron_id, kind="inner", layer=layer, index=index)
+        t0 = time.perf_counter()
+        refs = references_for(n, model, probe.images, values, size=resolution,
+                              recipe=get_preset(preset).inner_references, seed=0, probe_groups=probe.groups)
+        viz = render_vital(model, [VitalRequest(target, refs.images, True)], settings, seed=0)[0]
+        out.append((target.neuron_id, time.perf_counter() - t0, viz.loop_seconds, int(viz.settings["steps_run"])))
+    return out
+
 
 if __name__ == "__main__":
     main()
