@@ -92,7 +92,9 @@ class _RuleNode(torch.autograd.Function):
     def forward(ctx, x, y, backward: Backward, state: LRPState):
         ctx.backward_fn, ctx.state = backward, state
         ctx.save_for_backward(x, y)
-        return y.view_as(y)
+        # A view with y's own strides: view_as renormalizes the stride of a size-1 dimension, and a
+        # channels-last batch of one then got a wrong true gradient (oneDNN's backward misread it).
+        return y[...]
 
     @staticmethod
     def backward(ctx, g):

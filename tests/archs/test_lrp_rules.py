@@ -210,6 +210,31 @@ def test_one_forward_serves_relevance_and_the_true_gradient(key, taps, target, i
     assert _hook_count(model) == 0
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_true_gradient_under_the_rules_in_any_memory_order(memory_format, batch):
+    """A 1x1 convolution (z+ node) then BatchNorm, as in every EfficientNet block: with the rules installed
+    and inactive, the input gradient is the model's own, also for a channels-last batch of one (the CPU
+    layout `audit.models.fast_layout` gives VITAL's loop); the node's output once renormalized the
+    batch stride there and the gradient came out wrong by about 115 %."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(16, 32, 1, bias=False), nn.BatchNorm2d(32)).eval()
+    x0 = torch.randn(batch, 16, 24, 24)
+
+    def input_grad(rules: bool) -> torch.Tensor:
+        x = x0.clone().requires_grad_(True)
+        installed = install_rules(model, LRPState(active=False), "zplus", "cp", "warn") if rules else None
+        try:
+            y = model(x.contiguous(memory_format=memory_format) if memory_format is torch.channels_last else x * 1)
+        finally:
+            if installed is not None:
+                installed.remove()
+        (y ** 2).mean().backward()
+        return x.grad
+
+    torch.testing.assert_close(input_grad(True), input_grad(False), rtol=1e-5, atol=1e-7)
+
+
 def test_hooks_flags_and_fused_attention_restored(family_model, probe64):
     assert any(getattr(m, "inplace", False) for m in family_model("resnet18").modules())
     assert any(getattr(m, "fused_attn", False) for m in family_model("vit").modules())
