@@ -246,12 +246,13 @@ def _stop_after(model: nn.Module, name: str | None) -> Iterator[None]:
             handle.remove()
 
 
-def _forward(model: nn.Module, x: torch.Tensor, stop: str | None) -> None:
+def _forward(model: nn.Module, x: torch.Tensor, stop: str | None) -> torch.Tensor | None:
+    """model(x), stopped after layer `stop` (then None)."""
     with _stop_after(model, stop):
         try:
-            model(fast_layout(x))
+            return model(fast_layout(x))
         except _StopForward:
-            pass
+            return None
 
 
 def _minmax(t: torch.Tensor, dim: int | tuple[int, ...]) -> torch.Tensor:
@@ -452,13 +453,13 @@ def _tap_features(model: nn.Module, xj: torch.Tensor, requests: Sequence[VitalRe
     syn_rel = None
     if rel_pos:
         with relevance_pass(model, layers, rel_layers) as rp:
-            logits = _forward_logits(model, xj, stop)
+            logits = _forward(model, xj, stop)
             r = rp.relevance(rel_layers, [requests[group[k]].target.index for k in rel_pos], rows=rel_pos)
             acts = rp.activations
         syn_rel = {t: _minmax(channels_first(r[t]).float(), -1) for t in taps}
     else:
         with capture(model, layers) as captured:
-            logits = _forward_logits(model, xj, stop)
+            logits = _forward(model, xj, stop)
         acts = {t: captured[t] for t in layers}
     feats = {}
     for t in taps:
@@ -471,15 +472,6 @@ def _tap_features(model: nn.Module, xj: torch.Tensor, requests: Sequence[VitalRe
     target = {k: channels_first(acts[plan.layers[group[k]]])[k, requests[group[k]].target.index].float()
               for k in act_pos}
     return _GroupForward(feats, logits if class_pos else None, target)
-
-
-def _forward_logits(model: nn.Module, x: torch.Tensor, stop: str | None) -> torch.Tensor | None:
-    """model(x), stopped after layer `stop` (then None)."""
-    with _stop_after(model, stop):
-        try:
-            return model(fast_layout(x))
-        except _StopForward:
-            return None
 
 
 def _target_terms(fwd: _GroupForward, requests: Sequence[VitalRequest], plan: _Plan, refs: _ReferenceTargets,
